@@ -1,0 +1,216 @@
+// CUDA fake-quant kernels on raw pointers (no torch). The per-element math is qkernels/fake_quant_math.h,
+// always the Cuda flavour here. Memory-bound: each thread moves one 16-byte vector of x and out (4 fp32 or
+// 8 fp16/bf16 elements) and the matching mask bytes; the last partial vector is handled element-wise.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "qkernels/fake_quant_kernels.h"
+
+namespace qkernels {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// One 16-byte vector of T, and the matching bytes of the mask.
+template <typename T>
+struct alignas(16) Vec {
+  static constexpr int kSize = 16 / sizeof(T);
+  T v[kSize];
+};
+template <int N>
+struct alignas(N) MaskVec {
+  uint8_t v[N];
+};
+
+// Applies op(i, x) -> FqOut to every element; vectorized over whole 16-byte vectors when kAligned.
+template <typename T, bool kAligned, typename Op>
+__device__ __forceinline__ void elementwise(const T* __restrict__ x, T* __restrict__ y, uint8_t* __restrict__ mask,
+                                            int64_t n, Op op) {
+  constexpr int V = Vec<T>::kSize;
+  const int64_t base = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * V;
+  if (base >= n) return;
+  if (kAligned && base + V <= n) {
+    const Vec<T> xv = *reinterpret_cast<const Vec<T>*>(x + base);
+    Vec<T> yv;
+    MaskVec<V> mv;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const FqOut r = op(base + j, to_float(xv.v[j]));
+      yv.v[j] = from_float<T>(r.y);
+      mv.v[j] = r.mask;
+    }
+    *reinterpret_cast<Vec<T>*>(y + base) = yv;
+    if (mask) *reinterpret_cast<MaskVec<V>*>(mask + base) = mv;
+  } else {
+    const int64_t end = base + V < n ? base + V : n;
+    for (int64_t i = base; i < end; ++i) {
+      const FqOut r = op(i, to_float(x[i]));
+      y[i] = from_float<T>(r.y);
+      if (mask) mask[i] = r.mask;
+    }
+  }
+}
+
+template <typename T, bool kAligned>
+__global__ void __launch_bounds__(kThreads) per_tensor_kernel(PerTensorParams p) {
+  const T* x = static_cast<const T*>(p.x);
+  T* y = static_cast<T*>(p.out);
+  float scale = p.scale;
+  int64_t z = p.zero_point;
+  bool enabled = p.enabled;
+  // Tensor qparams are read on the device, so the host never waits for them.
+  if (p.scale_ptr) scale = *p.scale_ptr;
+  if (p.zero_point_ptr) z = *p.zero_point_ptr;
+  if (p.enabled_ptr) enabled = *p.enabled_ptr != 0;
+  const float inv = 1.0f / scale;
+  const float lo = static_cast<float>(p.quant_min), hi = static_cast<float>(p.quant_max);
+  if (enabled) {
+    elementwise<T, kAligned>(x, y, p.mask, p.numel, [=] __device__(int64_t, float v) {
+      return fq_per_tensor<Flavour::Cuda, false>(v, scale, inv, z, lo, hi);
+    });
+  } else {
+    elementwise<T, kAligned>(x, y, p.mask, p.numel, [=] __device__(int64_t, float v) { return FqOut{v, true}; });
+  }
+}
+
+// Channel of storage offset i: (i / inner) % channels, with multiply-shift division below 2^31 elements.
+struct ChannelIndex {
+  FastDivmod inner, channels;
+  int64_t inner64, channels64;
+  bool small;
+  __device__ __forceinline__ int64_t operator()(int64_t i) const {
+    if (small) return channels.mod(inner.div(static_cast<uint32_t>(i)));
+    return (i / inner64) % channels64;
+  }
+};
+
+template <typename T, bool kAligned>
+__global__ void __launch_bounds__(kThreads) per_channel_kernel(PerChannelParams p, ChannelIndex channel) {
+  const T* x = static_cast<const T*>(p.x);
+  T* y = static_cast<T*>(p.out);
+  const float* scale = p.scale;
+  const int64_t qmin = p.quant_min, qmax = p.quant_max;
+  if (p.zero_point_i) {
+    const int32_t* zp = p.zero_point_i;
+    elementwise<T, kAligned>(x, y, p.mask, p.numel, [=] __device__(int64_t i, float v) {
+      const int64_t c = channel(i);
+      const float s = __ldg(scale + c);
+      return fq_per_channel_int_zp<Flavour::Cuda, false>(v, s, 1.0f / s, __ldg(zp + c), qmin, qmax);
+    });
+  } else {
+    const float* zp = p.zero_point_f;
+    const float lo = static_cast<float>(qmin), hi = static_cast<float>(qmax);
+    elementwise<T, kAligned>(x, y, p.mask, p.numel, [=] __device__(int64_t i, float v) {
+      const int64_t c = channel(i);
+      const float s = __ldg(scale + c);
+      return fq_per_channel_float_zp<Flavour::Cuda>(v, s, 1.0f / s, __ldg(zp + c), lo, hi, true);
+    });
+  }
+}
+
+template <typename T, bool kAligned>
+__global__ void __launch_bounds__(kThreads) backward_kernel(BackwardParams p) {
+  const T* g = static_cast<const T*>(p.grad);
+  const uint8_t* m = p.mask;
+  elementwise<T, kAligned>(g, static_cast<T*>(p.out), nullptr, p.numel, [=] __device__(int64_t i, float v) {
+    return FqOut{v * (__ldg(m + i) ? 1.0f : 0.0f), false};
+  });
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+// The mask moves in chunks of V bytes, so its alignment must match.
+bool aligned_n(const void* p, int n) { return p == nullptr || (reinterpret_cast<uintptr_t>(p) % n) == 0; }
+
+template <typename T>
+dim3 grid_for(int64_t n) {
+  const int64_t per_block = int64_t(kThreads) * Vec<T>::kSize;
+  return dim3(static_cast<unsigned>((n + per_block - 1) / per_block));
+}
+
+template <typename T, typename Launch>
+int launch_typed(int64_t n, bool aligned, cudaStream_t stream, Launch launch) {
+  if (n == 0) return 0;
+  if (aligned) {
+    launch(std::integral_constant<bool, true>{}, grid_for<T>(n), stream);
+  } else {
+    launch(std::integral_constant<bool, false>{}, grid_for<T>(n), stream);
+  }
+  return static_cast<int>(cudaGetLastError());
+}
+
+template <typename P, typename Fn>
+int by_dtype(const P& p, Fn fn) {
+  switch (p.dtype) {
+    case DType::Float32:
+      return fn(float{});
+    case DType::Float16:
+      return fn(__half{});
+    case DType::BFloat16:
+      return fn(__nv_bfloat16{});
+  }
+  return static_cast<int>(cudaErrorInvalidValue);
+}
+
+}  // namespace
+
+int fake_quant_per_tensor(const PerTensorParams& p, void* stream) {
+  return by_dtype(p, [&](auto tag) {
+    using T = decltype(tag);
+    const bool aligned = aligned16(p.x) && aligned16(p.out) && aligned_n(p.mask, Vec<T>::kSize);
+    return launch_typed<T>(p.numel, aligned, static_cast<cudaStream_t>(stream), [&](auto al, dim3 grid, cudaStream_t s) {
+      per_tensor_kernel<T, decltype(al)::value><<<grid, kThreads, 0, s>>>(p);
+    });
+  });
+}
+
+int fake_quant_per_channel(const PerChannelParams& p, void* stream) {
+  ChannelIndex channel;
+  channel.inner64 = p.inner;
+  channel.channels64 = p.channels;
+  channel.small = p.numel < (int64_t(1) << 31);
+  if (channel.small) {
+    channel.inner = FastDivmod(static_cast<uint32_t>(p.inner));
+    channel.channels = FastDivmod(static_cast<uint32_t>(p.channels));
+  }
+  return by_dtype(p, [&](auto tag) {
+    using T = decltype(tag);
+    const bool aligned = aligned16(p.x) && aligned16(p.out) && aligned_n(p.mask, Vec<T>::kSize);
+    return launch_typed<T>(p.numel, aligned, static_cast<cudaStream_t>(stream), [&](auto al, dim3 grid, cudaStream_t s) {
+      per_channel_kernel<T, decltype(al)::value><<<grid, kThreads, 0, s>>>(p, channel);
+    });
+  });
+}
+
+int fake_quant_backward(const BackwardParams& p, void* stream) {
+  return by_dtype(p, [&](auto tag) {
+    using T = decltype(tag);
+    const bool aligned = aligned16(p.grad) && aligned16(p.out);
+    return launch_typed<T>(p.numel, aligned, static_cast<cudaStream_t>(stream), [&](auto al, dim3 grid, cudaStream_t s) {
+      backward_kernel<T, decltype(al)::value><<<grid, kThreads, 0, s>>>(p);
+    });
+  });
+}
+
+}  // namespace cuda
+}  // namespace qkernels

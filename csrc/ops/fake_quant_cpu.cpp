@@ -1,0 +1,48 @@
+// Private CPU ops qkernels::_fake_quant_*_cpu: thin torch glue over csrc/cpu/fake_quant.cpp.
+#include <ATen/Parallel.h>
+
+#include "fake_quant_glue.h"
+
+namespace qkernels {
+namespace {
+
+constexpr int64_t kGrain = 1 << 15;
+
+void per_tensor_cpu(const at::Tensor& x, at::Tensor& out, const std::optional<at::Tensor>& mask, double scale,
+                    int64_t zero_point, bool enabled, const std::optional<at::Tensor>& scale_t,
+                    const std::optional<at::Tensor>& zero_point_t, const std::optional<at::Tensor>& enabled_t,
+                    int64_t quant_min, int64_t quant_max, int64_t flavour) {
+  PerTensorParams p =
+      glue::per_tensor_params(x, out, mask, scale, zero_point, enabled, quant_min, quant_max, flavour);
+  // CPU tensors: reading them here is not a device sync.
+  glue::set_tensor_qparams(p, scale_t, zero_point_t, enabled_t);
+  if (p.scale_ptr) p.scale = *p.scale_ptr;
+  if (p.zero_point_ptr) p.zero_point = *p.zero_point_ptr;
+  if (p.enabled_ptr) p.enabled = *p.enabled_ptr != 0;
+  at::parallel_for(0, p.numel, kGrain, [&](int64_t b, int64_t e) { cpu::fake_quant_per_tensor(p, b, e); });
+}
+
+void per_channel_cpu(const at::Tensor& x, at::Tensor& out, const std::optional<at::Tensor>& mask,
+                     const at::Tensor& scale, const at::Tensor& zero_point, int64_t inner, int64_t quant_min,
+                     int64_t quant_max, int64_t flavour, bool use_fma) {
+  const PerChannelParams p = glue::per_channel_params(x, out, mask, scale, zero_point, inner, quant_min, quant_max,
+                                                      flavour, use_fma);
+  at::parallel_for(0, p.numel, kGrain, [&](int64_t b, int64_t e) { cpu::fake_quant_per_channel(p, b, e); });
+}
+
+void backward_cpu(const at::Tensor& grad, const at::Tensor& mask, at::Tensor& out) {
+  const BackwardParams p = glue::backward_params(grad, mask, out);
+  at::parallel_for(0, p.numel, kGrain, [&](int64_t b, int64_t e) { cpu::fake_quant_backward(p, b, e); });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(qkernels, m) { QKERNELS_FAKE_QUANT_SCHEMAS(m, "cpu"); }
+
+TORCH_LIBRARY_IMPL(qkernels, CPU, m) {
+  m.impl("_fake_quant_per_tensor_cpu", &per_tensor_cpu);
+  m.impl("_fake_quant_per_channel_cpu", &per_channel_cpu);
+  m.impl("_fake_quant_backward_cpu", &backward_cpu);
+}
+
+}  // namespace qkernels

@@ -1,0 +1,56 @@
+// Private CUDA ops qkernels::_fake_quant_*_cuda: thin torch glue over csrc/cuda/fake_quant.cu.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime.h>
+
+#include "fake_quant_glue.h"
+
+namespace qkernels {
+namespace {
+
+void check_launch(int err) {
+  TORCH_CHECK(err == 0, "qkernels CUDA kernel launch failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
+}
+
+void* current_stream() { return at::cuda::getCurrentCUDAStream().stream(); }
+
+void per_tensor_cuda(const at::Tensor& x, at::Tensor& out, const std::optional<at::Tensor>& mask, double scale,
+                     int64_t zero_point, bool enabled, const std::optional<at::Tensor>& scale_t,
+                     const std::optional<at::Tensor>& zero_point_t, const std::optional<at::Tensor>& enabled_t,
+                     int64_t quant_min, int64_t quant_max, int64_t flavour) {
+  TORCH_CHECK(flavour == static_cast<int64_t>(Flavour::Cuda), "qkernels: the CUDA kernels implement the CUDA flavour");
+  const c10::cuda::CUDAGuard guard(x.device());
+  PerTensorParams p =
+      glue::per_tensor_params(x, out, mask, scale, zero_point, enabled, quant_min, quant_max, flavour);
+  glue::set_tensor_qparams(p, scale_t, zero_point_t, enabled_t);
+  check_launch(cuda::fake_quant_per_tensor(p, current_stream()));
+}
+
+void per_channel_cuda(const at::Tensor& x, at::Tensor& out, const std::optional<at::Tensor>& mask,
+                      const at::Tensor& scale, const at::Tensor& zero_point, int64_t inner, int64_t quant_min,
+                      int64_t quant_max, int64_t flavour, bool use_fma) {
+  TORCH_CHECK(flavour == static_cast<int64_t>(Flavour::Cuda) && use_fma,
+              "qkernels: the CUDA kernels implement the CUDA flavour");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const PerChannelParams p = glue::per_channel_params(x, out, mask, scale, zero_point, inner, quant_min, quant_max,
+                                                      flavour, use_fma);
+  check_launch(cuda::fake_quant_per_channel(p, current_stream()));
+}
+
+void backward_cuda(const at::Tensor& grad, const at::Tensor& mask, at::Tensor& out) {
+  const c10::cuda::CUDAGuard guard(grad.device());
+  const BackwardParams p = glue::backward_params(grad, mask, out);
+  check_launch(cuda::fake_quant_backward(p, current_stream()));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(qkernels, m) { QKERNELS_FAKE_QUANT_SCHEMAS(m, "cuda"); }
+
+TORCH_LIBRARY_IMPL(qkernels, CUDA, m) {
+  m.impl("_fake_quant_per_tensor_cuda", &per_tensor_cuda);
+  m.impl("_fake_quant_per_channel_cuda", &per_channel_cuda);
+  m.impl("_fake_quant_backward_cuda", &backward_cuda);
+}
+
+}  // namespace qkernels

@@ -1,0 +1,125 @@
+// Torch glue shared by the CPU and CUDA private ops: tensors -> the POD params of fake_quant_kernels.h.
+// Argument checking of public inputs happens once, in Python (qkernels/ops.py); these are internal checks
+// of what the Python dispatcher hands over.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "qkernels/fake_quant_kernels.h"
+
+namespace qkernels {
+namespace glue {
+
+inline DType dtype_of(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat:
+      return DType::Float32;
+    case at::kHalf:
+      return DType::Float16;
+    case at::kBFloat16:
+      return DType::BFloat16;
+    default:
+      TORCH_CHECK(false, "qkernels: unsupported dtype ", t.scalar_type());
+  }
+}
+
+// x and out must share one dense layout; the kernels walk storage order.
+inline void check_pair(const at::Tensor& x, const at::Tensor& out, const std::optional<at::Tensor>& mask) {
+  TORCH_CHECK(out.scalar_type() == x.scalar_type() && out.strides() == x.strides() && out.sizes() == x.sizes(),
+              "qkernels: out must match x in dtype, sizes and strides");
+  TORCH_CHECK(x.is_non_overlapping_and_dense(), "qkernels: x must be dense");
+  if (mask) {
+    TORCH_CHECK(mask->scalar_type() == at::kBool && mask->strides() == x.strides() && mask->sizes() == x.sizes(),
+                "qkernels: mask must be bool with x's sizes and strides");
+  }
+}
+
+inline PerTensorParams per_tensor_params(const at::Tensor& x, at::Tensor& out, const std::optional<at::Tensor>& mask,
+                                         double scale, int64_t zero_point, bool enabled, int64_t quant_min,
+                                         int64_t quant_max, int64_t flavour) {
+  check_pair(x, out, mask);
+  PerTensorParams p{};
+  p.dtype = dtype_of(x);
+  p.flavour = static_cast<Flavour>(flavour);
+  p.numel = x.numel();
+  p.x = x.data_ptr();
+  p.out = out.data_ptr();
+  p.mask = mask ? reinterpret_cast<uint8_t*>(mask->data_ptr<bool>()) : nullptr;
+  p.scale = static_cast<float>(scale);
+  p.zero_point = zero_point;
+  p.enabled = enabled;
+  p.quant_min = quant_min;
+  p.quant_max = quant_max;
+  return p;
+}
+
+// Tensor qparams, already converted by the dispatcher: float32 scale, int32 zero point, int32 flag, one
+// element each, on x's device. Each is optional.
+inline void set_tensor_qparams(PerTensorParams& p, const std::optional<at::Tensor>& scale,
+                               const std::optional<at::Tensor>& zero_point, const std::optional<at::Tensor>& enabled) {
+  const auto one = [](const std::optional<at::Tensor>& t, at::ScalarType dtype) {
+    TORCH_CHECK(!t || (t->scalar_type() == dtype && t->numel() == 1),
+                "qkernels: tensor qparams must be float32/int32/int32 with one element");
+  };
+  one(scale, at::kFloat);
+  one(zero_point, at::kInt);
+  one(enabled, at::kInt);
+  p.scale_ptr = scale ? scale->data_ptr<float>() : nullptr;
+  p.zero_point_ptr = zero_point ? zero_point->data_ptr<int32_t>() : nullptr;
+  p.enabled_ptr = enabled ? enabled->data_ptr<int32_t>() : nullptr;
+}
+
+inline PerChannelParams per_channel_params(const at::Tensor& x, at::Tensor& out, const std::optional<at::Tensor>& mask,
+                                           const at::Tensor& scale, const at::Tensor& zero_point, int64_t inner,
+                                           int64_t quant_min, int64_t quant_max, int64_t flavour, bool use_fma) {
+  check_pair(x, out, mask);
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && zero_point.is_contiguous() &&
+                  scale.numel() == zero_point.numel() && scale.numel() > 0 && inner > 0,
+              "qkernels: per-channel qparams must be contiguous float32 scale and zero point of equal length");
+  TORCH_CHECK(zero_point.scalar_type() == at::kInt || zero_point.scalar_type() == at::kFloat,
+              "qkernels: per-channel zero point must be int32 or float32");
+  PerChannelParams p{};
+  p.dtype = dtype_of(x);
+  p.flavour = static_cast<Flavour>(flavour);
+  p.numel = x.numel();
+  p.x = x.data_ptr();
+  p.out = out.data_ptr();
+  p.mask = mask ? reinterpret_cast<uint8_t*>(mask->data_ptr<bool>()) : nullptr;
+  p.scale = scale.data_ptr<float>();
+  p.zero_point_i = zero_point.scalar_type() == at::kInt ? zero_point.data_ptr<int32_t>() : nullptr;
+  p.zero_point_f = zero_point.scalar_type() == at::kFloat ? zero_point.data_ptr<float>() : nullptr;
+  p.channels = scale.numel();
+  p.inner = inner;
+  p.quant_min = quant_min;
+  p.quant_max = quant_max;
+  p.use_fma = use_fma;
+  return p;
+}
+
+inline BackwardParams backward_params(const at::Tensor& grad, const at::Tensor& mask, at::Tensor& out) {
+  TORCH_CHECK(mask.scalar_type() == at::kBool && mask.strides() == grad.strides() && out.strides() == grad.strides() &&
+                  mask.sizes() == grad.sizes() && out.sizes() == grad.sizes() && out.scalar_type() == grad.scalar_type() &&
+                  grad.is_non_overlapping_and_dense(),
+              "qkernels: grad, mask and out must share one dense layout");
+  BackwardParams p{};
+  p.dtype = dtype_of(grad);
+  p.numel = grad.numel();
+  p.grad = grad.data_ptr();
+  p.mask = reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>());
+  p.out = out.data_ptr();
+  return p;
+}
+
+// Schemas of the private ops, identical for each device (the suffix names the device).
+#define QKERNELS_FAKE_QUANT_SCHEMAS(m, suffix)                                                                     \
+  m.def("_fake_quant_per_tensor_" suffix                                                                          \
+        "(Tensor x, Tensor(a!) out, Tensor(b!)? mask, float scale, int zero_point, bool enabled, Tensor? scale_t, " \
+        "Tensor? zero_point_t, Tensor? enabled_t, int quant_min, int quant_max, int flavour) -> ()");              \
+  m.def("_fake_quant_per_channel_" suffix                                                                         \
+        "(Tensor x, Tensor(a!) out, Tensor(b!)? mask, Tensor scale, Tensor zero_point, int inner, int quant_min, " \
+        "int quant_max, int flavour, bool use_fma) -> ()");                                                         \
+  m.def("_fake_quant_backward_" suffix "(Tensor grad, Tensor mask, Tensor(a!) out) -> ()")
+
+}  // namespace glue
+}  // namespace qkernels

@@ -1,0 +1,45 @@
+"""qkernels: fused CUDA, Triton and CPU kernels for quantization-aware training.
+
+Drop-in fake-quant ops with PyTorch's exact numerics (see README, "Numerics contract"):
+
+    qkernels.fake_quantize_per_tensor_affine(x, scale, zero_point, quant_min, quant_max)
+    qkernels.fake_quantize_per_channel_affine(x, scale, zero_point, axis, quant_min, quant_max)
+
+Backends are chosen per call (``QKERNELS_BACKEND`` or ``qkernels.use_backend``); ``qkernels.patch_torch()``
+routes existing ``torch.fake_quantize_*`` calls here. ``python -m qkernels.info`` tells what is live.
+"""
+
+import torch as _torch
+
+if tuple(int(p) for p in _torch.__version__.split("+")[0].split(".")[:2]) < (2, 6):
+    raise ImportError(f"qkernels needs torch >= 2.6, found {_torch.__version__}")
+
+from . import backends, ops, reference  # noqa: E402
+from .backends import use_backend  # noqa: E402
+from .ops import (  # noqa: E402
+    _fake_quantize_per_tensor_affine_cachemask_tensor_qparams,
+    fake_quantize_cachemask_backward,
+    fake_quantize_per_channel_affine,
+    fake_quantize_per_channel_affine_cachemask,
+    fake_quantize_per_tensor_affine,
+    fake_quantize_per_tensor_affine_cachemask,
+)
+from .patch import patch_torch, patched_torch, unpatch_torch  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "backends",
+    "ops",
+    "reference",
+    "use_backend",
+    "fake_quantize_per_tensor_affine",
+    "fake_quantize_per_channel_affine",
+    "fake_quantize_per_tensor_affine_cachemask",
+    "fake_quantize_per_channel_affine_cachemask",
+    "fake_quantize_cachemask_backward",
+    "_fake_quantize_per_tensor_affine_cachemask_tensor_qparams",
+    "patch_torch",
+    "unpatch_torch",
+    "patched_torch",
+]

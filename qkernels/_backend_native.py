@@ -1,0 +1,43 @@
+"""Backend ``cpu``/``cuda``: the csrc kernels through their private ops (qkernels::_fake_quant_*_{cpu,cuda}).
+
+Every backend module offers the same three launchers, writing into preallocated outputs that share x's
+dense layout: ``per_tensor``, ``per_channel`` and ``backward`` (see qkernels/ops.py for the contract).
+"""
+
+from __future__ import annotations
+
+import torch
+
+FLAVOURS = {"cpu": 0, "cuda": 1}
+
+
+def _op(name: str, device: torch.device):
+    return getattr(torch.ops.qkernels, f"_fake_quant_{name}_{'cuda' if device.type == 'cuda' else 'cpu'}")
+
+
+def per_tensor(x, out, mask, scale, zero_point, enabled, quant_min, quant_max, flavour):
+    tensors = isinstance(scale, torch.Tensor)
+    _op("per_tensor", x.device)(
+        x,
+        out,
+        mask,
+        0.0 if tensors else scale,
+        0 if tensors else zero_point,
+        True if enabled is None or isinstance(enabled, torch.Tensor) else bool(enabled),
+        scale if tensors else None,
+        zero_point if tensors else None,
+        enabled if isinstance(enabled, torch.Tensor) else None,
+        quant_min,
+        quant_max,
+        FLAVOURS[flavour],
+    )
+
+
+def per_channel(x, out, mask, scale, zero_point, axis, inner, quant_min, quant_max, flavour, use_fma):
+    _op("per_channel", x.device)(
+        x, out, mask, scale, zero_point, inner, quant_min, quant_max, FLAVOURS[flavour], use_fma
+    )
+
+
+def backward(grad, mask, out):
+    _op("backward", grad.device)(grad, mask, out)

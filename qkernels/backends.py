@@ -1,0 +1,134 @@
+"""The one dispatch point: which backend runs an op on a given input.
+
+Backends: ``cuda`` (csrc CUDA kernels, CUDA tensors), ``triton`` (CUDA tensors; CPU tensors only under
+``TRITON_INTERPRET=1`` and only when asked for by name), ``cpu`` (csrc C++ kernels, CPU tensors) and
+``reference`` (pure PyTorch, any device and dtype).
+
+Choice: ``QKERNELS_BACKEND=auto|cuda|triton|cpu|reference`` or ``with qkernels.use_backend(name):`` (the
+context manager wins). ``auto`` takes the first usable backend in ``AUTO_ORDER`` for the input's device and
+falls back silently; a backend asked for by name that cannot run the call raises, saying why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import os
+
+import torch
+
+from . import _library
+
+BACKENDS = ("auto", "cuda", "triton", "cpu", "reference")
+AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# The native and Triton kernels compare against the bounds in float32 (see csrc/include/qkernels).
+MAX_KERNEL_QUANT_BOUND = 1 << 22
+
+_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("qkernels_backend", default=None)
+
+
+def requested() -> str:
+    name = _override.get() or os.environ.get("QKERNELS_BACKEND", "auto").strip().lower() or "auto"
+    if name not in BACKENDS:
+        raise ValueError(f"QKERNELS_BACKEND must be one of {', '.join(BACKENDS)}, got {name!r}")
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Run the ops in this block on backend ``name`` (one of ``BACKENDS``)."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    token = _override.set(name)
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+def _triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+_triton_reason: list[str | None] = []
+
+
+def triton_missing_reason() -> str | None:
+    if not _triton_reason:
+        try:
+            import triton
+
+            version = tuple(int(p) for p in triton.__version__.split(".")[:2])
+            _triton_reason.append(None if version >= (3, 2) else f"triton {triton.__version__} < 3.2")
+        except ImportError as exc:
+            _triton_reason.append(f"triton is not importable ({exc})")
+    return _triton_reason[0]
+
+
+def availability(name: str, device_type: str) -> str | None:
+    """None if backend ``name`` can run on ``device_type`` at all, else the reason."""
+    if name == "reference":
+        return None
+    if name == "cpu":
+        if device_type != "cpu":
+            return f"the cpu backend runs CPU tensors, not {device_type}"
+        return _library.missing_reason("_C")
+    if name == "cuda":
+        if device_type != "cuda":
+            return f"the cuda backend runs CUDA tensors, not {device_type}"
+        return _library.missing_reason("_C_cuda")
+    if name == "triton":
+        reason = triton_missing_reason()
+        if reason:
+            return reason
+        if device_type == "cuda" or (device_type == "cpu" and _triton_interpret()):
+            return None
+        return f"triton runs {device_type} tensors only under TRITON_INTERPRET=1" if device_type == "cpu" else (
+            f"triton does not run {device_type} tensors"
+        )
+    raise ValueError(f"unknown backend {name!r}")
+
+
+def kernel_support(x: torch.Tensor, quant_min: int, quant_max: int) -> str | None:
+    """None if the kernel backends handle this call, else why only the reference does."""
+    if x.dtype not in KERNEL_DTYPES:
+        return f"kernels take float32/float16/bfloat16 inputs, not {x.dtype}"
+    if max(abs(quant_min), abs(quant_max)) > MAX_KERNEL_QUANT_BOUND:
+        return f"kernels take |quant_min|, |quant_max| <= 2^22, got [{quant_min}, {quant_max}]"
+    return None
+
+
+def _module(name: str):
+    if name == "reference":
+        return importlib.import_module("qkernels._backend_reference")
+    if name == "triton":
+        return importlib.import_module("qkernels.triton_kernels.fake_quant")
+    return importlib.import_module("qkernels._backend_native")
+
+
+def select(x: torch.Tensor, quant_min: int, quant_max: int):
+    """The backend module that runs this call (see the module docstring for the rules)."""
+    name = requested()
+    device_type = x.device.type
+    if name != "auto":
+        reason = availability(name, device_type)
+        if reason is None and name != "reference":
+            reason = kernel_support(x, quant_min, quant_max)
+        if reason is not None:
+            raise RuntimeError(f"qkernels backend {name!r} was requested but cannot run this call: {reason}")
+        return _module(name)
+    for candidate in AUTO_ORDER.get(device_type, ("reference",)):
+        if availability(candidate, device_type) is None and (
+            candidate == "reference" or kernel_support(x, quant_min, quant_max) is None
+        ):
+            return _module(candidate)
+    return _module("reference")
+
+
+def status() -> dict[str, dict[str, str | None]]:
+    """For each backend and device type: None if usable, else why not (printed by `python -m qkernels.info`)."""
+    return {
+        name: {dev: availability(name, dev) for dev in ("cpu", "cuda")} for name in BACKENDS if name != "auto"
+    }

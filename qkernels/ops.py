@@ -1,0 +1,365 @@
+"""Public fake-quant ops: argument checks (one place), torch.library registration, fake kernels, autograd.
+
+Registered ops (namespace ``qkernels``, same arguments and defaults as aten's, plus ``need_mask``):
+
+* ``fake_quantize_per_tensor_affine_cachemask(self, float scale, int zero_point, int quant_min, int quant_max,
+  bool need_mask=True) -> (Tensor output, Tensor mask)``
+* ``_fake_quantize_per_tensor_affine_cachemask_tensor_qparams(self, Tensor scale, Tensor zero_point,
+  Tensor? fake_quant_enabled, int quant_min, int quant_max, bool need_mask=True) -> (Tensor, Tensor)``
+* ``fake_quantize_per_channel_affine_cachemask(self, Tensor scale, Tensor zero_point, int axis, int quant_min,
+  int quant_max, bool need_mask=True) -> (Tensor, Tensor)``
+* ``fake_quantize_cachemask_backward(Tensor grad, Tensor mask) -> Tensor``
+
+The math is ``qkernels.reference.fake_quant`` (the spec). Outputs take ``x``'s dtype and, for dense inputs,
+its strides (channels-last and transposed layouts are kept; other inputs give contiguous outputs).
+``need_mask=False`` skips writing the mask (an empty bool tensor is returned); such a call cannot be
+differentiated. Gradients flow to ``self`` only: ``dx = dy * mask``.
+
+Qparams held in tensors are never read on the host for CUDA inputs (no device sync); checks that need their
+values run only for CPU tensors, or everywhere with ``QKERNELS_CHECK_VALUES=1``.
+"""
+
+import math
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import backends
+from .reference.fake_quant import cpu_uses_fma, default_flavour
+
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Argument checks. Messages name the argument; where aten checks the same condition the wording follows it.
+# ----------------------------------------------------------------------------------------------------------
+def _fail(msg: str):
+    raise RuntimeError(msg)
+
+
+def _check_input(op: str, x: Tensor):
+    if x.dtype not in _FLOAT_DTYPES:
+        _fail(f"{op}: `input` must be float32, float64, float16 or bfloat16, got {x.dtype}")
+
+
+def _check_range(quant_min: int, quant_max: int):
+    if quant_min > quant_max:
+        _fail(f"`quant_min` should be less than or equal to `quant_max`, got {quant_min} > {quant_max}.")
+
+
+def _check_scale_value(scale: float):
+    if not (math.isfinite(scale) and scale > 0):
+        _fail(f"`scale` must be a positive finite number, got {scale}")
+
+
+def _values_checkable(t: Tensor) -> bool:
+    """Whether reading t's values costs no device sync (or syncing was asked for), outside tracing."""
+    if torch.compiler.is_compiling() or isinstance(t, torch._subclasses.FakeTensor):
+        return False
+    return t.device.type == "cpu" or os.environ.get("QKERNELS_CHECK_VALUES") == "1"
+
+
+def _check_scale_tensor_values(scale: Tensor):
+    if _values_checkable(scale):
+        s = scale.detach().float()
+        if not bool(torch.all(torch.isfinite(s) & (s > 0))):
+            _fail(f"`scale` must be positive and finite, got {s.tolist()}")
+
+
+def _check_qparam_tensor(name: str, t, x: Tensor, numel: Optional[int] = None):
+    if not isinstance(t, Tensor):
+        _fail(f"`{name}` must be a Tensor, got {type(t).__name__}")
+    if t.device != x.device:
+        _fail(f"`{name}` must be on the same device as `input` ({x.device}), got {t.device}")
+    if numel is not None and t.numel() != numel:
+        _fail(f"`{name}` must have exactly {numel} element, got {t.numel()} (shape {tuple(t.shape)})")
+
+
+def _check_per_tensor_scalar(x, scale, zero_point, quant_min, quant_max):
+    _check_input("fake_quantize_per_tensor_affine", x)
+    _check_range(quant_min, quant_max)
+    if not (quant_min <= zero_point <= quant_max):
+        _fail(f"`zero_point` must be between `quant_min` and `quant_max`, got {zero_point} not in "
+              f"[{quant_min}, {quant_max}].")
+    _check_scale_value(scale)
+
+
+def _check_per_tensor_tensor(x, scale, zero_point, enabled, quant_min, quant_max):
+    _check_input("fake_quantize_per_tensor_affine", x)
+    _check_qparam_tensor("scale", scale, x, 1)
+    _check_qparam_tensor("zero_point", zero_point, x, 1)
+    if not scale.is_floating_point():
+        _fail(f"`scale` must be a floating-point tensor, got {scale.dtype}")
+    if zero_point.is_complex() or zero_point.dtype == torch.bool:
+        _fail(f"`zero_point` must be an integer or floating-point tensor, got {zero_point.dtype}")
+    if enabled is not None:
+        _check_qparam_tensor("fake_quant_enabled", enabled, x, 1)
+    _check_range(quant_min, quant_max)
+    _check_scale_tensor_values(scale)
+
+
+def _check_per_channel(x, scale, zero_point, axis, quant_min, quant_max):
+    _check_input("fake_quantize_per_channel_affine", x)
+    _check_qparam_tensor("scale", scale, x)
+    _check_qparam_tensor("zero_point", zero_point, x)
+    if scale.dtype not in (torch.float32, torch.bfloat16):
+        _fail(f"`scale` must be Float or BFloat16, found {scale.dtype}")
+    if zero_point.dtype not in (torch.int32, torch.float32, torch.float16):
+        _fail(f"`zero_point` must be Int32, Float or Half, found {zero_point.dtype}")
+    if scale.dim() != 1:
+        _fail(f"`scale` should be a 1-D tensor, got shape {tuple(scale.shape)}")
+    if zero_point.dim() != 1:
+        _fail(f"`zero_point` should be a 1-D tensor, got shape {tuple(zero_point.shape)}")
+    if scale.numel() != zero_point.numel():
+        _fail(f"`scale` and `zero_point` need to have the same number of elements, got {scale.numel()} and "
+              f"{zero_point.numel()}")
+    if x.dim() == 0:
+        _fail("`input` must have at least one dimension for per-channel fake quantization")
+    if not -x.dim() <= axis < x.dim():
+        _fail(f"`axis` must be in [{-x.dim()}, {x.dim() - 1}] for a {x.dim()}-D input, got {axis}")
+    if scale.numel() != x.size(axis):
+        _fail(f"`scale` and `zero_point` have {scale.numel()} elements but `input` has {x.size(axis)} channels "
+              f"along axis {axis}")
+    _check_range(quant_min, quant_max)
+    if not zero_point.is_floating_point() and _values_checkable(zero_point) and zero_point.numel():
+        lo, hi = torch.aminmax(zero_point)
+        if lo.item() < quant_min or hi.item() > quant_max:
+            _fail(f"`zero_point` must be between `quant_min` and `quant_max`, got values in "
+                  f"[{lo.item()}, {hi.item()}] outside [{quant_min}, {quant_max}].")
+    _check_scale_tensor_values(scale)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Output allocation shared by the real and the fake kernels.
+# ----------------------------------------------------------------------------------------------------------
+def _alloc(x: Tensor, need_mask: bool):
+    out = torch.empty_like(x)
+    mask = torch.empty_like(x, dtype=torch.bool) if need_mask else x.new_empty((0,), dtype=torch.bool)
+    return out, mask
+
+
+def _dense_like(x: Tensor, out: Tensor) -> Tensor:
+    """x in out's layout, so that the kernels can walk both in storage order."""
+    if x.stride() == out.stride():
+        return x
+    return torch.empty_strided(out.size(), out.stride(), dtype=x.dtype, device=x.device).copy_(x)
+
+
+def _inner_stride(out: Tensor, axis: int) -> int:
+    """Elements between consecutive channels in out's dense storage (product of sizes laid out inside axis)."""
+    return out.stride(axis) if out.size(axis) > 1 else max(1, out.numel() // max(1, out.size(axis)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Registered ops.
+# ----------------------------------------------------------------------------------------------------------
+@torch.library.custom_op("qkernels::fake_quantize_per_tensor_affine_cachemask", mutates_args=())
+def fake_quantize_per_tensor_affine_cachemask(
+    self: Tensor, scale: float, zero_point: int, quant_min: int, quant_max: int, need_mask: bool = True
+) -> tuple[Tensor, Tensor]:
+    _check_per_tensor_scalar(self, scale, zero_point, quant_min, quant_max)
+    out, mask = _alloc(self, need_mask)
+    if self.numel():
+        backend = backends.select(self, quant_min, quant_max)
+        backend.per_tensor(
+            _dense_like(self, out), out, mask if need_mask else None, scale, zero_point, None, quant_min, quant_max,
+            default_flavour(self),
+        )
+    return out, mask
+
+
+@fake_quantize_per_tensor_affine_cachemask.register_fake
+def _(self, scale, zero_point, quant_min, quant_max, need_mask=True):
+    _check_per_tensor_scalar(self, scale, zero_point, quant_min, quant_max)
+    return _alloc(self, need_mask)
+
+
+def _device_qparams(x: Tensor, scale: Tensor, zero_point: Tensor, enabled: Optional[Tensor]):
+    """Tensor qparams as the kernels read them: float32 scale, int32 zero point (floats truncate toward zero,
+    as aten's CPU kernel does) and int32 flag (nonzero after truncation = on), all one element, no sync."""
+    s = scale.detach().reshape(1).to(torch.float32)
+    z = zero_point.detach().reshape(1)
+    z = (z.trunc() if z.is_floating_point() else z).to(torch.int32)
+    e = None
+    if enabled is not None:
+        e = enabled.detach().reshape(1)
+        e = (e.trunc() if e.is_floating_point() else e).to(torch.int32)
+    return s, z, e
+
+
+@torch.library.custom_op(
+    "qkernels::_fake_quantize_per_tensor_affine_cachemask_tensor_qparams", mutates_args=()
+)
+def _fake_quantize_per_tensor_affine_cachemask_tensor_qparams(
+    self: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
+    fake_quant_enabled: Optional[Tensor],
+    quant_min: int,
+    quant_max: int,
+    need_mask: bool = True,
+) -> tuple[Tensor, Tensor]:
+    _check_per_tensor_tensor(self, scale, zero_point, fake_quant_enabled, quant_min, quant_max)
+    out, mask = _alloc(self, need_mask)
+    if self.numel():
+        s, z, e = _device_qparams(self, scale, zero_point, fake_quant_enabled)
+        backend = backends.select(self, quant_min, quant_max)
+        backend.per_tensor(
+            _dense_like(self, out), out, mask if need_mask else None, s, z, e, quant_min, quant_max,
+            default_flavour(self),
+        )
+    return out, mask
+
+
+@_fake_quantize_per_tensor_affine_cachemask_tensor_qparams.register_fake
+def _(self, scale, zero_point, fake_quant_enabled, quant_min, quant_max, need_mask=True):
+    _check_per_tensor_tensor(self, scale, zero_point, fake_quant_enabled, quant_min, quant_max)
+    return _alloc(self, need_mask)
+
+
+@torch.library.custom_op("qkernels::fake_quantize_per_channel_affine_cachemask", mutates_args=())
+def fake_quantize_per_channel_affine_cachemask(
+    self: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
+    axis: int,
+    quant_min: int,
+    quant_max: int,
+    need_mask: bool = True,
+) -> tuple[Tensor, Tensor]:
+    _check_per_channel(self, scale, zero_point, axis, quant_min, quant_max)
+    out, mask = _alloc(self, need_mask)
+    if self.numel():
+        axis = axis % self.dim()
+        s = scale.detach().to(torch.float32).contiguous()
+        z = zero_point.detach()
+        z = (z.to(torch.float32) if z.is_floating_point() else z).contiguous()
+        flavour = default_flavour(self)
+        use_fma = flavour == "cuda" or cpu_uses_fma()
+        backend = backends.select(self, quant_min, quant_max)
+        backend.per_channel(
+            _dense_like(self, out), out, mask if need_mask else None, s, z, axis, _inner_stride(out, axis),
+            quant_min, quant_max, flavour, use_fma,
+        )
+    return out, mask
+
+
+@fake_quantize_per_channel_affine_cachemask.register_fake
+def _(self, scale, zero_point, axis, quant_min, quant_max, need_mask=True):
+    _check_per_channel(self, scale, zero_point, axis, quant_min, quant_max)
+    return _alloc(self, need_mask)
+
+
+def _check_backward(grad: Tensor, mask: Tensor):
+    if mask.dtype != torch.bool:
+        _fail(f"fake_quantize_cachemask_backward: `mask` must be bool, got {mask.dtype}")
+    if mask.numel() != grad.numel():
+        _fail(f"`mask` and `dY` are not the same size: `mask` is size {mask.numel()} and `dY` is size "
+              f"{grad.numel()}")
+    if mask.device != grad.device:
+        _fail(f"`mask` must be on the same device as `dY` ({grad.device}), got {mask.device}")
+
+
+@torch.library.custom_op("qkernels::fake_quantize_cachemask_backward", mutates_args=())
+def fake_quantize_cachemask_backward(grad: Tensor, mask: Tensor) -> Tensor:
+    _check_backward(grad, mask)
+    out = torch.empty_like(grad)
+    if grad.numel() == 0:
+        return out
+    if grad.stride() == out.stride() and mask.stride() == out.stride() and mask.shape == grad.shape:
+        backend = backends.select(grad, 0, 0)
+        backend.backward(grad, mask, out)
+    else:  # layouts differ (autograd handed over another layout): let aten broadcast and stride
+        out.copy_(grad * mask.view(grad.shape))
+    return out
+
+
+@fake_quantize_cachemask_backward.register_fake
+def _(grad, mask):
+    _check_backward(grad, mask)
+    return torch.empty_like(grad)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Autograd: dx = dy * mask for `self`; qparams get no gradient (aten: "not differentiable").
+# ----------------------------------------------------------------------------------------------------------
+def _setup_context(ctx, inputs, output):
+    x = inputs[0]
+    for i, t in enumerate(inputs[1:3], start=1):
+        if isinstance(t, Tensor) and t.requires_grad:
+            _fail(f"fake quantization is not differentiable with respect to `{('scale', 'zero_point')[i - 1]}`; "
+                  "use the learnable fake-quant ops for learnable qparams")
+    _, mask = output
+    if x.requires_grad and mask.numel() != x.numel():
+        _fail("a fake-quant call with need_mask=False cannot be differentiated")
+    ctx.save_for_backward(mask)
+    ctx.num_inputs = len(inputs)
+
+
+def _backward(ctx, grad_out, grad_mask):
+    (mask,) = ctx.saved_tensors
+    grad_x = fake_quantize_cachemask_backward(grad_out, mask) if ctx.needs_input_grad[0] else None
+    return (grad_x,) + (None,) * (ctx.num_inputs - 1)
+
+
+for _op in (
+    fake_quantize_per_tensor_affine_cachemask,
+    _fake_quantize_per_tensor_affine_cachemask_tensor_qparams,
+    fake_quantize_per_channel_affine_cachemask,
+):
+    _op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _backward_of_backward(ctx, grad_grad):
+    (mask,) = ctx.saved_tensors
+    return fake_quantize_cachemask_backward(grad_grad, mask), None
+
+
+def _setup_backward(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+
+
+fake_quantize_cachemask_backward.register_autograd(_backward_of_backward, setup_context=_setup_backward)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Public functions with torch's signatures.
+# ----------------------------------------------------------------------------------------------------------
+def _needs_mask(x: Tensor) -> bool:
+    return torch.is_grad_enabled() and x.requires_grad
+
+
+def fake_quantize_per_tensor_affine(input: Tensor, scale, zero_point, quant_min: int, quant_max: int) -> Tensor:
+    """Drop-in for ``torch.fake_quantize_per_tensor_affine`` (both overloads: Python-number or tensor qparams).
+
+    ``y = (clamp(round(x * (1/scale)) + zero_point, quant_min, quant_max) - zero_point) * scale``, round half
+    to even. The mask for the backward pass is written only when ``input`` requires grad.
+    """
+    need = _needs_mask(input)
+    if isinstance(scale, Tensor) or isinstance(zero_point, Tensor):
+        if not (isinstance(scale, Tensor) and isinstance(zero_point, Tensor)):
+            _fail("`scale` and `zero_point` must both be Tensors or both be numbers")
+        out, _ = _fake_quantize_per_tensor_affine_cachemask_tensor_qparams(
+            input, scale, zero_point, None, quant_min, quant_max, need
+        )
+        return out
+    out, _ = fake_quantize_per_tensor_affine_cachemask(
+        input, float(scale), int(zero_point), quant_min, quant_max, need
+    )
+    return out
+
+
+def fake_quantize_per_channel_affine(
+    input: Tensor, scale: Tensor, zero_point: Tensor, axis: int, quant_min: int, quant_max: int
+) -> Tensor:
+    """Drop-in for ``torch.fake_quantize_per_channel_affine``; ``axis`` may be negative.
+
+    Channel ``c`` uses ``scale[c]``/``zero_point[c]``; an int32 zero point is added after rounding, a float one
+    before (``round(x * inv + z)``), as in aten. The mask is written only when ``input`` requires grad.
+    """
+    out, _ = fake_quantize_per_channel_affine_cachemask(
+        input, scale, zero_point, axis, quant_min, quant_max, _needs_mask(input)
+    )
+    return out

@@ -1,0 +1,55 @@
+"""Route existing ``torch.fake_quantize_*`` calls to qkernels, and undo it.
+
+``patch_torch()`` replaces the attributes ``torch.fake_quantize_per_tensor_affine`` and
+``torch.fake_quantize_per_channel_affine`` with qkernels' drop-ins, so code that looks them up at call time
+(torch.ao's FakeQuantize modules do) runs on qkernels. Names bound earlier with ``from torch import ...``,
+TorchScript and C++ callers are not affected. ``unpatch_torch()`` restores the originals; ``patched_torch()``
+is the context-manager form. Patching twice is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from . import ops
+
+# torch attribute -> qkernels replacement
+_TARGETS = {
+    "fake_quantize_per_tensor_affine": ops.fake_quantize_per_tensor_affine,
+    "fake_quantize_per_channel_affine": ops.fake_quantize_per_channel_affine,
+}
+_originals: dict[str, object] = {}
+
+
+def is_patched() -> bool:
+    return bool(_originals)
+
+
+def patch_torch() -> None:
+    """Make ``torch.fake_quantize_per_{tensor,channel}_affine`` run on qkernels until ``unpatch_torch()``."""
+    if _originals:
+        return
+    for name, replacement in _TARGETS.items():
+        _originals[name] = getattr(torch, name)
+        setattr(torch, name, replacement)
+
+
+def unpatch_torch() -> None:
+    """Restore the torch functions replaced by ``patch_torch()``."""
+    for name, original in _originals.items():
+        setattr(torch, name, original)
+    _originals.clear()
+
+
+@contextlib.contextmanager
+def patched_torch():
+    """``with qkernels.patched_torch(): ...`` patches for the block; nested use keeps the outer patch."""
+    already = is_patched()
+    patch_torch()
+    try:
+        yield
+    finally:
+        if not already:
+            unpatch_torch()

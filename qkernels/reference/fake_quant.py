@@ -1,0 +1,204 @@
+"""Pure-PyTorch reference of the fake-quant family: the spec every backend is tested against.
+
+Affine fake quantization maps each element ``x`` to
+
+    q = clamp(round(x * inv_scale) + zero_point, quant_min, quant_max)     inv_scale = float32(1 / scale)
+    y = (q - zero_point) * scale
+    mask = quant_min <= round(x * inv_scale) + zero_point <= quant_max     (inclusive, on the rounded value)
+
+with ``round`` half-to-even and ``inv_scale`` one float32 division, exactly as PyTorch's kernels compute it
+(``x * inv_scale``, never ``x / scale``). The backward pass is the straight-through estimator
+``dx = dy * mask``, with the mask promoted to dy's dtype (so ``-dy * 0`` gives ``-0.0`` and NaN stays NaN).
+
+PyTorch's CPU and CUDA kernels differ in where the zero point enters and in how NaN, +-inf and values beyond
+int64 are converted, so every function takes a ``flavour`` ("cpu" or "cuda"; default: the device type of
+``x``) and reproduces that device's aten kernel bit for bit:
+
+* per-tensor: identical except for the dequantization of zero points beyond 2^24 (cpu: exact integer
+  ``q - z`` rounded once; cuda: float subtraction);
+* per-channel, int zero point: cpu adds ``float(z)`` after rounding and converts with x86 semantics (NaN, inf
+  and |q| >= 2^63 -> INT64_MIN, i.e. quant_min, mask false); cuda rounds, saturates to int64, then adds ``z``
+  in wrapping int64 arithmetic; cpu dequantizes in double, cuda in float;
+* per-channel, float zero point: ``q = round(x * inv_scale + z)``, where the multiply-add is one FMA on
+  CUDA and on AVX2/AVX512 builds of aten (``use_fma``), two roundings otherwise.
+
+Shapes: ``x`` any shape; per-channel ``scale``/``zero_point`` are 1-D of length ``x.size(axis)``. Outputs
+have ``x``'s shape and dtype (mask: bool). All arithmetic is float32, or float64 for float64 ``x``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "fake_quant_per_tensor",
+    "fake_quant_per_channel",
+    "fake_quant_backward",
+    "default_flavour",
+    "cpu_uses_fma",
+]
+
+_TWO63 = 9.223372036854775808e18
+_I64_MIN = -(2**63)
+_I64_MAX = 2**63 - 1
+
+
+def default_flavour(x: torch.Tensor) -> str:
+    return "cuda" if x.device.type == "cuda" else "cpu"
+
+
+def cpu_uses_fma() -> bool:
+    """Whether aten's CPU kernels fuse ``x * inv + z`` into one FMA (every vectorized x86 build does)."""
+    return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "NO AVX")
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _to_int64_cuda(v: torch.Tensor) -> torch.Tensor:
+    """Saturating float -> int64 with NaN -> INT64_MIN (CUDA's cvt, measured on an H100)."""
+    hi = v >= _TWO63
+    lo = torch.isnan(v) | (v < -_TWO63)
+    safe = torch.where(hi | lo, torch.zeros_like(v), v).to(torch.int64)
+    safe = torch.where(hi, torch.full_like(safe, _I64_MAX), safe)
+    return torch.where(lo, torch.full_like(safe, _I64_MIN), safe)
+
+
+def _to_int64_x86(v: torch.Tensor) -> torch.Tensor:
+    """x86-64 cvttss2si: NaN and anything outside [-2^63, 2^63) -> INT64_MIN."""
+    ok = (v >= -_TWO63) & (v < _TWO63)
+    safe = torch.where(ok, v, torch.zeros_like(v)).to(torch.int64)
+    return torch.where(ok, safe, torch.full_like(safe, _I64_MIN))
+
+
+def _clamp_nan_low(v: torch.Tensor, lo, hi) -> torch.Tensor:
+    """clamp with NaN -> lo, as fminf(hi, fmaxf(lo, v)) does."""
+    return torch.where(torch.isnan(v), torch.full_like(v, lo), v.clamp(lo, hi))
+
+
+def _fma_f32(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Correctly rounded float32 fma(a, b, c) from float64 arithmetic.
+
+    a*b is exact in float64; the sum is formed with its exact rounding error (TwoSum), rounded to odd, and only
+    then to float32, which avoids the double-rounding error of a plain float64 sum.
+    """
+    prod = a.double() * b.double()
+    cd = c.double()
+    s = prod + cd
+    bp = s - prod
+    err = (prod - (s - bp)) + (cd - bp)
+    odd = (s.view(torch.int64) & 1) == 1
+    toward = torch.where(err > 0, torch.full_like(s, float("inf")), torch.full_like(s, float("-inf")))
+    s = torch.where((err != 0) & ~odd & torch.isfinite(s), torch.nextafter(s, toward), s)
+    return s.float()
+
+
+def _as_scalar_tensor(v, dtype, device) -> torch.Tensor:
+    return v.to(dtype=dtype, device=device).reshape(()) if isinstance(v, torch.Tensor) else torch.tensor(
+        v, dtype=dtype, device=device
+    )
+
+
+def fake_quant_per_tensor(
+    x: torch.Tensor,
+    scale,
+    zero_point,
+    quant_min: int,
+    quant_max: int,
+    *,
+    enabled=True,
+    flavour: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor fake quantization; returns ``(y, mask)``.
+
+    ``scale``: Python number or one-element tensor, narrowed to float32. ``zero_point``: int, or a one-element
+    tensor truncated toward zero to an integer. ``enabled``: bool or one-element tensor; when zero,
+    ``y = x`` and the mask is all true.
+    """
+    flavour = flavour or default_flavour(x)
+    P = _compute_dtype(x)
+    s = _as_scalar_tensor(scale, torch.float32, x.device)
+    inv = 1.0 / s
+    z = _as_scalar_tensor(zero_point, torch.float64, x.device).trunc().to(torch.int64)
+    r = torch.round(x.to(P) * inv.to(P))
+    qf = r + z.to(P)
+    if flavour == "cpu":
+        mask = (qf >= quant_min) & (qf <= quant_max)
+        q = _clamp_nan_low(qf.double(), quant_min, quant_max).to(torch.int64)
+        y = (q - z).to(torch.float32) * s
+    else:
+        q = _to_int64_cuda(qf)
+        mask = (q >= quant_min) & (q <= quant_max)
+        qc = _clamp_nan_low(q.to(torch.float32), float(quant_min), float(quant_max))
+        y = (qc - z.to(torch.float32)) * s
+    y = y.to(x.dtype)
+    on = _as_scalar_tensor(enabled, torch.float64, x.device).trunc() != 0
+    y = torch.where(on, y, x)
+    mask = torch.where(on, mask, torch.ones_like(mask))
+    return y, mask
+
+
+def fake_quant_per_channel(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    axis: int,
+    quant_min: int,
+    quant_max: int,
+    *,
+    flavour: str | None = None,
+    use_fma: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel fake quantization along ``axis``; returns ``(y, mask)``.
+
+    ``scale``: float32/bfloat16 [C] (widened to float32). ``zero_point``: int32 [C], or float32/float16 [C]
+    (float path: ``round(x * inv + z)``). ``use_fma`` defaults to the flavour's aten behaviour.
+    """
+    flavour = flavour or default_flavour(x)
+    if use_fma is None:
+        use_fma = flavour == "cuda" or cpu_uses_fma()
+    axis = axis % x.dim()
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    P = _compute_dtype(x)
+    s = scale.float().view(shape)
+    inv = 1.0 / s
+    xp = x.to(P)
+    if not zero_point.is_floating_point():
+        z = zero_point.to(torch.int64).view(shape)
+        r = torch.round(xp * inv.to(P))
+        if flavour == "cpu":
+            q = _to_int64_x86(z.to(P) + r)
+            qc = q.clamp(quant_min, quant_max)
+            y = (qc.double() - z.double()) * s.double()
+        else:
+            q = _to_int64_cuda(r) + z  # int64 addition wraps, as on the device
+            qc = q.clamp(quant_min, quant_max)
+            y = (qc - z).to(torch.float32) * s
+    else:
+        z = zero_point.float().view(shape)
+        if P == torch.float64:
+            v = xp * inv.double() + z.double()
+        elif use_fma:
+            v = _fma_f32(xp, inv, z)
+        else:
+            v = xp * inv + z
+        r = torch.round(v)
+        if flavour == "cpu":
+            q = _to_int64_x86(r.float())
+            qc = q.clamp(quant_min, quant_max)
+            y = (qc.double() - z.double()) * s.double()
+        else:
+            q = _to_int64_cuda(r)
+            qc = _clamp_nan_low(q.to(torch.float32), float(quant_min), float(quant_max))
+            y = (qc - z) * s
+    mask = (q >= quant_min) & (q <= quant_max)
+    if x.dtype != torch.float64:
+        y = y.to(torch.float32)  # aten narrows double results through float (c10 16-bit types take floats)
+    return y.to(x.dtype), mask
+
+
+def fake_quant_backward(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Straight-through gradient ``grad * mask`` in grad's dtype."""
+    return grad * mask

@@ -1,0 +1,80 @@
+"""Shared test helpers: devices, backends per device, bit-exact comparison, hypothesis profiles."""
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+import qkernels
+from qkernels import backends
+
+settings.register_profile(
+    "ci", max_examples=int(os.environ.get("QKERNELS_HYPOTHESIS_EXAMPLES", "25")), deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.load_profile("ci")
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
+KERNEL_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def backends_for(device: str):
+    """Backends that run on `device` in this environment. Missing native/Triton backends on a GPU machine are
+    failures, not skips: the GPU run is meant to cover them."""
+    names = []
+    for name in ("cuda", "triton", "cpu", "reference"):
+        reason = backends.availability(name, device)
+        if reason is None:
+            names.append(name)
+        elif device == "cuda" and name in ("cuda", "triton"):
+            names.append(name)  # the test then fails with the reason
+    return names
+
+
+def flavour_of(backend: str, device: str) -> str:
+    """Semantics a backend implements: Triton is always aten-CUDA's, even interpreted on CPU tensors."""
+    return "cuda" if (device == "cuda" or backend == "triton") else "cpu"
+
+
+def interpreted(backend: str, device: str) -> bool:
+    return backend == "triton" and device == "cpu"
+
+
+def _int_view(t: torch.Tensor) -> torch.Tensor:
+    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+def assert_bitwise_equal(actual: torch.Tensor, expected: torch.Tensor, *, ulp: int = 0, what: str = ""):
+    """Same dtype, shape, strides and bits. NaNs must sit at the same places (payloads are not compared).
+    ulp > 0 allows that many units in the last place (only for the interpreter's bfloat16, see README)."""
+    assert actual.dtype == expected.dtype, (what, actual.dtype, expected.dtype)
+    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
+    if actual.numel() > 1:  # strides of size-1 dimensions carry no layout
+        sa = [st for st, sz in zip(actual.stride(), actual.shape) if sz > 1]
+        se = [st for st, sz in zip(expected.stride(), expected.shape) if sz > 1]
+        assert sa == se, (what, actual.stride(), expected.stride())
+    a, e = actual.detach().cpu(), expected.detach().cpu()
+    if a.dtype == torch.bool:
+        bad = a != e
+    else:
+        nan_a, nan_e = torch.isnan(a), torch.isnan(e)
+        assert torch.equal(nan_a, nan_e), f"{what}: NaN positions differ"
+        diff = (_int_view(a).long() - _int_view(e).long()).abs()
+        bad = (diff > ulp) & ~nan_a
+        if ulp:  # a 1-ulp step never crosses a sign
+            bad |= (torch.signbit(a) != torch.signbit(e)) & ~nan_a & (a != 0)
+    n = int(bad.sum())
+    if n:
+        idx = bad.flatten().nonzero()[:5].flatten().tolist()
+        raise AssertionError(
+            f"{what}: {n} of {a.numel()} elements differ; first at {idx}: "
+            f"got {a.flatten()[idx].tolist()} want {e.flatten()[idx].tolist()}"
+        )
+
+
+@pytest.fixture
+def use():
+    """`with use(name):` runs qkernels ops on backend `name`."""
+    return qkernels.use_backend

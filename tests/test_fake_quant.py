@@ -1,0 +1,430 @@
+"""Fake-quant ops: every backend against the reference and against aten, bit for bit.
+
+Tolerances: none, except bfloat16 under the Triton interpreter (1 ulp): the interpreter narrows float32 to
+bfloat16 by truncation where the GPU rounds to nearest even (README, "Numerics contract").
+"""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import qkernels
+from qkernels.reference import fake_quant as ref
+
+from conftest import (
+    DEVICES,
+    HAS_CUDA,
+    KERNEL_DTYPES,
+    assert_bitwise_equal,
+    backends_for,
+    flavour_of,
+    interpreted,
+)
+
+ALL_DTYPES = KERNEL_DTYPES + [torch.float64]
+RANGES = [(-128, 127), (0, 255), (-8, 7), (0, 15), (0, 1), (-32768, 32767), (0, 65535), (-1, 0)]
+CASES = [(dev, be) for dev in DEVICES for be in backends_for(dev)]
+
+
+def ulp_for(backend, device, dtype):
+    return 1 if interpreted(backend, device) and dtype == torch.bfloat16 else 0
+
+
+def dtypes_for(backend):
+    return ALL_DTYPES if backend == "reference" else KERNEL_DTYPES
+
+
+def special_values(scale, zp, qmin, qmax):
+    """Ties around every boundary, values just inside/outside, zeros, NaN, +-inf and int64-overflowing ones."""
+    ks = [qmin - zp - 1, qmin - zp, qmax - zp, qmax - zp + 1, -2, -1, 0, 1, 2]
+    ties = [(k + d) * scale for k in ks for d in (-0.5, 0.5, -0.49999997, 0.50000006)]
+    return ties + [0.0, -0.0, math.nan, math.inf, -math.inf, 1e20, -1e20, 9.3e18, -9.3e18, 3e38, -3e38]
+
+
+def make_input(seed, shape, scale, zp, qmin, qmax, dtype, device, specials=True):
+    g = torch.Generator().manual_seed(seed)
+    n = math.prod(shape)
+    lo, hi = (qmin - zp - 8) * scale, (qmax - zp + 8) * scale
+    x = torch.rand(n, generator=g, dtype=torch.float64) * (hi - lo) + lo
+    if specials:
+        sv = torch.tensor(special_values(scale, zp, qmin, qmax), dtype=torch.float64)
+        pick = torch.randint(0, 3, (n,), generator=g) == 0
+        x = torch.where(pick, sv[torch.randint(0, sv.numel(), (n,), generator=g)], x)
+    return x.to(dtype).reshape(shape).to(device)
+
+
+def run(backend, fn, *args, **kwargs):
+    with qkernels.use_backend(backend):
+        return fn(*args, **kwargs)
+
+
+def check_against_aten(device, backend, flavours_differ_here=False):
+    """Whether aten on this device computes what this backend computes. The cpu and cuda flavours differ
+    only per channel (at NaN/inf/int64 overflow, and in the float-zero-point dequantization) and per tensor
+    for zero points beyond 2^24; elsewhere an interpreted Triton run is also compared with aten CPU."""
+    if flavour_of(backend, device) == ref.default_flavour(torch.empty(0, device=device)):
+        return True
+    return not flavours_differ_here
+
+
+# ------------------------------------------------------------------------------------------------------
+# per-tensor
+# ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device,backend", CASES)
+@given(data=st.data())
+def test_per_tensor_random(device, backend, data):
+    dtype = data.draw(st.sampled_from(dtypes_for(backend)))
+    qmin, qmax = data.draw(st.sampled_from(RANGES))
+    zp = data.draw(st.integers(qmin, qmax))
+    scale = data.draw(st.floats(0.0009765625, 20.0, width=32))
+    shape = data.draw(st.lists(st.integers(1, 13), min_size=1, max_size=4))
+    x = make_input(data.draw(st.integers(0, 2**31)), shape, scale, zp, qmin, qmax, dtype, device)
+    y, m = run(backend, qkernels.fake_quantize_per_tensor_affine_cachemask, x, scale, zp, qmin, qmax)
+    ry, rm = ref.fake_quant_per_tensor(x, scale, zp, qmin, qmax, flavour=flavour_of(backend, device))
+    ulp = ulp_for(backend, device, dtype)
+    assert_bitwise_equal(y, ry, ulp=ulp, what="output vs reference")
+    assert_bitwise_equal(m, rm, what="mask vs reference")
+    ay, am = torch.ops.aten.fake_quantize_per_tensor_affine_cachemask(x, scale, zp, qmin, qmax)
+    assert_bitwise_equal(y, ay, ulp=ulp, what="output vs aten")
+    assert_bitwise_equal(m, am, what="mask vs aten")
+
+
+@pytest.mark.parametrize("device,backend", CASES)
+@pytest.mark.parametrize("zp_dtype", [torch.int32, torch.int64, torch.float32])
+@pytest.mark.parametrize("flag", [None, 1, 0, 0.5, 2])
+def test_per_tensor_tensor_qparams(device, backend, zp_dtype, flag):
+    dtype = torch.float32
+    x = make_input(7, (33, 5), 0.05, 3, -128, 127, dtype, device)
+    scale = torch.tensor([0.05], dtype=torch.float64, device=device)  # narrowed to float32, as aten does
+    zp = torch.tensor([3.7 if zp_dtype.is_floating_point else 3], dtype=zp_dtype, device=device)  # 3.7 -> 3
+    enabled = None if flag is None else torch.tensor([flag], device=device)
+    y, m = run(backend, qkernels._fake_quantize_per_tensor_affine_cachemask_tensor_qparams, x, scale, zp,
+               enabled, -128, 127)
+    aten_flag = enabled if enabled is not None else torch.ones(1, dtype=torch.long, device=device)
+    if device == "cuda":  # aten's CUDA kernel needs exactly these dtypes; its semantics are the same
+        ay, am = torch._fake_quantize_per_tensor_affine_cachemask_tensor_qparams(
+            x, scale.float(), zp.trunc().int() if zp.is_floating_point() else zp.int(),
+            aten_flag.trunc().long() if aten_flag.is_floating_point() else aten_flag.long(), -128, 127)
+    else:
+        ay, am = torch._fake_quantize_per_tensor_affine_cachemask_tensor_qparams(x, scale, zp, aten_flag, -128, 127)
+    assert_bitwise_equal(y, ay, what="output vs aten")
+    assert_bitwise_equal(m, am, what="mask vs aten")
+    if flag == 0 or flag == 0.5:
+        assert torch.equal(y, x) and bool(m.all())
+
+
+@pytest.mark.parametrize("device,backend", CASES)
+def test_per_tensor_wide_zero_point(device, backend):
+    """Tensor qparams skip aten's zero-point range check; zero points beyond 2^24 dequantize differently
+    on CPU (exact integer q - z) and CUDA (float subtraction)."""
+    x = make_input(3, (4096,), 1.0, 0, -128, 127, torch.float32, device)
+    for z in (2**25 + 1, -(2**24) - 3, 123):
+        zp = torch.tensor([z], dtype=torch.int32, device=device)
+        y, m = run(backend, qkernels._fake_quantize_per_tensor_affine_cachemask_tensor_qparams, x,
+                   torch.ones(1, device=device), zp, None, -128, 127)
+        ry, rm = ref.fake_quant_per_tensor(x, 1.0, zp, -128, 127, flavour=flavour_of(backend, device))
+        assert_bitwise_equal(y, ry, what=f"z={z}")
+        assert_bitwise_equal(m, rm, what=f"mask z={z}")
+        if check_against_aten(device, backend, flavours_differ_here=True):
+            ay, am = torch._fake_quantize_per_tensor_affine_cachemask_tensor_qparams(
+                x, torch.ones(1, device=device), zp, torch.ones(1, dtype=torch.long, device=device), -128, 127)
+            assert_bitwise_equal(y, ay, what=f"aten z={z}")
+
+
+# ------------------------------------------------------------------------------------------------------
+# per-channel
+# ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device,backend", CASES)
+@given(data=st.data())
+def test_per_channel_random(device, backend, data):
+    dtype = data.draw(st.sampled_from(dtypes_for(backend)))
+    qmin, qmax = data.draw(st.sampled_from(RANGES))
+    ndim = data.draw(st.integers(1, 4))
+    shape = data.draw(st.lists(st.integers(1, 9), min_size=ndim, max_size=ndim))
+    axis = data.draw(st.integers(-ndim, ndim - 1))
+    C = shape[axis]
+    zp_kind = data.draw(st.sampled_from(["int32", "float32", "float16"]))
+    specials = data.draw(st.booleans())
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31)))
+    scale = (torch.rand(C, generator=g) * 2 + 0.01).to(device)
+    zp_int = torch.randint(qmin, qmax + 1, (C,), generator=g)
+    zp = {"int32": zp_int.int(), "float32": zp_int.float() + torch.rand(C, generator=g) - 0.5,
+          "float16": zp_int.half()}[zp_kind].to(device)
+    x = make_input(int(g.seed() % 2**31), shape, 1.0, 0, qmin, qmax, dtype, device, specials)
+    layout = data.draw(st.sampled_from(["contiguous", "channels_last", "transposed"]))
+    if layout == "channels_last" and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "transposed" and x.dim() >= 2:
+        x = x.transpose(0, -1).contiguous().transpose(0, -1)
+    y, m = run(backend, qkernels.fake_quantize_per_channel_affine_cachemask, x, scale, zp, axis, qmin, qmax)
+    ry, rm = ref.fake_quant_per_channel(x, scale, zp, axis, qmin, qmax, flavour=flavour_of(backend, device))
+    ulp = ulp_for(backend, device, dtype)
+    assert_bitwise_equal(y, ry, ulp=ulp, what="output vs reference")
+    assert_bitwise_equal(m, rm, what="mask vs reference")
+    if check_against_aten(device, backend, flavours_differ_here=specials or zp.is_floating_point()):
+        ay, am = torch.ops.aten.fake_quantize_per_channel_affine_cachemask(x, scale, zp, axis % x.dim(), qmin, qmax)
+        assert_bitwise_equal(y, ay, ulp=ulp, what="output vs aten")
+        assert_bitwise_equal(m, am, what="mask vs aten")
+
+
+@pytest.mark.parametrize("device,backend", CASES)
+def test_per_channel_bf16_scale(device, backend):
+    """bf16 scales are widened exactly (aten CUDA accepts them; aten CPU trips an internal assert)."""
+    x = make_input(5, (3, 100), 0.1, 0, -128, 127, torch.float32, device)
+    s16 = torch.tensor([0.1, 0.25, 3.0], dtype=torch.bfloat16, device=device)
+    zp = torch.tensor([0, 4, -7], dtype=torch.int32, device=device)
+    y, m = run(backend, qkernels.fake_quantize_per_channel_affine_cachemask, x, s16, zp, 0, -128, 127)
+    ry, rm = run(backend, qkernels.fake_quantize_per_channel_affine_cachemask, x, s16.float(), zp, 0, -128, 127)
+    assert_bitwise_equal(y, ry)
+    assert_bitwise_equal(m, rm)
+
+
+# ------------------------------------------------------------------------------------------------------
+# layouts, sizes, the CUDA math on the CPU kernel
+# ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device,backend", CASES)
+def test_layouts_and_empty(device, backend):
+    base = make_input(11, (2, 3, 5, 7), 0.1, 0, -128, 127, torch.float32, device)
+    inputs = {
+        "channels_last": base.contiguous(memory_format=torch.channels_last),
+        "sliced": base[:, 1:, ::2],
+        "transposed": base.transpose(1, 3),
+        "empty": base[:, :0],
+        "zero_dim": base[0, 0, 0, 0].clone(),
+    }
+    for name, x in inputs.items():
+        y, m = run(backend, qkernels.fake_quantize_per_tensor_affine_cachemask, x, 0.1, 1, -128, 127)
+        ay, am = torch.ops.aten.fake_quantize_per_tensor_affine_cachemask(x, 0.1, 1, -128, 127)
+        assert_bitwise_equal(y, ay, what=name)
+        assert_bitwise_equal(m, am, what=name)
+        if x.dim():
+            s = torch.rand(x.size(-1), device=device) + 0.05
+            zp = torch.zeros(x.size(-1), dtype=torch.int32, device=device)
+            y, m = run(backend, qkernels.fake_quantize_per_channel_affine_cachemask, x, s, zp, -1, -128, 127)
+            ry, rm = ref.fake_quant_per_channel(x, s, zp, -1, -128, 127, flavour=flavour_of(backend, device))
+            assert_bitwise_equal(y, ry, what=name)
+            assert_bitwise_equal(m, rm, what=name)
+            if check_against_aten(device, backend, flavours_differ_here=True):
+                ay, am = torch.ops.aten.fake_quantize_per_channel_affine_cachemask(x, s, zp, x.dim() - 1, -128, 127)
+                assert_bitwise_equal(y, ay, what=name)
+                assert_bitwise_equal(m, am, what=name)
+
+
+@pytest.mark.parametrize("device,backend", CASES)
+def test_unaligned_and_odd_sizes(device, backend):
+    """Views that start mid-vector and lengths that end mid-vector take the element-wise paths."""
+    big = make_input(13, (70001,), 0.02, -5, -128, 127, torch.float32, device)
+    for start, length in [(1, 70000), (3, 1029), (0, 1), (7, 4099)]:
+        x = big[start:start + length]
+        y, m = run(backend, qkernels.fake_quantize_per_tensor_affine_cachemask, x, 0.02, -5, -128, 127)
+        ay, am = torch.ops.aten.fake_quantize_per_tensor_affine_cachemask(x, 0.02, -5, -128, 127)
+        assert_bitwise_equal(y, ay, what=f"{start}+{length}")
+        assert_bitwise_equal(m, am, what=f"{start}+{length}")
+
+
+@pytest.mark.skipif(qkernels.backends.availability("cpu", "cpu") is not None, reason="CPU extension not built")
+def test_cuda_flavour_on_cpu_kernel():
+    """The CUDA kernels' math (shared header) run through the CPU extension, against the CUDA reference."""
+    x = make_input(17, (5, 4001), 0.3, 0, -128, 127, torch.float32, "cpu")
+    for z in (0, 5, -3, 2**25 + 1):
+        out, mask = torch.empty_like(x), torch.empty_like(x, dtype=torch.bool)
+        torch.ops.qkernels._fake_quant_per_tensor_cpu(x, out, mask, 0.3, z, True, None, None, None, -128, 127, 1)
+        ry, rm = ref.fake_quant_per_tensor(x, 0.3, z, -128, 127, flavour="cuda")
+        assert_bitwise_equal(out, ry, what=f"per-tensor z={z}")
+        assert_bitwise_equal(mask, rm, what=f"per-tensor mask z={z}")
+    s = torch.tensor([0.3, 1.7, 0.01, 2.0, 0.5])
+    for zp in (torch.tensor([0, 5, -3, 127, -128], dtype=torch.int32), torch.tensor([0.5, 5, -3.25, 1e-3, -128])):
+        out, mask = torch.empty_like(x), torch.empty_like(x, dtype=torch.bool)
+        torch.ops.qkernels._fake_quant_per_channel_cpu(x, out, mask, s, zp, 4001, -128, 127, 1, True)
+        ry, rm = ref.fake_quant_per_channel(x, s, zp, 0, -128, 127, flavour="cuda")
+        assert_bitwise_equal(out, ry, what=f"per-channel {zp.dtype}")
+        assert_bitwise_equal(mask, rm, what=f"per-channel mask {zp.dtype}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_reference_fma_model(device):
+    """The reference's float-zero-point path follows aten's FMA choice; the other choice differs somewhere."""
+    x = make_input(19, (4, 50000), 1.0, 0, -128, 127, torch.float32, device, specials=False)
+    s = torch.tensor([1.5094910860061646, 0.640592098236084, 0.1, 0.37], device=device)
+    zp = torch.tensor([50.0, -3.0, 0.3, 7.0], device=device)
+    ay, _ = torch.ops.aten.fake_quantize_per_channel_affine_cachemask(x, s, zp, 0, -128, 127)
+    ry, _ = ref.fake_quant_per_channel(x, s, zp, 0, -128, 127)
+    assert_bitwise_equal(ry, ay)
+
+
+# ------------------------------------------------------------------------------------------------------
+# autograd
+# ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device,backend", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_matches_aten(device, backend, dtype):
+    x0 = make_input(23, (6, 129), 0.07, 2, -128, 127, dtype, device)
+    grad = make_input(29, (6, 129), 1.0, 0, -128, 127, dtype, device)  # has NaN, -0.0, inf
+    s = torch.rand(6, device=device) + 0.01
+    zp = torch.randint(-128, 128, (6,), dtype=torch.int32, device=device)
+    calls = [
+        (lambda x: qkernels.fake_quantize_per_tensor_affine(x, 0.07, 2, -128, 127),
+         lambda x: torch.fake_quantize_per_tensor_affine(x, 0.07, 2, -128, 127)),
+        (lambda x: qkernels.fake_quantize_per_channel_affine(x, s, zp, 0, -128, 127),
+         lambda x: torch.fake_quantize_per_channel_affine(x, s, zp, 0, -128, 127)),
+    ]
+    for ours, theirs in calls:
+        xa = x0.clone().requires_grad_()
+        xb = x0.clone().requires_grad_()
+        with qkernels.use_backend(backend):
+            ours(xa).backward(grad)
+        theirs(xb).backward(grad)
+        assert_bitwise_equal(xa.grad, xb.grad, ulp=ulp_for(backend, device, dtype))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_need_mask_false(device):
+    x = torch.randn(10, device=device)
+    y, m = qkernels.fake_quantize_per_tensor_affine_cachemask(x, 0.1, 0, -128, 127, need_mask=False)
+    assert m.numel() == 0 and m.dtype == torch.bool
+    assert torch.equal(y, torch.fake_quantize_per_tensor_affine(x, 0.1, 0, -128, 127))
+    with pytest.raises(RuntimeError, match="need_mask=False"):
+        qkernels.fake_quantize_per_tensor_affine_cachemask(x.requires_grad_(), 0.1, 0, -128, 127, need_mask=False)
+
+
+def test_qparams_are_not_differentiable():
+    x = torch.randn(10)
+    with pytest.raises(RuntimeError, match="not differentiable with respect to `scale`"):
+        qkernels.fake_quantize_per_tensor_affine(
+            x, torch.tensor([0.1], requires_grad=True), torch.tensor([0]), -128, 127)
+
+
+# ------------------------------------------------------------------------------------------------------
+# torch.library integration
+# ------------------------------------------------------------------------------------------------------
+def _op_samples(device):
+    x = torch.randn(3, 8, device=device, requires_grad=True)
+    s = torch.rand(3, device=device) + 0.1
+    zp = torch.tensor([0, 1, -2], dtype=torch.int32, device=device)
+    yield torch.ops.qkernels.fake_quantize_per_tensor_affine_cachemask, (x, 0.1, 1, -128, 127)
+    yield torch.ops.qkernels.fake_quantize_per_tensor_affine_cachemask, (x.detach(), 0.1, 1, -128, 127, False)
+    yield torch.ops.qkernels._fake_quantize_per_tensor_affine_cachemask_tensor_qparams, (
+        x, torch.tensor([0.1], device=device), torch.tensor([1], dtype=torch.int32, device=device),
+        torch.tensor([1], device=device), -128, 127)
+    yield torch.ops.qkernels.fake_quantize_per_channel_affine_cachemask, (x, s, zp, 0, -128, 127)
+    yield torch.ops.qkernels.fake_quantize_per_channel_affine_cachemask, (x, s, zp.float(), -2, -128, 127)
+    yield torch.ops.qkernels.fake_quantize_cachemask_backward, (
+        torch.randn(3, 8, device=device, requires_grad=True), torch.rand(3, 8, device=device) > 0.5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    for op, args in _op_samples(device):
+        torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("device,backend", [(d, b) for d, b in CASES if b != "reference"])
+def test_compile_fullgraph_matches_eager(device, backend):
+    s = torch.rand(4, device=device) + 0.05
+    zp = torch.tensor([0, 3, -4, 9], dtype=torch.int32, device=device)
+    scale_t = torch.tensor([0.05], device=device)
+    zp_t = torch.tensor([2], dtype=torch.int32, device=device)
+
+    def f(x):
+        a = qkernels.fake_quantize_per_tensor_affine(x, 0.05, 2, -128, 127)
+        b = qkernels.fake_quantize_per_channel_affine(a * 2, s, zp, 0, -128, 127)
+        c = qkernels.fake_quantize_per_tensor_affine(b, scale_t, zp_t, 0, 255)
+        return (c * c).sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager" if device == "cpu" else "inductor")
+    x0 = make_input(31, (4, 37), 0.05, 2, -128, 127, torch.float32, device, specials=False)
+    with qkernels.use_backend(backend):
+        xa, xb = x0.clone().requires_grad_(), x0.clone().requires_grad_()
+        ya, yb = f(xa), compiled(xb)
+        ya.backward()
+        yb.backward()
+    assert_bitwise_equal(yb.detach(), ya.detach())
+    assert_bitwise_equal(xb.grad, xa.grad)
+
+
+# ------------------------------------------------------------------------------------------------------
+# bad inputs
+# ------------------------------------------------------------------------------------------------------
+BAD_CALLS = [
+    ("`input` must be float32", lambda x: qkernels.fake_quantize_per_tensor_affine(x.int(), 0.1, 0, 0, 255)),
+    ("`quant_min` should be less than or equal to `quant_max`",
+     lambda x: qkernels.fake_quantize_per_tensor_affine(x, 0.1, 0, 5, 4)),
+    ("`zero_point` must be between", lambda x: qkernels.fake_quantize_per_tensor_affine(x, 0.1, 300, 0, 255)),
+    ("`scale` must be a positive finite", lambda x: qkernels.fake_quantize_per_tensor_affine(x, 0.0, 0, 0, 255)),
+    ("`scale` must be a positive finite", lambda x: qkernels.fake_quantize_per_tensor_affine(x, -1.0, 0, 0, 255)),
+    ("`scale` must be a positive finite",
+     lambda x: qkernels.fake_quantize_per_tensor_affine(x, math.inf, 0, 0, 255)),
+    ("`scale` must be a positive finite",
+     lambda x: qkernels.fake_quantize_per_tensor_affine(x, math.nan, 0, 0, 255)),
+    ("`scale` must have exactly 1 element", lambda x: qkernels.fake_quantize_per_tensor_affine(
+        x, torch.ones(2), torch.zeros(1, dtype=torch.int32), 0, 255)),
+    ("`scale` must be a floating-point", lambda x: qkernels.fake_quantize_per_tensor_affine(
+        x, torch.ones(1, dtype=torch.int32), torch.zeros(1, dtype=torch.int32), 0, 255)),
+    ("`scale` must be positive and finite", lambda x: qkernels.fake_quantize_per_tensor_affine(
+        x, torch.zeros(1), torch.zeros(1, dtype=torch.int32), 0, 255)),
+    ("`quant_min` should be less than", lambda x: qkernels.fake_quantize_per_tensor_affine(
+        x, torch.ones(1), torch.zeros(1, dtype=torch.int32), 9, 8)),
+    ("both be Tensors", lambda x: qkernels.fake_quantize_per_tensor_affine(x, torch.ones(1), 0, 0, 255)),
+    ("`scale` must be Float or BFloat16", lambda x: qkernels.fake_quantize_per_channel_affine(
+        x, torch.ones(4, dtype=torch.float64), torch.zeros(4, dtype=torch.int32), 0, 0, 255)),
+    ("`zero_point` must be Int32, Float or Half", lambda x: qkernels.fake_quantize_per_channel_affine(
+        x, torch.ones(4), torch.zeros(4, dtype=torch.int64), 0, 0, 255)),
+    ("`scale` should be a 1-D", lambda x: qkernels.fake_quantize_per_channel_affine(
+        x, torch.ones(4, 1), torch.zeros(4, dtype=torch.int32), 0, 0, 255)),
+    ("`zero_point` should be a 1-D", lambda x: qkernels.fake_quantize_per_channel_affine(
+        x, torch.ones(4), torch.zeros(4, 1, dtype=torch.int32), 0, 0, 255)),
+    ("same number of elements", lambda x: qkernels.fake_quantize_per_channel_affine(
+        x, torch.ones(4), torch.zeros(3, dtype=torch.int32), 0, 0, 255)),
+    ("has 5 channels along axis 1", lambda x: qkernels.fake_quantize_per_channel_affine(
+        x, torch.ones(4), torch.zeros(4, dtype=torch.int32), 1, 0, 255)),
+    ("`axis` must be in", lambda x: qkernels.fake_quantize_per_channel_affine(
+        x, torch.ones(4), torch.zeros(4, dtype=torch.int32), 2, 0, 255)),
+    ("`zero_point` must be between", lambda x: qkernels.fake_quantize_per_channel_affine(
+        x, torch.ones(4), torch.tensor([0, 1, 256, 3], dtype=torch.int32), 0, 0, 255)),
+    ("`scale` must be positive and finite", lambda x: qkernels.fake_quantize_per_channel_affine(
+        x, torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.zeros(4, dtype=torch.int32), 0, 0, 255)),
+    ("`mask` must be bool", lambda x: qkernels.fake_quantize_cachemask_backward(x, x)),
+    ("not the same size", lambda x: qkernels.fake_quantize_cachemask_backward(x, torch.ones(3, dtype=torch.bool))),
+]
+
+
+@pytest.mark.parametrize("match,call", BAD_CALLS, ids=[m for m, _ in BAD_CALLS])
+def test_bad_inputs(match, call):
+    with pytest.raises(RuntimeError, match=match.replace("`", "`").replace("(", r"\(")):
+        call(torch.randn(4, 5))
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_bad_device():
+    x = torch.randn(4, device="cuda")
+    with pytest.raises(RuntimeError, match="`scale` must be on the same device"):
+        qkernels.fake_quantize_per_tensor_affine(x, torch.ones(1), torch.zeros(1, device="cuda"), 0, 255)
+
+
+# ------------------------------------------------------------------------------------------------------
+# backend selection
+# ------------------------------------------------------------------------------------------------------
+def test_backend_selection(monkeypatch):
+    x = torch.randn(8)
+    assert qkernels.backends.select(x.double(), -128, 127).__name__ == "qkernels._backend_reference"
+    assert qkernels.backends.select(x, -(2**23), 2**23).__name__ == "qkernels._backend_reference"
+    with qkernels.use_backend("cuda"), pytest.raises(RuntimeError, match="backend 'cuda' was requested"):
+        qkernels.fake_quantize_per_tensor_affine(x, 0.1, 0, -128, 127)
+    monkeypatch.setenv("QKERNELS_BACKEND", "cuda")
+    with pytest.raises(RuntimeError, match="the cuda backend runs CUDA tensors"):
+        qkernels.fake_quantize_per_tensor_affine(x, 0.1, 0, -128, 127)
+    with qkernels.use_backend("reference"):  # the context manager wins over the environment
+        qkernels.fake_quantize_per_tensor_affine(x, 0.1, 0, -128, 127)
+    monkeypatch.setenv("QKERNELS_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="QKERNELS_BACKEND must be one of"):
+        qkernels.fake_quantize_per_tensor_affine(x, 0.1, 0, -128, 127)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        with qkernels.use_backend("tpu"):
+            pass
+    if qkernels.backends.availability("cpu", "cpu") is None:
+        with qkernels.use_backend("cpu"), pytest.raises(RuntimeError, match="float32/float16/bfloat16"):
+            qkernels.fake_quantize_per_tensor_affine(x.double(), 0.1, 0, -128, 127)

@@ -1,0 +1,164 @@
+"""Triton fake-quant kernels (installed as ``qkernels.triton_kernels.fake_quant``).
+
+They implement aten's CUDA flavour (see ``qkernels.reference.fake_quant``), also under ``TRITON_INTERPRET=1``
+on CPU tensors, where results follow CUDA's rules for NaN/inf and per-channel zero points rather than aten
+CPU's. Elementwise over storage order: x, out and mask share one dense layout.
+
+Exactness: kernels are compiled with ``enable_fp_fusion=False`` (a multiply feeding an add must not become an
+FMA: the 2^23 rounding trick below depends on it), ``1/scale`` uses ``div_rn`` (IEEE division), and the one
+FMA aten's CUDA kernel has (float zero point: ``x * inv + z``) is written as ``tl.fma``.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+_BLOCK = 2048
+_WARPS = 8
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+
+
+@triton.jit
+def _round_half_even(v):
+    # |v| < 2^23: adding +-2^23 lands where the float spacing is 1, so the FPU rounds half to even.
+    two23 = 8388608.0
+    m = tl.where(v < 0, -two23, two23)
+    return tl.where(tl.abs(v) < two23, (v + m) - m, v)
+
+
+@triton.jit
+def _clamp_nan_low(v, lo, hi):
+    # NaN compares false and becomes lo, as fminf(hi, fmaxf(lo, v)) does.
+    t = tl.where(v > lo, v, lo)
+    return tl.where(t < hi, t, hi)
+
+
+@triton.jit
+def _to_int64_saturating(r):
+    # CUDA's float -> int64 conversion: saturate, NaN -> INT64_MIN.
+    hi = r >= 9.223372036854775808e18
+    lo = (r != r) | (r < -9.223372036854775808e18)
+    safe = tl.where(hi | lo, 0.0, r).to(tl.int64)
+    safe = tl.where(hi, tl.full(r.shape, 9223372036854775807, tl.int64), safe)
+    return tl.where(lo, tl.full(r.shape, -9223372036854775808, tl.int64), safe)
+
+
+@triton.jit
+def _fq_per_tensor_kernel(
+    x_ptr, out_ptr, mask_ptr, n, scale, zero_point, scale_ptr, zp_ptr, enabled_ptr, quant_min, quant_max,
+    TENSOR_QPARAMS: tl.constexpr, HAS_FLAG: tl.constexpr, WRITE_MASK: tl.constexpr, BLOCK: tl.constexpr,
+):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inb = offs < n
+    xt = tl.load(x_ptr + offs, mask=inb, other=0.0)
+    x = xt.to(tl.float32)
+    if TENSOR_QPARAMS:
+        s = tl.load(scale_ptr)
+        z = tl.load(zp_ptr)
+    else:
+        s = tl.zeros((), tl.float32) + scale  # a Python float in the interpreter
+        z = zero_point
+    inv = tl.div_rn(tl.full((), 1.0, tl.float32), s)
+    # `+ 0.0` converts to float32 also when Triton passed an integer argument of 1 as a constexpr.
+    zf = z + 0.0
+    lo = quant_min + 0.0
+    hi = quant_max + 0.0
+    qf = _round_half_even(x * inv) + zf
+    m = (qf >= lo) & (qf <= hi)
+    y = ((_clamp_nan_low(qf, lo, hi) - zf) * s).to(xt.dtype)
+    if HAS_FLAG:
+        off = tl.load(enabled_ptr) == 0
+        y = tl.where(off, xt, y)
+        m = m | off
+    tl.store(out_ptr + offs, y, mask=inb)
+    if WRITE_MASK:
+        tl.store(mask_ptr + offs, m, mask=inb)
+
+
+@triton.jit
+def _fq_per_channel_kernel(
+    x_ptr, out_ptr, mask_ptr, scale_ptr, zp_ptr, n, inner, channels, quant_min, quant_max,
+    FLOAT_ZP: tl.constexpr, WRITE_MASK: tl.constexpr, BLOCK: tl.constexpr,
+):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inb = offs < n
+    xt = tl.load(x_ptr + offs, mask=inb, other=0.0)
+    x = xt.to(tl.float32)
+    ch = (offs // inner) % channels
+    s = tl.load(scale_ptr + ch, mask=inb, other=1.0)
+    inv = tl.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
+    if FLOAT_ZP:
+        z = tl.load(zp_ptr + ch, mask=inb, other=0.0)
+        lo = quant_min + 0.0
+        hi = quant_max + 0.0
+        r = _round_half_even(tl.fma(x, inv, z))
+        m = (r >= lo) & (r <= hi)
+        y = (_clamp_nan_low(r, lo, hi) - z) * s
+    else:
+        z = tl.load(zp_ptr + ch, mask=inb, other=0).to(tl.int64)
+        q = _to_int64_saturating(_round_half_even(x * inv)) + z  # wraps like the device's int64 add
+        m = (q >= quant_min) & (q <= quant_max)
+        qc = tl.minimum(tl.maximum(q, quant_min), quant_max)
+        y = (qc - z).to(tl.float32) * s
+    tl.store(out_ptr + offs, y.to(xt.dtype), mask=inb)
+    if WRITE_MASK:
+        tl.store(mask_ptr + offs, m, mask=inb)
+
+
+@triton.jit
+def _fq_backward_kernel(g_ptr, mask_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inb = offs < n
+    g = tl.load(g_ptr + offs, mask=inb, other=0.0)
+    m = tl.load(mask_ptr + offs, mask=inb, other=0)
+    # Multiply (not select), so -dy * 0 = -0.0 and NaN stays NaN, as aten's dy * mask.
+    tl.store(out_ptr + offs, (g.to(tl.float32) * m.to(tl.float32)).to(g.dtype), mask=inb)
+
+
+def _grid(n):
+    return (triton.cdiv(n, _BLOCK),)
+
+
+def _flat(t):
+    """A dense tensor as the 1-D run of its storage. The interpreter copies tensors by logical order, which
+    would reorder a channels-last or transposed input against the channel index computed from offsets."""
+    return t.as_strided((t.numel(),), (1,), t.storage_offset()) if t is not None else None
+
+
+def per_tensor(x, out, mask, scale, zero_point, enabled, quant_min, quant_max, flavour):
+    """Launcher; scale/zero_point are numbers or one-element float32/int32 tensors, enabled None/int32 tensor."""
+    tensors = isinstance(scale, torch.Tensor)
+    flag = isinstance(enabled, torch.Tensor)
+    if not (flag or enabled is None or enabled):  # a Python False: pass-through
+        out.copy_(x)
+        if mask is not None:
+            mask.fill_(True)
+        return
+    n = x.numel()
+    x, out, mask = _flat(x), _flat(out), _flat(mask)
+    _fq_per_tensor_kernel[_grid(n)](
+        x, out, mask if mask is not None else out, n,
+        0.0 if tensors else float(scale), 0 if tensors else int(zero_point),
+        scale if tensors else x, zero_point if tensors else x, enabled if flag else x,
+        quant_min, quant_max,
+        TENSOR_QPARAMS=tensors, HAS_FLAG=flag, WRITE_MASK=mask is not None, BLOCK=_BLOCK,
+        num_warps=_WARPS, enable_fp_fusion=False,
+    )
+
+
+def per_channel(x, out, mask, scale, zero_point, axis, inner, quant_min, quant_max, flavour, use_fma):
+    """Launcher; scale float32 [C], zero_point int32 or float32 [C], both contiguous."""
+    n = x.numel()
+    x, out, mask = _flat(x), _flat(out), _flat(mask)
+    _fq_per_channel_kernel[_grid(n)](
+        x, out, mask if mask is not None else out, scale, zero_point, n, inner, scale.numel(),
+        quant_min, quant_max,
+        FLOAT_ZP=zero_point.is_floating_point(), WRITE_MASK=mask is not None, BLOCK=_BLOCK,
+        num_warps=_WARPS, enable_fp_fusion=False,
+    )
+
+
+def backward(grad, mask, out):
+    n = grad.numel()
+    _fq_backward_kernel[_grid(n)](_flat(grad), _flat(mask), _flat(out), n, BLOCK=_BLOCK, num_warps=_WARPS, enable_fp_fusion=False)
