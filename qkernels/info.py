@@ -43,7 +43,8 @@ def report() -> str:
         f"cpu          capability {torch.backends.cpu.get_cpu_capability()}",
     ]
     cuda = torch.cuda.is_available()
-    lines.append(f"cuda device  {torch.cuda.get_device_name(0) if cuda else 'none (torch.cuda.is_available() is False)'}")
+    device = torch.cuda.get_device_name(0) if cuda else "none (torch.cuda.is_available() is False)"
+    lines.append(f"cuda device  {device}")
 
     info = _library.build_info()
     built = info.get("extensions", {})

@@ -146,13 +146,13 @@ def test_per_channel_random(device, backend, data):
     shape = data.draw(st.lists(st.integers(1, 9), min_size=ndim, max_size=ndim))
     axis = data.draw(st.integers(-ndim, ndim - 1))
     C = shape[axis]
-    zp_kind = data.draw(st.sampled_from(["int32", "float32", "float16"]))
+    zp_kind = data.draw(st.sampled_from(["int32", "float32", "float16", "float32_integral"]))
     specials = data.draw(st.booleans())
     g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31)))
     scale = (torch.rand(C, generator=g) * 2 + 0.01).to(device)
     zp_int = torch.randint(qmin, qmax + 1, (C,), generator=g)
     zp = {"int32": zp_int.int(), "float32": zp_int.float() + torch.rand(C, generator=g) - 0.5,
-          "float16": zp_int.half()}[zp_kind].to(device)
+          "float16": zp_int.half(), "float32_integral": zp_int.float()}[zp_kind].to(device)
     x = make_input(int(g.seed() % 2**31), shape, 1.0, 0, qmin, qmax, dtype, device, specials)
     layout = data.draw(st.sampled_from(["contiguous", "channels_last", "transposed"]))
     if layout == "channels_last" and x.dim() == 4:
@@ -331,17 +331,17 @@ def test_compile_fullgraph_matches_eager(device, backend):
     def f(x):
         a = qkernels.fake_quantize_per_tensor_affine(x, 0.05, 2, -128, 127)
         b = qkernels.fake_quantize_per_channel_affine(a * 2, s, zp, 0, -128, 127)
-        c = qkernels.fake_quantize_per_tensor_affine(b, scale_t, zp_t, 0, 255)
-        return (c * c).sum()
+        return qkernels.fake_quantize_per_tensor_affine(b, scale_t, zp_t, 0, 255)
 
     torch._dynamo.reset()
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager" if device == "cpu" else "inductor")
     x0 = make_input(31, (4, 37), 0.05, 2, -128, 127, torch.float32, device, specials=False)
-    with qkernels.use_backend(backend):
+    grad = torch.randn(4, 37, device=device)
+    with qkernels.use_backend(backend):  # no reduction in f: Inductor may sum in another order
         xa, xb = x0.clone().requires_grad_(), x0.clone().requires_grad_()
         ya, yb = f(xa), compiled(xb)
-        ya.backward()
-        yb.backward()
+        ya.backward(grad)
+        yb.backward(grad)
     assert_bitwise_equal(yb.detach(), ya.detach())
     assert_bitwise_equal(xb.grad, xa.grad)
 
@@ -428,3 +428,14 @@ def test_backend_selection(monkeypatch):
     if qkernels.backends.availability("cpu", "cpu") is None:
         with qkernels.use_backend("cpu"), pytest.raises(RuntimeError, match="float32/float16/bfloat16"):
             qkernels.fake_quantize_per_tensor_affine(x.double(), 0.1, 0, -128, 127)
+
+
+@pytest.mark.parametrize("device,backend", CASES)
+def test_float_zero_point_gives_positive_zero(device, backend):
+    """Tiny negative inputs round to -0.0, but aten goes through an integer: the result is +0.0."""
+    x = torch.tensor([[-0.3, -1e-30, -0.0, 0.3]], device=device)
+    y, _ = run(backend, qkernels.fake_quantize_per_channel_affine_cachemask, x, torch.ones(1, device=device),
+               torch.zeros(1, device=device), 0, -1, 0)
+    ay, _ = torch.ops.aten.fake_quantize_per_channel_affine_cachemask(x, torch.ones(1, device=device),
+                                                                    torch.zeros(1, device=device), 0, -1, 0)
+    assert_bitwise_equal(y, ay)

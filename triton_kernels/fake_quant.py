@@ -92,7 +92,7 @@ def _fq_per_channel_kernel(
         z = tl.load(zp_ptr + ch, mask=inb, other=0.0)
         lo = quant_min + 0.0
         hi = quant_max + 0.0
-        r = _round_half_even(tl.fma(x, inv, z))
+        r = _round_half_even(tl.fma(x, inv, z)) + 0.0  # aten's integer round trip: -0.0 becomes +0.0
         m = (r >= lo) & (r <= hi)
         y = (_clamp_nan_low(r, lo, hi) - z) * s
     else:

@@ -184,7 +184,7 @@ def fake_quant_per_channel(
             v = _fma_f32(xp, inv, z)
         else:
             v = xp * inv + z
-        r = torch.round(v)
+        r = torch.round(v) + 0.0  # aten rounds to an integer: no -0.0
         if flavour == "cpu":
             q = _to_int64_x86(r.float())
             qc = q.clamp(quant_min, quant_max)

@@ -38,8 +38,8 @@ struct FqOut {
 // Round half to even, independent of the compiler's choice of rounding instruction. On the host the
 // 2^23 trick keeps the loop vectorizable on baseline x86-64 (no SSE4.1 round); it needs IEEE adds, so the
 // CPU kernels are built with -ffp-contract=off and without fast-math. For |v| >= 2^23 v is already integral;
-// NaN and +-inf pass through. The sign of a zero result may differ from nearbyint, which no caller observes:
-// every result is added to a zero point or converted to an integer.
+// NaN and +-inf pass through. The sign of a zero result may differ from nearbyint; callers add a zero point
+// or 0.0f, which makes every zero +0.0 as aten's integer round trip does.
 QK_HOST_DEVICE float round_half_even(float v) {
 #if defined(__CUDA_ARCH__)
   return nearbyintf(v);
@@ -144,7 +144,8 @@ template <Flavour F>
 QK_HOST_DEVICE FqOut fq_per_channel_float_zp(float x, float scale, float inv_scale, float z, float qmin, float qmax,
                                              bool use_fma) {
   const float v = use_fma ? fmaf(x, inv_scale, z) : x * inv_scale + z;
-  const float r = round_half_even(v);
+  // aten rounds to an integer, so a zero is +0; `+ 0.0f` turns a -0.0 from the rounding into +0.0.
+  const float r = round_half_even(v) + 0.0f;
   if (F == Flavour::Cpu) {
     const bool special = !(std::fabs(r) < 9.223372036854775808e18f);
     const bool mask = !special && (qmin <= r) && (r <= qmax);

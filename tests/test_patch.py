@@ -1,0 +1,61 @@
+"""patch_torch routes torch's fake-quant entry points to qkernels and undo restores torch."""
+
+import torch
+
+import qkernels
+from qkernels import backends
+
+
+class CallCounter:
+    """Counts qkernels op executions (every op asks the dispatcher for a backend once)."""
+
+    def __init__(self, monkeypatch):
+        self.n = 0
+        real = backends.select
+
+        def counting(*args, **kwargs):
+            self.n += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(backends, "select", counting)
+
+
+def test_patch_routes_and_undo_restores(monkeypatch):
+    originals = (torch.fake_quantize_per_tensor_affine, torch.fake_quantize_per_channel_affine)
+    counter = CallCounter(monkeypatch)
+    x = torch.randn(4, 6)
+    s, zp = torch.rand(4) + 0.1, torch.zeros(4, dtype=torch.int32)
+    expected = (torch.fake_quantize_per_tensor_affine(x, 0.1, 3, 0, 255),
+                torch.fake_quantize_per_channel_affine(x, s, zp, 0, -128, 127))
+    assert counter.n == 0
+    qkernels.patch_torch()
+    try:
+        qkernels.patch_torch()  # idempotent
+        got = (torch.fake_quantize_per_tensor_affine(x, 0.1, 3, 0, 255),
+               torch.fake_quantize_per_channel_affine(x, s, zp, 0, -128, 127))
+        assert counter.n == 2
+        assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    finally:
+        qkernels.unpatch_torch()
+    assert (torch.fake_quantize_per_tensor_affine, torch.fake_quantize_per_channel_affine) == originals
+    torch.fake_quantize_per_tensor_affine(x, 0.1, 3, 0, 255)
+    assert counter.n == 2
+
+
+def test_patched_torch_context_and_torch_ao_modules(monkeypatch):
+    """Stock torch.ao FakeQuantize modules run on qkernels inside the context, with identical outputs."""
+    counter = CallCounter(monkeypatch)
+    act = torch.ao.quantization.default_fake_quant()
+    wt = torch.ao.quantization.default_per_channel_weight_fake_quant()
+    x, w = torch.randn(8, 16), torch.randn(5, 16)
+    act(x), wt(w)  # observe once, then freeze the qparams
+    act.disable_observer(), wt.disable_observer()
+    want = (act(x), wt(w))
+    with qkernels.patched_torch():
+        with qkernels.patched_torch():  # nested use keeps the outer patch
+            pass
+        assert qkernels.patch.is_patched()
+        got = (act(x), wt(w))
+    assert not qkernels.patch.is_patched()
+    assert counter.n == 2
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
