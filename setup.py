@@ -23,13 +23,16 @@ STRICT = os.environ.get("QKERNELS_STRICT_BUILD") == "1" or MODE in ("cpu", "cuda
 if MODE not in ("auto", "none", "cpu", "cuda"):
     sys.exit(f"QKERNELS_BUILD must be auto, none, cpu or cuda, got {MODE!r}")
 
-CPU_SOURCES = ["csrc/cpu/fake_quant.cpp", "csrc/ops/fake_quant_cpu.cpp"]
+CPU_SOURCES = ["csrc/cpu/fake_quant.cpp", "csrc/cpu/fake_quant_avx2.cpp", "csrc/ops/fake_quant_cpu.cpp"]
 CUDA_SOURCES = ["csrc/cuda/fake_quant.cu", "csrc/ops/fake_quant_cuda.cpp"]
 INCLUDE = [os.path.join(ROOT, "csrc", "include")]
-# IEEE arithmetic exactly as written: no contraction into FMA, no fast-math (bit-exactness with aten).
+# IEEE arithmetic exactly as written: no contraction into FMA, no fast-math (bit-exactness with aten);
+# -fno-trapping-math only lets the vectorizer compute both sides of a select (no flag is ever read).
 # The C++ standard is torch's choice. Warnings-as-errors is CMakeLists.txt's job: it compiles the torch-free
 # sources alone, while these builds also see torch's headers, which are not warning-clean.
-CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno"]
+CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
+# at::parallel_for is a header template: without OpenMP here it would run every range on one thread.
+OPENMP = ["-fopenmp"]
 NVCC_FLAGS = ["-O3", "--extended-lambda", "--fmad=false"]
 
 info = {"build_mode": MODE, "extensions": {}}
@@ -60,7 +63,11 @@ def native_extensions():
     info["torch"] = torch.__version__
     exts = [
         cpp_extension.CppExtension(
-            "qkernels._C", CPU_SOURCES, include_dirs=INCLUDE, extra_compile_args={"cxx": CXX_FLAGS}
+            "qkernels._C",
+            CPU_SOURCES,
+            include_dirs=INCLUDE,
+            extra_compile_args={"cxx": CXX_FLAGS + OPENMP},
+            extra_link_args=OPENMP,
         )
     ]
     nvcc = cpp_extension.CUDA_HOME and os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")

@@ -11,8 +11,14 @@ import torch
 FLAVOURS = {"cpu": 0, "cuda": 1}
 
 
+_ops: dict = {}
+
+
 def _op(name: str, device: torch.device):
-    return getattr(torch.ops.qkernels, f"_fake_quant_{name}_{'cuda' if device.type == 'cuda' else 'cpu'}")
+    key = (name, device.type)
+    if key not in _ops:
+        _ops[key] = getattr(torch.ops.qkernels, f"_fake_quant_{name}_{'cuda' if device.type == 'cuda' else 'cpu'}")
+    return _ops[key]
 
 
 def per_tensor(x, out, mask, scale, zero_point, enabled, quant_min, quant_max, flavour):

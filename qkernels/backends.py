@@ -67,8 +67,18 @@ def triton_missing_reason() -> str | None:
     return _triton_reason[0]
 
 
+_availability: dict[tuple[str, str], str | None] = {}
+
+
 def availability(name: str, device_type: str) -> str | None:
-    """None if backend ``name`` can run on ``device_type`` at all, else the reason."""
+    """None if backend ``name`` can run on ``device_type`` at all, else the reason (fixed per process)."""
+    key = (name, device_type)
+    if key not in _availability:
+        _availability[key] = _availability_uncached(name, device_type)
+    return _availability[key]
+
+
+def _availability_uncached(name: str, device_type: str) -> str | None:
     if name == "reference":
         return None
     if name == "cpu":
@@ -100,12 +110,16 @@ def kernel_support(x: torch.Tensor, quant_min: int, quant_max: int) -> str | Non
     return None
 
 
+_MODULES = {
+    "reference": "qkernels._backend_reference",
+    "triton": "qkernels.triton_kernels.fake_quant",
+    "cpu": "qkernels._backend_native",
+    "cuda": "qkernels._backend_native",
+}
+
+
 def _module(name: str):
-    if name == "reference":
-        return importlib.import_module("qkernels._backend_reference")
-    if name == "triton":
-        return importlib.import_module("qkernels.triton_kernels.fake_quant")
-    return importlib.import_module("qkernels._backend_native")
+    return importlib.import_module(_MODULES[name])
 
 
 def select(x: torch.Tensor, quant_min: int, quant_max: int):

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from . import backends
-from .reference.fake_quant import cpu_uses_fma, default_flavour
+from .reference.fake_quant import cpu_uses_fma
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -140,11 +140,12 @@ def _alloc(x: Tensor, need_mask: bool):
     return out, mask
 
 
-def _dense_like(x: Tensor, out: Tensor) -> Tensor:
-    """x in out's layout, so that the kernels can walk both in storage order."""
-    if x.stride() == out.stride():
-        return x
-    return torch.empty_strided(out.size(), out.stride(), dtype=x.dtype, device=x.device).copy_(x)
+def _launch_args(x: Tensor, need_mask: bool):
+    """(x in the outputs' dense layout, out, mask, mask or None for the kernels, flavour)."""
+    out, mask = _alloc(x, need_mask)
+    if x.stride() != out.stride():  # not dense: aten's outputs are contiguous, so the kernels read a copy
+        x = torch.empty_strided(out.size(), out.stride(), dtype=x.dtype, device=x.device).copy_(x)
+    return x, out, mask, (mask if need_mask else None), ("cuda" if x.is_cuda else "cpu")
 
 
 def _inner_stride(out: Tensor, axis: int) -> int:
@@ -153,30 +154,23 @@ def _inner_stride(out: Tensor, axis: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Registered ops.
+# Implementations (registered once for every device; the backend is chosen in qkernels.backends).
 # ----------------------------------------------------------------------------------------------------------
-@torch.library.custom_op("qkernels::fake_quantize_per_tensor_affine_cachemask", mutates_args=())
-def fake_quantize_per_tensor_affine_cachemask(
-    self: Tensor, scale: float, zero_point: int, quant_min: int, quant_max: int, need_mask: bool = True
-) -> tuple[Tensor, Tensor]:
+def _per_tensor_impl(self, scale, zero_point, quant_min, quant_max, need_mask=True):
     _check_per_tensor_scalar(self, scale, zero_point, quant_min, quant_max)
-    out, mask = _alloc(self, need_mask)
-    if self.numel():
-        backend = backends.select(self, quant_min, quant_max)
-        backend.per_tensor(
-            _dense_like(self, out), out, mask if need_mask else None, scale, zero_point, None, quant_min, quant_max,
-            default_flavour(self),
-        )
+    x, out, mask, kmask, flavour = _launch_args(self, need_mask)
+    if x.numel():
+        backends.select(x, quant_min, quant_max).per_tensor(
+            x, out, kmask, scale, zero_point, None, quant_min, quant_max, flavour)
     return out, mask
 
 
-@fake_quantize_per_tensor_affine_cachemask.register_fake
-def _(self, scale, zero_point, quant_min, quant_max, need_mask=True):
+def _per_tensor_fake(self, scale, zero_point, quant_min, quant_max, need_mask=True):
     _check_per_tensor_scalar(self, scale, zero_point, quant_min, quant_max)
     return _alloc(self, need_mask)
 
 
-def _device_qparams(x: Tensor, scale: Tensor, zero_point: Tensor, enabled: Optional[Tensor]):
+def _device_qparams(scale: Tensor, zero_point: Tensor, enabled: Optional[Tensor]):
     """Tensor qparams as the kernels read them: float32 scale, int32 zero point (floats truncate toward zero,
     as aten's CPU kernel does) and int32 flag (nonzero after truncation = on), all one element, no sync."""
     s = scale.detach().reshape(1).to(torch.float32)
@@ -189,65 +183,35 @@ def _device_qparams(x: Tensor, scale: Tensor, zero_point: Tensor, enabled: Optio
     return s, z, e
 
 
-@torch.library.custom_op(
-    "qkernels::_fake_quantize_per_tensor_affine_cachemask_tensor_qparams", mutates_args=()
-)
-def _fake_quantize_per_tensor_affine_cachemask_tensor_qparams(
-    self: Tensor,
-    scale: Tensor,
-    zero_point: Tensor,
-    fake_quant_enabled: Optional[Tensor],
-    quant_min: int,
-    quant_max: int,
-    need_mask: bool = True,
-) -> tuple[Tensor, Tensor]:
+def _per_tensor_tensor_impl(self, scale, zero_point, fake_quant_enabled, quant_min, quant_max, need_mask=True):
     _check_per_tensor_tensor(self, scale, zero_point, fake_quant_enabled, quant_min, quant_max)
-    out, mask = _alloc(self, need_mask)
-    if self.numel():
-        s, z, e = _device_qparams(self, scale, zero_point, fake_quant_enabled)
-        backend = backends.select(self, quant_min, quant_max)
-        backend.per_tensor(
-            _dense_like(self, out), out, mask if need_mask else None, s, z, e, quant_min, quant_max,
-            default_flavour(self),
-        )
+    x, out, mask, kmask, flavour = _launch_args(self, need_mask)
+    if x.numel():
+        s, z, e = _device_qparams(scale, zero_point, fake_quant_enabled)
+        backends.select(x, quant_min, quant_max).per_tensor(x, out, kmask, s, z, e, quant_min, quant_max, flavour)
     return out, mask
 
 
-@_fake_quantize_per_tensor_affine_cachemask_tensor_qparams.register_fake
-def _(self, scale, zero_point, fake_quant_enabled, quant_min, quant_max, need_mask=True):
+def _per_tensor_tensor_fake(self, scale, zero_point, fake_quant_enabled, quant_min, quant_max, need_mask=True):
     _check_per_tensor_tensor(self, scale, zero_point, fake_quant_enabled, quant_min, quant_max)
     return _alloc(self, need_mask)
 
 
-@torch.library.custom_op("qkernels::fake_quantize_per_channel_affine_cachemask", mutates_args=())
-def fake_quantize_per_channel_affine_cachemask(
-    self: Tensor,
-    scale: Tensor,
-    zero_point: Tensor,
-    axis: int,
-    quant_min: int,
-    quant_max: int,
-    need_mask: bool = True,
-) -> tuple[Tensor, Tensor]:
+def _per_channel_impl(self, scale, zero_point, axis, quant_min, quant_max, need_mask=True):
     _check_per_channel(self, scale, zero_point, axis, quant_min, quant_max)
-    out, mask = _alloc(self, need_mask)
-    if self.numel():
-        axis = axis % self.dim()
+    x, out, mask, kmask, flavour = _launch_args(self, need_mask)
+    if x.numel():
+        axis = axis % x.dim()
         s = scale.detach().to(torch.float32).contiguous()
         z = zero_point.detach()
         z = (z.to(torch.float32) if z.is_floating_point() else z).contiguous()
-        flavour = default_flavour(self)
         use_fma = flavour == "cuda" or cpu_uses_fma()
-        backend = backends.select(self, quant_min, quant_max)
-        backend.per_channel(
-            _dense_like(self, out), out, mask if need_mask else None, s, z, axis, _inner_stride(out, axis),
-            quant_min, quant_max, flavour, use_fma,
-        )
+        backends.select(x, quant_min, quant_max).per_channel(
+            x, out, kmask, s, z, axis, _inner_stride(out, axis), quant_min, quant_max, flavour, use_fma)
     return out, mask
 
 
-@fake_quantize_per_channel_affine_cachemask.register_fake
-def _(self, scale, zero_point, axis, quant_min, quant_max, need_mask=True):
+def _per_channel_fake(self, scale, zero_point, axis, quant_min, quant_max, need_mask=True):
     _check_per_channel(self, scale, zero_point, axis, quant_min, quant_max)
     return _alloc(self, need_mask)
 
@@ -262,22 +226,19 @@ def _check_backward(grad: Tensor, mask: Tensor):
         _fail(f"`mask` must be on the same device as `dY` ({grad.device}), got {mask.device}")
 
 
-@torch.library.custom_op("qkernels::fake_quantize_cachemask_backward", mutates_args=())
-def fake_quantize_cachemask_backward(grad: Tensor, mask: Tensor) -> Tensor:
+def _backward_impl(grad, mask):
     _check_backward(grad, mask)
     out = torch.empty_like(grad)
     if grad.numel() == 0:
         return out
     if grad.stride() == out.stride() and mask.stride() == out.stride() and mask.shape == grad.shape:
-        backend = backends.select(grad, 0, 0)
-        backend.backward(grad, mask, out)
+        backends.select(grad, 0, 0).backward(grad, mask, out)
     else:  # layouts differ (autograd handed over another layout): let aten broadcast and stride
         out.copy_(grad * mask.view(grad.shape))
     return out
 
 
-@fake_quantize_cachemask_backward.register_fake
-def _(grad, mask):
+def _backward_fake(grad, mask):
     _check_backward(grad, mask)
     return torch.empty_like(grad)
 
@@ -287,9 +248,9 @@ def _(grad, mask):
 # ----------------------------------------------------------------------------------------------------------
 def _setup_context(ctx, inputs, output):
     x = inputs[0]
-    for i, t in enumerate(inputs[1:3], start=1):
+    for name, t in zip(("scale", "zero_point"), inputs[1:3]):
         if isinstance(t, Tensor) and t.requires_grad:
-            _fail(f"fake quantization is not differentiable with respect to `{('scale', 'zero_point')[i - 1]}`; "
+            _fail(f"fake quantization is not differentiable with respect to `{name}`; "
                   "use the learnable fake-quant ops for learnable qparams")
     _, mask = output
     if x.requires_grad and mask.numel() != x.numel():
@@ -300,28 +261,53 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out, grad_mask):
     (mask,) = ctx.saved_tensors
-    grad_x = fake_quantize_cachemask_backward(grad_out, mask) if ctx.needs_input_grad[0] else None
+    grad_x = torch.ops.qkernels.fake_quantize_cachemask_backward(grad_out, mask) if ctx.needs_input_grad[0] else None
     return (grad_x,) + (None,) * (ctx.num_inputs - 1)
-
-
-for _op in (
-    fake_quantize_per_tensor_affine_cachemask,
-    _fake_quantize_per_tensor_affine_cachemask_tensor_qparams,
-    fake_quantize_per_channel_affine_cachemask,
-):
-    _op.register_autograd(_backward, setup_context=_setup_context)
-
-
-def _backward_of_backward(ctx, grad_grad):
-    (mask,) = ctx.saved_tensors
-    return fake_quantize_cachemask_backward(grad_grad, mask), None
 
 
 def _setup_backward(ctx, inputs, output):
     ctx.save_for_backward(inputs[1])
 
 
-fake_quantize_cachemask_backward.register_autograd(_backward_of_backward, setup_context=_setup_backward)
+def _backward_of_backward(ctx, grad_grad):
+    (mask,) = ctx.saved_tensors
+    return torch.ops.qkernels.fake_quantize_cachemask_backward(grad_grad, mask), None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Registration. A plain torch.library.Library op costs a fraction of custom_op's Python layers per call;
+# the impl serves every device (CompositeExplicitAutograd), the fake kernel serves compile/export.
+# ----------------------------------------------------------------------------------------------------------
+_lib = torch.library.Library("qkernels", "FRAGMENT")
+
+_OPS = [
+    ("fake_quantize_per_tensor_affine_cachemask(Tensor self, float scale, int zero_point, int quant_min, "
+     "int quant_max, bool need_mask=True) -> (Tensor output, Tensor mask)",
+     _per_tensor_impl, _per_tensor_fake, (_backward, _setup_context)),
+    ("_fake_quantize_per_tensor_affine_cachemask_tensor_qparams(Tensor self, Tensor scale, Tensor zero_point, "
+     "Tensor? fake_quant_enabled, int quant_min, int quant_max, bool need_mask=True) -> (Tensor output, "
+     "Tensor mask)",
+     _per_tensor_tensor_impl, _per_tensor_tensor_fake, (_backward, _setup_context)),
+    ("fake_quantize_per_channel_affine_cachemask(Tensor self, Tensor scale, Tensor zero_point, int axis, "
+     "int quant_min, int quant_max, bool need_mask=True) -> (Tensor output, Tensor mask)",
+     _per_channel_impl, _per_channel_fake, (_backward, _setup_context)),
+    ("fake_quantize_cachemask_backward(Tensor grad, Tensor mask) -> Tensor",
+     _backward_impl, _backward_fake, (_backward_of_backward, _setup_backward)),
+]
+
+for _schema, _impl, _fake, (_bwd, _setup) in _OPS:
+    _name = _schema.split("(")[0]
+    _lib.define(_schema)
+    _lib.impl(_name, _impl, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"qkernels::{_name}", _fake, lib=_lib)
+    torch.library.register_autograd(f"qkernels::{_name}", _bwd, setup_context=_setup, lib=_lib)
+
+fake_quantize_per_tensor_affine_cachemask = torch.ops.qkernels.fake_quantize_per_tensor_affine_cachemask
+_fake_quantize_per_tensor_affine_cachemask_tensor_qparams = (
+    torch.ops.qkernels._fake_quantize_per_tensor_affine_cachemask_tensor_qparams
+)
+fake_quantize_per_channel_affine_cachemask = torch.ops.qkernels.fake_quantize_per_channel_affine_cachemask
+fake_quantize_cachemask_backward = torch.ops.qkernels.fake_quantize_cachemask_backward
 
 
 # ----------------------------------------------------------------------------------------------------------

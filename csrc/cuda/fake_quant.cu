@@ -43,7 +43,7 @@ struct alignas(N) MaskVec {
   uint8_t v[N];
 };
 
-// Applies op(i, x) -> FqOut to every element; vectorized over whole 16-byte vectors when kAligned.
+// Applies y = op(i, x, mask) to every element; vectorized over whole 16-byte vectors when kAligned.
 template <typename T, bool kAligned, typename Op>
 __device__ __forceinline__ void elementwise(const T* __restrict__ x, T* __restrict__ y, uint8_t* __restrict__ mask,
                                             int64_t n, Op op) {
@@ -56,18 +56,18 @@ __device__ __forceinline__ void elementwise(const T* __restrict__ x, T* __restri
     MaskVec<V> mv;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      const FqOut r = op(base + j, to_float(xv.v[j]));
-      yv.v[j] = from_float<T>(r.y);
-      mv.v[j] = r.mask;
+      bool m;
+      yv.v[j] = from_float<T>(op(base + j, to_float(xv.v[j]), m));
+      mv.v[j] = m;
     }
     *reinterpret_cast<Vec<T>*>(y + base) = yv;
     if (mask) *reinterpret_cast<MaskVec<V>*>(mask + base) = mv;
   } else {
     const int64_t end = base + V < n ? base + V : n;
     for (int64_t i = base; i < end; ++i) {
-      const FqOut r = op(i, to_float(x[i]));
-      y[i] = from_float<T>(r.y);
-      if (mask) mask[i] = r.mask;
+      bool m;
+      y[i] = from_float<T>(op(i, to_float(x[i]), m));
+      if (mask) mask[i] = m;
     }
   }
 }
@@ -86,11 +86,14 @@ __global__ void __launch_bounds__(kThreads) per_tensor_kernel(PerTensorParams p)
   const float inv = 1.0f / scale;
   const float lo = static_cast<float>(p.quant_min), hi = static_cast<float>(p.quant_max);
   if (enabled) {
-    elementwise<T, kAligned>(x, y, p.mask, p.numel, [=] __device__(int64_t, float v) {
-      return fq_per_tensor<Flavour::Cuda, false>(v, scale, inv, z, lo, hi);
+    elementwise<T, kAligned>(x, y, p.mask, p.numel, [=] __device__(int64_t, float v, bool& m) {
+      return fq_per_tensor<Flavour::Cuda, false>(v, scale, inv, z, lo, hi, m);
     });
   } else {
-    elementwise<T, kAligned>(x, y, p.mask, p.numel, [=] __device__(int64_t, float v) { return FqOut{v, true}; });
+    elementwise<T, kAligned>(x, y, p.mask, p.numel, [=] __device__(int64_t, float v, bool& m) {
+      m = true;
+      return v;
+    });
   }
 }
 
@@ -113,18 +116,18 @@ __global__ void __launch_bounds__(kThreads) per_channel_kernel(PerChannelParams 
   const int64_t qmin = p.quant_min, qmax = p.quant_max;
   if (p.zero_point_i) {
     const int32_t* zp = p.zero_point_i;
-    elementwise<T, kAligned>(x, y, p.mask, p.numel, [=] __device__(int64_t i, float v) {
+    elementwise<T, kAligned>(x, y, p.mask, p.numel, [=] __device__(int64_t i, float v, bool& m) {
       const int64_t c = channel(i);
       const float s = __ldg(scale + c);
-      return fq_per_channel_int_zp<Flavour::Cuda, false>(v, s, 1.0f / s, __ldg(zp + c), qmin, qmax);
+      return fq_per_channel_int_zp<Flavour::Cuda, false>(v, s, 1.0f / s, __ldg(zp + c), qmin, qmax, m);
     });
   } else {
     const float* zp = p.zero_point_f;
     const float lo = static_cast<float>(qmin), hi = static_cast<float>(qmax);
-    elementwise<T, kAligned>(x, y, p.mask, p.numel, [=] __device__(int64_t i, float v) {
+    elementwise<T, kAligned>(x, y, p.mask, p.numel, [=] __device__(int64_t i, float v, bool& m) {
       const int64_t c = channel(i);
       const float s = __ldg(scale + c);
-      return fq_per_channel_float_zp<Flavour::Cuda>(v, s, 1.0f / s, __ldg(zp + c), lo, hi, true);
+      return fq_per_channel_float_zp<Flavour::Cuda>(v, s, 1.0f / s, __ldg(zp + c), lo, hi, true, m);
     });
   }
 }
@@ -133,8 +136,8 @@ template <typename T, bool kAligned>
 __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardParams p) {
   const T* g = static_cast<const T*>(p.grad);
   const uint8_t* m = p.mask;
-  elementwise<T, kAligned>(g, static_cast<T*>(p.out), nullptr, p.numel, [=] __device__(int64_t i, float v) {
-    return FqOut{v * (__ldg(m + i) ? 1.0f : 0.0f), false};
+  elementwise<T, kAligned>(g, static_cast<T*>(p.out), nullptr, p.numel, [=] __device__(int64_t i, float v, bool&) {
+    return v * (__ldg(m + i) ? 1.0f : 0.0f);
   });
 }
 

@@ -73,30 +73,42 @@ int main() {
     int64_t lo = bd(rng), hi = bd(rng);
     if (lo > hi) std::swap(lo, hi);
     const int64_t z = zd(rng);
-    const FqOut a = fq_per_tensor<Flavour::Cpu, false>(x, scale, inv, z, float(lo), float(hi));
-    const FqOut b = fq_per_tensor<Flavour::Cpu, true>(x, scale, inv, z, float(lo), float(hi));
-    CHECK(bits(a.y) == bits(b.y) && a.mask == b.mask, "per_tensor fast/wide x=%a z=%lld\n", x, (long long)z);
-    const FqOut c = fq_per_channel_int_zp<Flavour::Cpu, false>(x, scale, inv, z, lo, hi);
-    const FqOut e = fq_per_channel_int_zp<Flavour::Cpu, true>(x, scale, inv, z, lo, hi);
-    CHECK(bits(c.y) == bits(e.y) && c.mask == e.mask, "per_channel fast/wide x=%a z=%lld\n", x, (long long)z);
-    // Cuda per-channel int zero point: the float mask of the rounded value matches the int64 definition.
-    const float r = std::nearbyint(x * inv);
-    const FqOut g = fq_per_channel_int_zp<Flavour::Cuda, false>(x, scale, inv, z, lo, hi);
-    const int64_t q = wrapping_add(to_int64_cuda(r), z);
-    CHECK(g.mask == (lo <= q && q <= hi), "cuda per_channel mask x=%a z=%lld\n", x, (long long)z);
+    bool a_mask;
+    const float a_y = fq_per_tensor<Flavour::Cpu, false>(x, scale, inv, z, float(lo), float(hi), a_mask);
+    bool b_mask;
+    const float b_y = fq_per_tensor<Flavour::Cpu, true>(x, scale, inv, z, float(lo), float(hi), b_mask);
+    CHECK(bits(a_y) == bits(b_y) && a_mask == b_mask, "per_tensor fast/wide x=%a z=%lld\n", x, (long long)z);
+    bool c_mask;
+    const float c_y = fq_per_channel_int_zp<Flavour::Cpu, false>(x, scale, inv, z, lo, hi, c_mask);
+    bool e_mask;
+    const float e_y = fq_per_channel_int_zp<Flavour::Cpu, true>(x, scale, inv, z, lo, hi, e_mask);
+    CHECK(bits(c_y) == bits(e_y) && c_mask == e_mask, "per_channel fast/wide x=%a z=%lld\n", x, (long long)z);
+    // Cuda per-channel float zero point: the float clamp of the rounded value equals aten's literal
+    // definition through a saturating int64 conversion (lrint), for every input including NaN and inf.
+    const float zf = static_cast<float>(z) * 0.25f;
+    bool g_mask;
+    const float g_y = fq_per_channel_float_zp<Flavour::Cuda>(x, scale, inv, zf, float(lo), float(hi), true, g_mask);
+    const int64_t q = to_int64_cuda(std::nearbyint(std::fma(x, inv, zf)));
+    const float want = (std::fmin(float(hi), std::fmax(float(lo), static_cast<float>(q))) - zf) * scale;
+    CHECK(g_mask == (lo <= q && q <= hi) && bits(g_y) == bits(want), "cuda float zp x=%a z=%a\n", x, zf);
   }
 
   // Bound cases from aten (s = 1, z = 0, [-128, 127]): ties, +-inf, NaN.
-  const FqOut t1 = fq_per_tensor<Flavour::Cpu, false>(-128.5f, 1.f, 1.f, 0, -128.f, 127.f);
-  CHECK(t1.y == -128.f && t1.mask, "-128.5 -> -128 in range\n");
-  const FqOut t2 = fq_per_tensor<Flavour::Cpu, false>(127.5f, 1.f, 1.f, 0, -128.f, 127.f);
-  CHECK(t2.y == 127.f && !t2.mask, "127.5 -> 127 out of range\n");
-  const FqOut t3 = fq_per_tensor<Flavour::Cpu, false>(NAN, 1.f, 1.f, 0, -128.f, 127.f);
-  CHECK(t3.y == -128.f && !t3.mask, "NaN -> qmin\n");
-  const FqOut t4 = fq_per_channel_int_zp<Flavour::Cuda, false>(-INFINITY, 1.f, 1.f, -3, -128, 127);
-  CHECK(t4.y == 130.f && !t4.mask, "cuda -inf with z=-3 wraps to qmax\n");
-  const FqOut t5 = fq_per_channel_int_zp<Flavour::Cpu, false>(INFINITY, 1.f, 1.f, 0, -128, 127);
-  CHECK(t5.y == -128.f && !t5.mask, "cpu per-channel +inf -> qmin\n");
+  bool t1_mask;
+    const float t1_y = fq_per_tensor<Flavour::Cpu, false>(-128.5f, 1.f, 1.f, 0, -128.f, 127.f, t1_mask);
+  CHECK(t1_y == -128.f && t1_mask, "-128.5 -> -128 in range\n");
+  bool t2_mask;
+    const float t2_y = fq_per_tensor<Flavour::Cpu, false>(127.5f, 1.f, 1.f, 0, -128.f, 127.f, t2_mask);
+  CHECK(t2_y == 127.f && !t2_mask, "127.5 -> 127 out of range\n");
+  bool t3_mask;
+    const float t3_y = fq_per_tensor<Flavour::Cpu, false>(NAN, 1.f, 1.f, 0, -128.f, 127.f, t3_mask);
+  CHECK(t3_y == -128.f && !t3_mask, "NaN -> qmin\n");
+  bool t4_mask;
+    const float t4_y = fq_per_channel_int_zp<Flavour::Cuda, false>(-INFINITY, 1.f, 1.f, -3, -128, 127, t4_mask);
+  CHECK(t4_y == 130.f && !t4_mask, "cuda -inf with z=-3 wraps to qmax\n");
+  bool t5_mask;
+    const float t5_y = fq_per_channel_int_zp<Flavour::Cpu, false>(INFINITY, 1.f, 1.f, 0, -128, 127, t5_mask);
+  CHECK(t5_y == -128.f && !t5_mask, "cpu per-channel +inf -> qmin\n");
 
   std::printf("%s: %d failures\n", failures ? "FAILED" : "ok", failures);
   return failures ? 1 : 0;

@@ -7,7 +7,8 @@
 //   Flavour::Cpu  : aten/src/ATen/native/quantized/cpu/kernels/QuantizedOpKernels.cpp (x86-64 build)
 //   Flavour::Cuda : aten/src/ATen/native/quantized/cuda/FakeQuantizeCore.cu (torch 2.11-2.13)
 //
-// Inputs are widened to float (exact for fp16/bf16); outputs are float, narrowed once by the caller.
+// Inputs are widened to float (exact for fp16/bf16); each function returns y as float (narrowed once by the
+// caller) and writes the mask through a reference (a returned struct keeps GCC from vectorizing the loops).
 // The kernels require |quant_min|, |quant_max| <= 2^22 (checked by the Python dispatcher), which makes every
 // comparison against the bounds exact in float. Zero points may be any int32.
 #pragma once
@@ -17,6 +18,9 @@
 
 #if defined(__CUDACC__)
 #define QK_HOST_DEVICE __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// Forced: GCC does not inline plain inline functions into target_clones loops, which blocks vectorization.
+#define QK_HOST_DEVICE inline __attribute__((always_inline))
 #else
 #define QK_HOST_DEVICE inline
 #endif
@@ -29,11 +33,6 @@ enum class Flavour : int { Cpu = 0, Cuda = 1 };
 constexpr int64_t kMaxKernelQuantBound = int64_t(1) << 22;
 // Zero points up to this magnitude keep (q - z) exact in float; larger ones take the double path.
 constexpr int64_t kMaxFloatZeroPoint = int64_t(1) << 23;
-
-struct FqOut {
-  float y;
-  bool mask;
-};
 
 // Round half to even, independent of the compiler's choice of rounding instruction. On the host the
 // 2^23 trick keeps the loop vectorizable on baseline x86-64 (no SSE4.1 round); it needs IEEE adds, so the
@@ -71,9 +70,11 @@ QK_HOST_DEVICE int64_t wrapping_add(int64_t a, int64_t b) {
   return static_cast<int64_t>(static_cast<uint64_t>(a) + static_cast<uint64_t>(b));
 }
 
+// clamp(v, lo, hi) with NaN -> lo, as fminf(hi, fmaxf(lo, v)) in both aten kernels. Written as comparisons
+// so that compilers vectorize it (fminf/fmaxf NaN rules do not map onto minps/maxps). v is never -0.0 here.
 QK_HOST_DEVICE float clamp_nan_low(float v, float lo, float hi) {
-  // fmaxf returns the non-NaN operand, so NaN clamps to lo, as fmax/fmaxf do in both aten kernels.
-  return fminf(hi, fmaxf(lo, v));
+  const float t = v > lo ? v : lo;
+  return t < hi ? t : hi;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -85,10 +86,11 @@ QK_HOST_DEVICE float clamp_nan_low(float v, float lo, float hi) {
 // kWideZ selects exact integer subtraction for |z| > 2^23; with smaller z both forms are the same number.
 // ---------------------------------------------------------------------------------------------------------
 template <Flavour F, bool kWideZ>
-QK_HOST_DEVICE FqOut fq_per_tensor(float x, float scale, float inv_scale, int64_t z, float qmin, float qmax) {
+QK_HOST_DEVICE float fq_per_tensor(float x, float scale, float inv_scale, int64_t z, float qmin, float qmax,
+                                   bool& mask) {
   const float zf = static_cast<float>(z);
   const float qf = round_half_even(x * inv_scale) + zf;
-  const bool mask = (qmin <= qf) && (qf <= qmax);
+  mask = (qmin <= qf) & (qf <= qmax);
   const float qc = clamp_nan_low(qf, qmin, qmax);
   float d;
   if (F == Flavour::Cpu && kWideZ) {
@@ -96,7 +98,7 @@ QK_HOST_DEVICE FqOut fq_per_tensor(float x, float scale, float inv_scale, int64_
   } else {
     d = qc - zf;
   }
-  return {d * scale, mask};
+  return d * scale;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -107,15 +109,15 @@ QK_HOST_DEVICE FqOut fq_per_tensor(float x, float scale, float inv_scale, int64_
 //         y = float(clamp(q) - z) * s
 // ---------------------------------------------------------------------------------------------------------
 template <Flavour F, bool kWideZ>
-QK_HOST_DEVICE FqOut fq_per_channel_int_zp(float x, float scale, float inv_scale, int64_t z, int64_t qmin,
-                                           int64_t qmax) {
+QK_HOST_DEVICE float fq_per_channel_int_zp(float x, float scale, float inv_scale, int64_t z, int64_t qmin,
+                                           int64_t qmax, bool& mask) {
   const float r = round_half_even(x * inv_scale);
   if (F == Flavour::Cpu) {
     const float qf = r + static_cast<float>(z);
     // Out-of-range and NaN qf convert to INT64_MIN (far below qmin): test in float to stay vectorizable.
     const bool special = !(std::fabs(qf) < 9.223372036854775808e18f);
     const float lo = static_cast<float>(qmin), hi = static_cast<float>(qmax);
-    const bool mask = !special && (lo <= qf) && (qf <= hi);
+    mask = !special & (lo <= qf) & (qf <= hi);
     const float qc = special ? lo : clamp_nan_low(qf, lo, hi);
     float y;
     if (kWideZ) {
@@ -124,12 +126,12 @@ QK_HOST_DEVICE FqOut fq_per_channel_int_zp(float x, float scale, float inv_scale
       // |qc - z| <= 2^24: exact in float, so the float product is the double product rounded once.
       y = (qc - static_cast<float>(z)) * scale;
     }
-    return {y, mask};
+    return y;
   } else {
     const int64_t q = wrapping_add(to_int64_cuda(r), z);
-    const bool mask = (qmin <= q) && (q <= qmax);
+    mask = (qmin <= q) & (q <= qmax);
     const int64_t qc = q < qmin ? qmin : (q > qmax ? qmax : q);
-    return {static_cast<float>(qc - z) * scale, mask};
+    return static_cast<float>(qc - z) * scale;
   }
 }
 
@@ -141,21 +143,21 @@ QK_HOST_DEVICE FqOut fq_per_channel_int_zp(float x, float scale, float inv_scale
 //   Cuda: q = lrint(v) saturating; mask = qmin <= q <= qmax; y = (clamp(float(q)) - z) * s
 // ---------------------------------------------------------------------------------------------------------
 template <Flavour F>
-QK_HOST_DEVICE FqOut fq_per_channel_float_zp(float x, float scale, float inv_scale, float z, float qmin, float qmax,
-                                             bool use_fma) {
+QK_HOST_DEVICE float fq_per_channel_float_zp(float x, float scale, float inv_scale, float z, float qmin, float qmax,
+                                             bool use_fma, bool& mask) {
   const float v = use_fma ? fmaf(x, inv_scale, z) : x * inv_scale + z;
   // aten rounds to an integer, so a zero is +0; `+ 0.0f` turns a -0.0 from the rounding into +0.0.
   const float r = round_half_even(v) + 0.0f;
   if (F == Flavour::Cpu) {
     const bool special = !(std::fabs(r) < 9.223372036854775808e18f);
-    const bool mask = !special && (qmin <= r) && (r <= qmax);
+    mask = !special & (qmin <= r) & (r <= qmax);
     const float qc = special ? qmin : clamp_nan_low(r, qmin, qmax);
     const double y = (static_cast<double>(qc) - static_cast<double>(z)) * static_cast<double>(scale);
-    return {static_cast<float>(y), mask};
+    return static_cast<float>(y);
   } else {
     // Saturation and NaN -> INT64_MIN both end up clamped exactly like r itself.
-    const bool mask = (qmin <= r) && (r <= qmax);
-    return {(clamp_nan_low(r, qmin, qmax) - z) * scale, mask};
+    mask = (qmin <= r) & (r <= qmax);
+    return (clamp_nan_low(r, qmin, qmax) - z) * scale;
   }
 }
 
