@@ -246,12 +246,18 @@ def _backward_fake(grad, mask):
 # ----------------------------------------------------------------------------------------------------------
 # Autograd: dx = dy * mask for `self`; qparams get no gradient (aten: "not differentiable").
 # ----------------------------------------------------------------------------------------------------------
-def _setup_context(ctx, inputs, output):
-    x = inputs[0]
-    for name, t in zip(("scale", "zero_point"), inputs[1:3]):
+def _check_qparams_not_differentiable(scale, zero_point):
+    if not torch.is_grad_enabled():
+        return
+    for name, t in (("scale", scale), ("zero_point", zero_point)):
         if isinstance(t, Tensor) and t.requires_grad:
             _fail(f"fake quantization is not differentiable with respect to `{name}`; "
                   "use the learnable fake-quant ops for learnable qparams")
+
+
+def _setup_context(ctx, inputs, output):
+    x = inputs[0]
+    _check_qparams_not_differentiable(*inputs[1:3])
     _, mask = output
     if x.requires_grad and mask.numel() != x.numel():
         _fail("a fake-quant call with need_mask=False cannot be differentiated")
@@ -317,24 +323,56 @@ def _needs_mask(x: Tensor) -> bool:
     return torch.is_grad_enabled() and x.requires_grad
 
 
+def _plain_eager(*tensors) -> bool:
+    """Whether calling the implementations directly is indistinguishable from going through the dispatcher:
+    eager mode, no torch-function or dispatch mode active, plain tensors only."""
+    return (
+        not torch.compiler.is_compiling()
+        and not torch._C._is_torch_function_mode_enabled()
+        and torch._C._len_torch_dispatch_stack() == 0
+        and all(type(t) is Tensor for t in tensors)
+    )
+
+
+class _StraightThrough(torch.autograd.Function):
+    """The registered ops' autograd (``_setup_context``/``_backward``) for direct eager calls of their
+    implementations: the dispatcher's Python autograd layers cost more than a small kernel."""
+
+    @staticmethod
+    def forward(ctx, impl, x, *args):
+        out, mask = impl(x, *args, ctx.needs_input_grad[1])
+        _setup_context(ctx, (x,) + args, (out, mask))
+        ctx.mark_non_differentiable(mask)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (mask,) = ctx.saved_tensors
+        return (None, _backward_impl(grad_out, mask) if ctx.needs_input_grad[1] else None) + (None,) * (
+            ctx.num_inputs - 1
+        )
+
+
 def fake_quantize_per_tensor_affine(input: Tensor, scale, zero_point, quant_min: int, quant_max: int) -> Tensor:
     """Drop-in for ``torch.fake_quantize_per_tensor_affine`` (both overloads: Python-number or tensor qparams).
 
     ``y = (clamp(round(x * (1/scale)) + zero_point, quant_min, quant_max) - zero_point) * scale``, round half
     to even. The mask for the backward pass is written only when ``input`` requires grad.
     """
-    need = _needs_mask(input)
     if isinstance(scale, Tensor) or isinstance(zero_point, Tensor):
         if not (isinstance(scale, Tensor) and isinstance(zero_point, Tensor)):
             _fail("`scale` and `zero_point` must both be Tensors or both be numbers")
-        out, _ = _fake_quantize_per_tensor_affine_cachemask_tensor_qparams(
-            input, scale, zero_point, None, quant_min, quant_max, need
-        )
-        return out
-    out, _ = fake_quantize_per_tensor_affine_cachemask(
-        input, float(scale), int(zero_point), quant_min, quant_max, need
-    )
-    return out
+        args = (scale, zero_point, None, quant_min, quant_max)
+        impl, op = _per_tensor_tensor_impl, _fake_quantize_per_tensor_affine_cachemask_tensor_qparams
+        tensors = (input, scale, zero_point)
+    else:
+        args = (float(scale), int(zero_point), quant_min, quant_max)
+        impl, op = _per_tensor_impl, fake_quantize_per_tensor_affine_cachemask
+        tensors = (input,)
+    if _plain_eager(*tensors):
+        _check_qparams_not_differentiable(scale, zero_point)
+        return _StraightThrough.apply(impl, input, *args) if _needs_mask(input) else impl(input, *args, False)[0]
+    return op(input, *args, _needs_mask(input))[0]
 
 
 def fake_quantize_per_channel_affine(
@@ -345,7 +383,10 @@ def fake_quantize_per_channel_affine(
     Channel ``c`` uses ``scale[c]``/``zero_point[c]``; an int32 zero point is added after rounding, a float one
     before (``round(x * inv + z)``), as in aten. The mask is written only when ``input`` requires grad.
     """
-    out, _ = fake_quantize_per_channel_affine_cachemask(
-        input, scale, zero_point, axis, quant_min, quant_max, _needs_mask(input)
-    )
-    return out
+    args = (scale, zero_point, axis, quant_min, quant_max)
+    if _plain_eager(input, scale, zero_point):
+        _check_qparams_not_differentiable(scale, zero_point)
+        if _needs_mask(input):
+            return _StraightThrough.apply(_per_channel_impl, input, *args)
+        return _per_channel_impl(input, *args, False)[0]
+    return fake_quantize_per_channel_affine_cachemask(input, *args, _needs_mask(input))[0]

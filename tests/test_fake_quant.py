@@ -439,3 +439,32 @@ def test_float_zero_point_gives_positive_zero(device, backend):
     ay, _ = torch.ops.aten.fake_quantize_per_channel_affine_cachemask(x, torch.ones(1, device=device),
                                                                     torch.zeros(1, device=device), 0, -1, 0)
     assert_bitwise_equal(y, ay)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_eager_fast_path_equals_dispatcher_path(device):
+    """Plain eager calls skip the dispatcher; under a dispatch mode the registered ops run. Same results."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    x0 = make_input(37, (3, 50), 0.1, 0, -128, 127, torch.float32, device)
+    s = torch.rand(3, device=device) + 0.05
+    zp = torch.zeros(3, dtype=torch.int32, device=device)
+    grad = torch.randn(3, 50, device=device)
+    results = []
+    for mode in (None, Count()):
+        xa = x0.clone().requires_grad_()
+        with mode or torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+            y = qkernels.fake_quantize_per_channel_affine(
+                qkernels.fake_quantize_per_tensor_affine(xa, 0.1, 1, -128, 127), s, zp, 0, -128, 127)
+        y.backward(grad)
+        results.append((y.detach(), xa.grad))
+    assert any("qkernels.fake_quantize_per_channel_affine_cachemask" in f for f in Count.seen)
+    for a, b in zip(*results):
+        assert_bitwise_equal(a, b)
