@@ -79,13 +79,16 @@ def _fq_per_tensor_kernel(
 @triton.jit
 def _fq_per_channel_kernel(
     x_ptr, out_ptr, mask_ptr, scale_ptr, zp_ptr, n, inner, channels, quant_min, quant_max,
-    FLOAT_ZP: tl.constexpr, WRITE_MASK: tl.constexpr, BLOCK: tl.constexpr,
+    FLOAT_ZP: tl.constexpr, WRITE_MASK: tl.constexpr, INDEX_I32: tl.constexpr, BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inb = offs < n
     xt = tl.load(x_ptr + offs, mask=inb, other=0.0)
     x = xt.to(tl.float32)
-    ch = (offs // inner) % channels
+    if INDEX_I32:  # 32-bit division is several times cheaper than 64-bit on the GPU
+        ch = (offs.to(tl.int32) // inner) % channels
+    else:
+        ch = (offs // inner) % channels
     s = tl.load(scale_ptr + ch, mask=inb, other=1.0)
     inv = tl.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
     if FLOAT_ZP:
@@ -154,7 +157,7 @@ def per_channel(x, out, mask, scale, zero_point, axis, inner, quant_min, quant_m
     _fq_per_channel_kernel[_grid(n)](
         x, out, mask if mask is not None else out, scale, zero_point, n, inner, scale.numel(),
         quant_min, quant_max,
-        FLOAT_ZP=zero_point.is_floating_point(), WRITE_MASK=mask is not None, BLOCK=_BLOCK,
+        FLOAT_ZP=zero_point.is_floating_point(), WRITE_MASK=mask is not None, INDEX_I32=n < 2**31, BLOCK=_BLOCK,
         num_warps=_WARPS, enable_fp_fusion=False,
     )
 

@@ -43,7 +43,8 @@ struct alignas(N) MaskVec {
   uint8_t v[N];
 };
 
-// Applies y = op(i, x, mask) to every element; vectorized over whole 16-byte vectors when kAligned.
+// Applies y = op(base, j, x, mask) to element base + j; vectorized over whole 16-byte vectors when kAligned
+// (the element-wise tail passes j = 0 and base = the element).
 template <typename T, bool kAligned, typename Op>
 __device__ __forceinline__ void elementwise(const T* __restrict__ x, T* __restrict__ y, uint8_t* __restrict__ mask,
                                             int64_t n, Op op) {
@@ -57,7 +58,7 @@ __device__ __forceinline__ void elementwise(const T* __restrict__ x, T* __restri
 #pragma unroll
     for (int j = 0; j < V; ++j) {
       bool m;
-      yv.v[j] = from_float<T>(op(base + j, to_float(xv.v[j]), m));
+      yv.v[j] = from_float<T>(op(base, j, to_float(xv.v[j]), m));
       mv.v[j] = m;
     }
     *reinterpret_cast<Vec<T>*>(y + base) = yv;
@@ -66,7 +67,7 @@ __device__ __forceinline__ void elementwise(const T* __restrict__ x, T* __restri
     const int64_t end = base + V < n ? base + V : n;
     for (int64_t i = base; i < end; ++i) {
       bool m;
-      y[i] = from_float<T>(op(i, to_float(x[i]), m));
+      y[i] = from_float<T>(op(i, 0, to_float(x[i]), m));
       if (mask) mask[i] = m;
     }
   }
@@ -86,11 +87,11 @@ __global__ void __launch_bounds__(kThreads) per_tensor_kernel(PerTensorParams p)
   const float inv = 1.0f / scale;
   const float lo = static_cast<float>(p.quant_min), hi = static_cast<float>(p.quant_max);
   if (enabled) {
-    elementwise<T, kAligned>(x, y, p.mask, p.numel, [=] __device__(int64_t, float v, bool& m) {
+    elementwise<T, kAligned>(x, y, p.mask, p.numel, [=] __device__(int64_t, int, float v, bool& m) {
       return fq_per_tensor<Flavour::Cuda, false>(v, scale, inv, z, lo, hi, m);
     });
   } else {
-    elementwise<T, kAligned>(x, y, p.mask, p.numel, [=] __device__(int64_t, float v, bool& m) {
+    elementwise<T, kAligned>(x, y, p.mask, p.numel, [=] __device__(int64_t, int, float v, bool& m) {
       m = true;
       return v;
     });
@@ -108,7 +109,10 @@ struct ChannelIndex {
   }
 };
 
-template <typename T, bool kAligned>
+// kUniform: inner is a multiple of the vector width, so a whole vector lies in one channel and its channel,
+// scale, reciprocal and zero point are computed once (the compiler sees the same arguments for every j).
+// __frcp_rn is the IEEE reciprocal: equal to 1.0f / s, and cheaper.
+template <typename T, bool kAligned, bool kUniform>
 __global__ void __launch_bounds__(kThreads) per_channel_kernel(PerChannelParams p, ChannelIndex channel) {
   const T* x = static_cast<const T*>(p.x);
   T* y = static_cast<T*>(p.out);
@@ -116,17 +120,17 @@ __global__ void __launch_bounds__(kThreads) per_channel_kernel(PerChannelParams 
   const int64_t qmin = p.quant_min, qmax = p.quant_max;
   if (p.zero_point_i) {
     const int32_t* zp = p.zero_point_i;
-    elementwise<T, kAligned>(x, y, p.mask, p.numel, [=] __device__(int64_t i, float v, bool& m) {
-      const int64_t c = channel(i);
-      const float s = __ldg(scale + c);  // __frcp_rn: the IEEE reciprocal, equal to 1.0f / s and cheaper
+    elementwise<T, kAligned>(x, y, p.mask, p.numel, [=] __device__(int64_t base, int j, float v, bool& m) {
+      const int64_t c = channel(kUniform ? base : base + j);
+      const float s = __ldg(scale + c);
       return fq_per_channel_int_zp<Flavour::Cuda, false>(v, s, __frcp_rn(s), __ldg(zp + c), qmin, qmax, m);
     });
   } else {
     const float* zp = p.zero_point_f;
     const float lo = static_cast<float>(qmin), hi = static_cast<float>(qmax);
-    elementwise<T, kAligned>(x, y, p.mask, p.numel, [=] __device__(int64_t i, float v, bool& m) {
-      const int64_t c = channel(i);
-      const float s = __ldg(scale + c);  // __frcp_rn: the IEEE reciprocal, equal to 1.0f / s and cheaper
+    elementwise<T, kAligned>(x, y, p.mask, p.numel, [=] __device__(int64_t base, int j, float v, bool& m) {
+      const int64_t c = channel(kUniform ? base : base + j);
+      const float s = __ldg(scale + c);
       return fq_per_channel_float_zp<Flavour::Cuda>(v, s, __frcp_rn(s), __ldg(zp + c), lo, hi, true, m);
     });
   }
@@ -136,8 +140,9 @@ template <typename T, bool kAligned>
 __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardParams p) {
   const T* g = static_cast<const T*>(p.grad);
   const uint8_t* m = p.mask;
-  elementwise<T, kAligned>(g, static_cast<T*>(p.out), nullptr, p.numel, [=] __device__(int64_t i, float v, bool&) {
-    return v * (__ldg(m + i) ? 1.0f : 0.0f);
+  elementwise<T, kAligned>(g, static_cast<T*>(p.out), nullptr, p.numel, [=] __device__(int64_t base, int j, float v,
+                                                                                  bool&) {
+    return v * (__ldg(m + base + j) ? 1.0f : 0.0f);
   });
 }
 
@@ -199,8 +204,13 @@ int fake_quant_per_channel(const PerChannelParams& p, void* stream) {
   return by_dtype(p, [&](auto tag) {
     using T = decltype(tag);
     const bool aligned = aligned16(p.x) && aligned16(p.out) && aligned_n(p.mask, Vec<T>::kSize);
+    const bool uniform = p.inner % Vec<T>::kSize == 0;
     return launch_typed<T>(p.numel, aligned, static_cast<cudaStream_t>(stream), [&](auto al, dim3 grid, cudaStream_t s) {
-      per_channel_kernel<T, decltype(al)::value><<<grid, kThreads, 0, s>>>(p, channel);
+      if (uniform) {
+        per_channel_kernel<T, decltype(al)::value, true><<<grid, kThreads, 0, s>>>(p, channel);
+      } else {
+        per_channel_kernel<T, decltype(al)::value, false><<<grid, kThreads, 0, s>>>(p, channel);
+      }
     });
   });
 }

@@ -128,6 +128,15 @@ QK_HOST_DEVICE float fq_per_channel_int_zp(float x, float scale, float inv_scale
     }
     return y;
   } else {
+    const int32_t lo = static_cast<int32_t>(qmin), hi = static_cast<int32_t>(qmax);
+    if (std::fabs(r) < 1073741824.0f && z < (int64_t(1) << 30) && z > -(int64_t(1) << 30)) {
+      // |r|, |z| < 2^30: the int64 definition below never saturates or wraps, so int32 gives the same
+      // integers at a fraction of the cost on the GPU.
+      const int32_t q = static_cast<int32_t>(r) + static_cast<int32_t>(z);
+      mask = (lo <= q) & (q <= hi);
+      const int32_t qc = q < lo ? lo : (q > hi ? hi : q);
+      return static_cast<float>(qc - static_cast<int32_t>(z)) * scale;
+    }
     const int64_t q = wrapping_add(to_int64_cuda(r), z);
     mask = (qmin <= q) & (q <= qmax);
     const int64_t qc = q < qmin ? qmin : (q > qmax ? qmax : q);
