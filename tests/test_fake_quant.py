@@ -225,20 +225,41 @@ def test_unaligned_and_odd_sizes(device, backend):
         assert_bitwise_equal(m, am, what=f"{start}+{length}")
 
 
-@pytest.mark.skipif(qkernels.backends.availability("cpu", "cpu") is not None, reason="CPU extension not built")
-def test_cuda_flavour_on_cpu_kernel():
-    """The CUDA kernels' math (shared header) run through the CPU extension, against the CUDA reference."""
-    x = make_input(17, (5, 4001), 0.3, 0, -128, 127, torch.float32, "cpu")
+def _cuda_flavour_launchers():
+    """(name, device, per_tensor, per_channel) for every kernel that implements aten-CUDA's rules: the CUDA
+    kernels' shared math through the CPU extension (flavour=1), Triton, and the CUDA extension."""
+    from qkernels import _backend_native as native
+
+    out = []
+    if qkernels.backends.availability("cpu", "cpu") is None:
+        out.append(("cpu-ext", "cpu", native.per_tensor, native.per_channel))
+    for device in DEVICES:
+        if qkernels.backends.availability("triton", device) is None:
+            from qkernels.triton_kernels import fake_quant as tk
+
+            out.append(("triton", device, tk.per_tensor, tk.per_channel))
+    if HAS_CUDA:
+        out.append(("cuda-ext", "cuda", native.per_tensor, native.per_channel))
+    return out
+
+
+@pytest.mark.parametrize("name,device,per_tensor,per_channel", _cuda_flavour_launchers(),
+                         ids=[c[0] + "-" + c[1] for c in _cuda_flavour_launchers()])
+def test_cuda_flavour_kernels_wide_zero_points(name, device, per_tensor, per_channel):
+    """aten-CUDA's rules at zero points the public checks would reject on CPU (int64 saturation and
+    wrapping, float subtraction beyond 2^24), straight through the launchers, against the CUDA reference."""
+    x = make_input(17, (5, 4001), 0.3, 0, -128, 127, torch.float32, device)
     for z in (0, 5, -3, 2**25 + 1):
         out, mask = torch.empty_like(x), torch.empty_like(x, dtype=torch.bool)
-        torch.ops.qkernels._fake_quant_per_tensor_cpu(x, out, mask, 0.3, z, True, None, None, None, -128, 127, 1)
+        per_tensor(x, out, mask, 0.3, z, None, -128, 127, "cuda")
         ry, rm = ref.fake_quant_per_tensor(x, 0.3, z, -128, 127, flavour="cuda")
         assert_bitwise_equal(out, ry, what=f"per-tensor z={z}")
         assert_bitwise_equal(mask, rm, what=f"per-tensor mask z={z}")
-    s = torch.tensor([0.3, 1.7, 0.01, 2.0, 0.5])
-    for zp in (torch.tensor([0, 5, -3, 127, -128], dtype=torch.int32), torch.tensor([0.5, 5, -3.25, 1e-3, -128])):
+    s = torch.tensor([0.3, 1.7, 0.01, 2.0, 0.5], device=device)
+    for zp in (torch.tensor([0, 5, -3, 2**25 + 1, -(2**30) - 7], dtype=torch.int32, device=device),
+               torch.tensor([0.5, 5, -3.25, 1e-3, -128], device=device)):
         out, mask = torch.empty_like(x), torch.empty_like(x, dtype=torch.bool)
-        torch.ops.qkernels._fake_quant_per_channel_cpu(x, out, mask, s, zp, 4001, -128, 127, 1, True)
+        per_channel(x, out, mask, s, zp, 0, 4001, -128, 127, "cuda", True)
         ry, rm = ref.fake_quant_per_channel(x, s, zp, 0, -128, 127, flavour="cuda")
         assert_bitwise_equal(out, ry, what=f"per-channel {zp.dtype}")
         assert_bitwise_equal(mask, rm, what=f"per-channel mask {zp.dtype}")

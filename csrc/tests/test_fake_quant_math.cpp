@@ -83,6 +83,16 @@ int main() {
     bool e_mask;
     const float e_y = fq_per_channel_int_zp<Flavour::Cpu, true>(x, scale, inv, z, lo, hi, e_mask);
     CHECK(bits(c_y) == bits(e_y) && c_mask == e_mask, "per_channel fast/wide x=%a z=%lld\n", x, (long long)z);
+    // Cuda per-channel int zero point: the float fast path against aten's literal int64 definition.
+    for (const int64_t zz : {z, z * 256 + 5, int64_t(INT32_MIN), int64_t(INT32_MAX)}) {
+      bool i_mask;
+      const float i_y = fq_per_channel_int_zp<Flavour::Cuda, false>(x, scale, inv, zz, lo, hi, i_mask);
+      const int64_t qi = wrapping_add(to_int64_cuda(std::nearbyint(x * inv)), zz);
+      const int64_t qc = qi < lo ? lo : (qi > hi ? hi : qi);
+      const float want_y = static_cast<float>(qc - zz) * scale;
+      CHECK(i_mask == (lo <= qi && qi <= hi) && bits(i_y) == bits(want_y), "cuda int zp x=%a z=%lld\n", x,
+            (long long)zz);
+    }
     // Cuda per-channel float zero point: the float clamp of the rounded value equals aten's literal
     // definition through a saturating int64 conversion (lrint), for every input including NaN and inf.
     const float zf = static_cast<float>(z) * 0.25f;
