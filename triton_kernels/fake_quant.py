@@ -99,22 +99,11 @@ def _fq_per_channel_kernel(
         m = (r >= lo) & (r <= hi)
         y = (_clamp_nan_low(r, lo, hi) - z) * s
     else:
-        z = tl.load(zp_ptr + ch, mask=inb, other=0)
-        zf = z.to(tl.float32)
-        r = _round_half_even(x * inv)
-        # |r| < 2^23, |z| <= 2^23: r + z, the clamp and q - z are exact in float32 (no int conversions).
-        q = r + zf
-        lo = quant_min + 0.0
-        hi = quant_max + 0.0
-        m = (q >= lo) & (q <= hi)
-        y = (_clamp_nan_low(q, lo, hi) - zf) * s
-        slow = ~((tl.abs(r) < 8388608.0) & (tl.abs(zf) <= 8388608.0)) & inb
-        if tl.max(slow.to(tl.int32), axis=0) > 0:
-            # NaN, inf, huge inputs or zero points: aten's int64 definition (saturate, then wrapping add).
-            qi = _to_int64_saturating(r) + z.to(tl.int64)
-            m = tl.where(slow, (qi >= quant_min) & (qi <= quant_max), m)
-            qc = tl.minimum(tl.maximum(qi, quant_min), quant_max)
-            y = tl.where(slow, (qc - z).to(tl.float32) * s, y)
+        z = tl.load(zp_ptr + ch, mask=inb, other=0).to(tl.int64)
+        q = _to_int64_saturating(_round_half_even(x * inv)) + z  # wraps like the device's int64 add
+        m = (q >= quant_min) & (q <= quant_max)
+        qc = tl.minimum(tl.maximum(q, quant_min), quant_max)
+        y = (qc - z).to(tl.float32) * s
     tl.store(out_ptr + offs, y.to(xt.dtype), mask=inb)
     if WRITE_MASK:
         tl.store(mask_ptr + offs, m, mask=inb)

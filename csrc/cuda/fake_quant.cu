@@ -5,6 +5,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 #include "qkernels/fake_quant_kernels.h"
 
 namespace qkernels {
@@ -43,22 +45,24 @@ struct alignas(N) MaskVec {
   uint8_t v[N];
 };
 
-// Applies y = op(base, j, x, mask) to element base + j; vectorized over whole 16-byte vectors when kAligned
-// (the element-wise tail passes j = 0 and base = the element).
-template <typename T, bool kAligned, typename Op>
+// Applies y = op(ctx, i, x, mask) to every element i, with ctx = setup(first element of the thread's
+// vector), or setup(i) on the element-wise tail. setup holds what a whole vector shares (a channel's qparams),
+// so it is loaded once per vector. Vectorized over whole 16-byte vectors when kAligned.
+template <typename T, bool kAligned, typename Setup, typename Op>
 __device__ __forceinline__ void elementwise(const T* __restrict__ x, T* __restrict__ y, uint8_t* __restrict__ mask,
-                                            int64_t n, Op op) {
+                                            int64_t n, Setup setup, Op op) {
   constexpr int V = Vec<T>::kSize;
   const int64_t base = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * V;
   if (base >= n) return;
   if (kAligned && base + V <= n) {
     const Vec<T> xv = *reinterpret_cast<const Vec<T>*>(x + base);
+    const auto ctx = setup(base);
     Vec<T> yv;
     MaskVec<V> mv;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
       bool m;
-      yv.v[j] = from_float<T>(op(base, j, to_float(xv.v[j]), m));
+      yv.v[j] = from_float<T>(op(ctx, base + j, to_float(xv.v[j]), m));
       mv.v[j] = m;
     }
     *reinterpret_cast<Vec<T>*>(y + base) = yv;
@@ -67,11 +71,14 @@ __device__ __forceinline__ void elementwise(const T* __restrict__ x, T* __restri
     const int64_t end = base + V < n ? base + V : n;
     for (int64_t i = base; i < end; ++i) {
       bool m;
-      y[i] = from_float<T>(op(i, 0, to_float(x[i]), m));
+      y[i] = from_float<T>(op(setup(i), i, to_float(x[i]), m));
       if (mask) mask[i] = m;
     }
   }
 }
+
+struct Nothing {};
+__device__ __forceinline__ Nothing no_setup(int64_t) { return {}; }
 
 template <typename T, bool kAligned>
 __global__ void __launch_bounds__(kThreads) per_tensor_kernel(PerTensorParams p) {
@@ -87,11 +94,11 @@ __global__ void __launch_bounds__(kThreads) per_tensor_kernel(PerTensorParams p)
   const float inv = 1.0f / scale;
   const float lo = static_cast<float>(p.quant_min), hi = static_cast<float>(p.quant_max);
   if (enabled) {
-    elementwise<T, kAligned>(x, y, p.mask, p.numel, [=] __device__(int64_t, int, float v, bool& m) {
+    elementwise<T, kAligned>(x, y, p.mask, p.numel, no_setup, [=] __device__(Nothing, int64_t, float v, bool& m) {
       return fq_per_tensor<Flavour::Cuda, false>(v, scale, inv, z, lo, hi, m);
     });
   } else {
-    elementwise<T, kAligned>(x, y, p.mask, p.numel, [=] __device__(int64_t, int, float v, bool& m) {
+    elementwise<T, kAligned>(x, y, p.mask, p.numel, no_setup, [=] __device__(Nothing, int64_t, float v, bool& m) {
       m = true;
       return v;
     });
@@ -109,41 +116,76 @@ struct ChannelIndex {
   }
 };
 
-// kUniform: inner is a multiple of the vector width, so a whole vector lies in one channel and its channel,
-// scale, reciprocal and zero point are computed once (the compiler sees the same arguments for every j).
-// __frcp_rn is the IEEE reciprocal: equal to 1.0f / s, and cheaper.
-template <typename T, bool kAligned, bool kUniform>
-__global__ void __launch_bounds__(kThreads) per_channel_kernel(PerChannelParams p, ChannelIndex channel) {
+// One channel's qparams as the per-element math takes them. __frcp_rn is the IEEE reciprocal: equal to
+// 1.0f / s, and cheaper.
+template <typename Z>
+struct ChannelQParams {
+  float scale, inv_scale;
+  Z zero_point;
+};
+
+template <typename Z>
+__device__ __forceinline__ ChannelQParams<Z> channel_qparams(const PerChannelParams& p, const Z* zp,
+                                                             const ChannelIndex& channel, int64_t i) {
+  const int64_t c = channel(i);
+  const float s = __ldg(p.scale + c);
+  return {s, __frcp_rn(s), __ldg(zp + c)};
+}
+
+// kUniform: inner is a multiple of the vector width, so a whole vector lies in one channel and its qparams
+// are loaded once per vector (setup); otherwise once per element.
+template <typename T, bool kAligned, bool kUniform, typename Z>
+__device__ __forceinline__ void per_channel(const PerChannelParams& p, const ChannelIndex& channel, const Z* zp) {
   const T* x = static_cast<const T*>(p.x);
   T* y = static_cast<T*>(p.out);
-  const float* scale = p.scale;
   const int64_t qmin = p.quant_min, qmax = p.quant_max;
-  if (p.zero_point_i) {
-    const int32_t* zp = p.zero_point_i;
-    elementwise<T, kAligned>(x, y, p.mask, p.numel, [=] __device__(int64_t base, int j, float v, bool& m) {
-      const int64_t c = channel(kUniform ? base : base + j);
-      const float s = __ldg(scale + c);
-      return fq_per_channel_int_zp<Flavour::Cuda, false>(v, s, __frcp_rn(s), __ldg(zp + c), qmin, qmax, m);
-    });
+  const float lo = static_cast<float>(qmin), hi = static_cast<float>(qmax);
+  const auto math = [=] __device__(const ChannelQParams<Z>& q, float v, bool& m) {
+    if constexpr (std::is_floating_point<Z>::value) {
+      return fq_per_channel_float_zp<Flavour::Cuda>(v, q.scale, q.inv_scale, q.zero_point, lo, hi, true, m);
+    } else {
+      return fq_per_channel_int_zp<Flavour::Cuda, false>(v, q.scale, q.inv_scale, q.zero_point, qmin, qmax, m);
+    }
+  };
+  if (kUniform) {
+    elementwise<T, kAligned>(
+        x, y, p.mask, p.numel, [=] __device__(int64_t i) { return channel_qparams(p, zp, channel, i); },
+        [=] __device__(const ChannelQParams<Z>& q, int64_t, float v, bool& m) { return math(q, v, m); });
   } else {
-    const float* zp = p.zero_point_f;
-    const float lo = static_cast<float>(qmin), hi = static_cast<float>(qmax);
-    elementwise<T, kAligned>(x, y, p.mask, p.numel, [=] __device__(int64_t base, int j, float v, bool& m) {
-      const int64_t c = channel(kUniform ? base : base + j);
-      const float s = __ldg(scale + c);
-      return fq_per_channel_float_zp<Flavour::Cuda>(v, s, __frcp_rn(s), __ldg(zp + c), lo, hi, true, m);
+    elementwise<T, kAligned>(x, y, p.mask, p.numel, no_setup, [=] __device__(Nothing, int64_t i, float v, bool& m) {
+      return math(channel_qparams(p, zp, channel, i), v, m);
     });
   }
 }
 
+template <typename T, bool kAligned, bool kUniform>
+__global__ void __launch_bounds__(kThreads) per_channel_kernel(PerChannelParams p, ChannelIndex channel) {
+  if (p.zero_point_i) {
+    per_channel<T, kAligned, kUniform>(p, channel, p.zero_point_i);
+  } else {
+    per_channel<T, kAligned, kUniform>(p, channel, p.zero_point_f);
+  }
+}
+
+// out = grad * mask: the mask bytes of a vector are loaded as one MaskVec.
 template <typename T, bool kAligned>
 __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardParams p) {
+  constexpr int V = Vec<T>::kSize;
   const T* g = static_cast<const T*>(p.grad);
-  const uint8_t* m = p.mask;
-  elementwise<T, kAligned>(g, static_cast<T*>(p.out), nullptr, p.numel, [=] __device__(int64_t base, int j, float v,
-                                                                                  bool&) {
-    return v * (__ldg(m + base + j) ? 1.0f : 0.0f);
-  });
+  T* out = static_cast<T*>(p.out);
+  const int64_t base = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * V;
+  if (base >= p.numel) return;
+  if (kAligned && base + V <= p.numel) {
+    const Vec<T> gv = *reinterpret_cast<const Vec<T>*>(g + base);
+    const MaskVec<V> mv = *reinterpret_cast<const MaskVec<V>*>(p.mask + base);
+    Vec<T> ov;
+#pragma unroll
+    for (int j = 0; j < V; ++j) ov.v[j] = from_float<T>(to_float(gv.v[j]) * (mv.v[j] ? 1.0f : 0.0f));
+    *reinterpret_cast<Vec<T>*>(out + base) = ov;
+  } else {
+    const int64_t end = base + V < p.numel ? base + V : p.numel;
+    for (int64_t i = base; i < end; ++i) out[i] = from_float<T>(to_float(g[i]) * (p.mask[i] ? 1.0f : 0.0f));
+  }
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
@@ -218,7 +260,7 @@ int fake_quant_per_channel(const PerChannelParams& p, void* stream) {
 int fake_quant_backward(const BackwardParams& p, void* stream) {
   return by_dtype(p, [&](auto tag) {
     using T = decltype(tag);
-    const bool aligned = aligned16(p.grad) && aligned16(p.out);
+    const bool aligned = aligned16(p.grad) && aligned16(p.out) && aligned_n(p.mask, Vec<T>::kSize);
     return launch_typed<T>(p.numel, aligned, static_cast<cudaStream_t>(stream), [&](auto al, dim3 grid, cudaStream_t s) {
       backward_kernel<T, decltype(al)::value><<<grid, kThreads, 0, s>>>(p);
     });
