@@ -17,6 +17,12 @@ differentiated. Gradients flow to ``self`` only: ``dx = dy * mask``.
 
 Qparams held in tensors are never read on the host for CUDA inputs (no device sync); checks that need their
 values run only for CPU tensors, or everywhere with ``QKERNELS_CHECK_VALUES=1``.
+
+The public functions (``fake_quantize_per_tensor_affine``, ``fake_quantize_per_channel_affine``) call the
+registered ops under ``torch.compile``, export, tensor subclasses or any torch-function/dispatch mode. In plain
+eager mode they call the same implementations directly, inside ``_StraightThrough`` (the registered ops'
+autograd code as an ``autograd.Function``), because the dispatcher's Python layers cost several times a
+small kernel.
 """
 
 import math

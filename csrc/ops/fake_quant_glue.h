@@ -35,17 +35,23 @@ inline void check_pair(const at::Tensor& x, const at::Tensor& out, const std::op
   }
 }
 
-inline PerTensorParams per_tensor_params(const at::Tensor& x, at::Tensor& out, const std::optional<at::Tensor>& mask,
-                                         double scale, int64_t zero_point, bool enabled, int64_t quant_min,
-                                         int64_t quant_max, int64_t flavour) {
+// The fields both forward param structs share: element type, flavour, and the x/out/mask pointers.
+template <typename Params>
+void set_io(Params& p, const at::Tensor& x, at::Tensor& out, const std::optional<at::Tensor>& mask, int64_t flavour) {
   check_pair(x, out, mask);
-  PerTensorParams p{};
   p.dtype = dtype_of(x);
   p.flavour = static_cast<Flavour>(flavour);
   p.numel = x.numel();
   p.x = x.data_ptr();
   p.out = out.data_ptr();
   p.mask = mask ? reinterpret_cast<uint8_t*>(mask->data_ptr<bool>()) : nullptr;
+}
+
+inline PerTensorParams per_tensor_params(const at::Tensor& x, at::Tensor& out, const std::optional<at::Tensor>& mask,
+                                         double scale, int64_t zero_point, bool enabled, int64_t quant_min,
+                                         int64_t quant_max, int64_t flavour) {
+  PerTensorParams p{};
+  set_io(p, x, out, mask, flavour);
   p.scale = static_cast<float>(scale);
   p.zero_point = zero_point;
   p.enabled = enabled;
@@ -73,19 +79,13 @@ inline void set_tensor_qparams(PerTensorParams& p, const std::optional<at::Tenso
 inline PerChannelParams per_channel_params(const at::Tensor& x, at::Tensor& out, const std::optional<at::Tensor>& mask,
                                            const at::Tensor& scale, const at::Tensor& zero_point, int64_t inner,
                                            int64_t quant_min, int64_t quant_max, int64_t flavour, bool use_fma) {
-  check_pair(x, out, mask);
   TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && zero_point.is_contiguous() &&
                   scale.numel() == zero_point.numel() && scale.numel() > 0 && inner > 0,
               "qkernels: per-channel qparams must be contiguous float32 scale and zero point of equal length");
   TORCH_CHECK(zero_point.scalar_type() == at::kInt || zero_point.scalar_type() == at::kFloat,
               "qkernels: per-channel zero point must be int32 or float32");
   PerChannelParams p{};
-  p.dtype = dtype_of(x);
-  p.flavour = static_cast<Flavour>(flavour);
-  p.numel = x.numel();
-  p.x = x.data_ptr();
-  p.out = out.data_ptr();
-  p.mask = mask ? reinterpret_cast<uint8_t*>(mask->data_ptr<bool>()) : nullptr;
+  set_io(p, x, out, mask, flavour);
   p.scale = scale.data_ptr<float>();
   p.zero_point_i = zero_point.scalar_type() == at::kInt ? zero_point.data_ptr<int32_t>() : nullptr;
   p.zero_point_f = zero_point.scalar_type() == at::kFloat ? zero_point.data_ptr<float>() : nullptr;
