@@ -122,9 +122,21 @@ def _module(name: str):
     return importlib.import_module(_MODULES[name])
 
 
+_selected: dict = {}
+
+
 def select(x: torch.Tensor, quant_min: int, quant_max: int):
     """The backend module that runs this call (see the module docstring for the rules)."""
     name = requested()
+    # Everything the choice depends on; a choice that raises is not cached, so it raises every time.
+    key = (name, x.device.type, x.dtype, max(abs(quant_min), abs(quant_max)) <= MAX_KERNEL_QUANT_BOUND)
+    module = _selected.get(key)
+    if module is None:
+        module = _selected[key] = _select(name, x, quant_min, quant_max)
+    return module
+
+
+def _select(name: str, x: torch.Tensor, quant_min: int, quant_max: int):
     device_type = x.device.type
     if name != "auto":
         reason = availability(name, device_type)
