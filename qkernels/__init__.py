@@ -23,6 +23,7 @@ from .ops import (  # noqa: E402
     fake_quantize_per_channel_affine_cachemask,
     fake_quantize_per_tensor_affine,
     fake_quantize_per_tensor_affine_cachemask,
+    packed_masks,
 )
 from .patch import patch_torch, patched_torch, unpatch_torch  # noqa: E402
 
@@ -39,6 +40,7 @@ __all__ = [
     "fake_quantize_per_channel_affine_cachemask",
     "fake_quantize_cachemask_backward",
     "_fake_quantize_per_tensor_affine_cachemask_tensor_qparams",
+    "packed_masks",
     "patch_torch",
     "unpatch_torch",
     "patched_torch",

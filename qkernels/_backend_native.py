@@ -2,6 +2,7 @@
 
 Every backend module offers the same three launchers, writing into preallocated outputs that share x's
 dense layout: ``per_tensor``, ``per_channel`` and ``backward`` (see qkernels/ops.py for the contract).
+``enabled`` is None or a one-element int32 tensor; a mask is None, bool in x's layout, or packed uint8.
 """
 
 from __future__ import annotations
@@ -29,10 +30,9 @@ def per_tensor(x, out, mask, scale, zero_point, enabled, quant_min, quant_max, f
         mask,
         0.0 if tensors else scale,
         0 if tensors else zero_point,
-        True if enabled is None or isinstance(enabled, torch.Tensor) else bool(enabled),
         scale if tensors else None,
         zero_point if tensors else None,
-        enabled if isinstance(enabled, torch.Tensor) else None,
+        enabled,
         quant_min,
         quant_max,
         FLAVOURS[flavour],

@@ -1,19 +1,24 @@
 """Public fake-quant ops: argument checks (one place), torch.library registration, fake kernels, autograd.
 
-Registered ops (namespace ``qkernels``, same arguments and defaults as aten's, plus ``need_mask``):
+Registered ops (namespace ``qkernels``, same arguments and defaults as aten's, plus ``need_mask`` and
+``pack_mask``):
 
 * ``fake_quantize_per_tensor_affine_cachemask(self, float scale, int zero_point, int quant_min, int quant_max,
-  bool need_mask=True) -> (Tensor output, Tensor mask)``
+  bool need_mask=True, bool pack_mask=False) -> (Tensor output, Tensor mask)``
 * ``_fake_quantize_per_tensor_affine_cachemask_tensor_qparams(self, Tensor scale, Tensor zero_point,
-  Tensor? fake_quant_enabled, int quant_min, int quant_max, bool need_mask=True) -> (Tensor, Tensor)``
+  Tensor? fake_quant_enabled, int quant_min, int quant_max, bool need_mask=True, bool pack_mask=False)
+  -> (Tensor, Tensor)``
 * ``fake_quantize_per_channel_affine_cachemask(self, Tensor scale, Tensor zero_point, int axis, int quant_min,
-  int quant_max, bool need_mask=True) -> (Tensor, Tensor)``
-* ``fake_quantize_cachemask_backward(Tensor grad, Tensor mask) -> Tensor``
+  int quant_max, bool need_mask=True, bool pack_mask=False) -> (Tensor, Tensor)``
+* ``fake_quantize_cachemask_backward(Tensor grad, Tensor mask) -> Tensor``; ``mask`` is bool like ``grad``, or
+  bit-packed uint8 whose bits follow the storage order of ``torch.empty_like(grad)``
 
 The math is ``qkernels.reference.fake_quant`` (the spec). Outputs take ``x``'s dtype and, for dense inputs,
 its strides (channels-last and transposed layouts are kept; other inputs give contiguous outputs).
 ``need_mask=False`` skips writing the mask (an empty bool tensor is returned); such a call cannot be
-differentiated. Gradients flow to ``self`` only: ``dx = dy * mask``.
+differentiated. ``pack_mask=True`` returns the mask bit-packed: uint8 of ``ceil(numel / 8)`` bytes, bit
+``k`` of byte ``j`` for element ``8j + k`` of the output in storage order. Gradients flow to ``self`` only:
+``dx = dy * mask``.
 
 Qparams held in tensors are never read on the host for CUDA inputs (no device sync); checks that need their
 values run only for CPU tensors, or everywhere with ``QKERNELS_CHECK_VALUES=1``.
@@ -25,6 +30,7 @@ autograd code as an ``autograd.Function``), because the dispatcher's Python laye
 small kernel.
 """
 
+import contextlib
 import math
 import os
 from typing import Optional
@@ -140,15 +146,20 @@ def _check_per_channel(x, scale, zero_point, axis, quant_min, quant_max):
 # ----------------------------------------------------------------------------------------------------------
 # Output allocation shared by the real and the fake kernels.
 # ----------------------------------------------------------------------------------------------------------
-def _alloc(x: Tensor, need_mask: bool):
+def _alloc(x: Tensor, need_mask: bool, pack_mask: bool):
     out = torch.empty_like(x)
-    mask = torch.empty_like(x, dtype=torch.bool) if need_mask else x.new_empty((0,), dtype=torch.bool)
+    if not need_mask:
+        mask = x.new_empty((0,), dtype=torch.bool)
+    elif pack_mask:  # one bit per element, in out's storage order
+        mask = x.new_empty(((x.numel() + 7) // 8,), dtype=torch.uint8)
+    else:
+        mask = torch.empty_like(x, dtype=torch.bool)
     return out, mask
 
 
-def _launch_args(x: Tensor, need_mask: bool):
+def _launch_args(x: Tensor, need_mask: bool, pack_mask: bool):
     """(x in the outputs' dense layout, out, mask, mask or None for the kernels, flavour)."""
-    out, mask = _alloc(x, need_mask)
+    out, mask = _alloc(x, need_mask, pack_mask)
     if x.stride() != out.stride():  # not dense: aten's outputs are contiguous, so the kernels read a copy
         x = torch.empty_strided(out.size(), out.stride(), dtype=x.dtype, device=x.device).copy_(x)
     return x, out, mask, (mask if need_mask else None), ("cuda" if x.is_cuda else "cpu")
@@ -162,18 +173,18 @@ def _inner_stride(out: Tensor, axis: int) -> int:
 # ----------------------------------------------------------------------------------------------------------
 # Implementations (registered once for every device; the backend is chosen in qkernels.backends).
 # ----------------------------------------------------------------------------------------------------------
-def _per_tensor_impl(self, scale, zero_point, quant_min, quant_max, need_mask=True):
+def _per_tensor_impl(self, scale, zero_point, quant_min, quant_max, need_mask=True, pack_mask=False):
     _check_per_tensor_scalar(self, scale, zero_point, quant_min, quant_max)
-    x, out, mask, kmask, flavour = _launch_args(self, need_mask)
+    x, out, mask, kmask, flavour = _launch_args(self, need_mask, pack_mask)
     if x.numel():
         backends.select(x, quant_min, quant_max).per_tensor(
             x, out, kmask, scale, zero_point, None, quant_min, quant_max, flavour)
     return out, mask
 
 
-def _per_tensor_fake(self, scale, zero_point, quant_min, quant_max, need_mask=True):
+def _per_tensor_fake(self, scale, zero_point, quant_min, quant_max, need_mask=True, pack_mask=False):
     _check_per_tensor_scalar(self, scale, zero_point, quant_min, quant_max)
-    return _alloc(self, need_mask)
+    return _alloc(self, need_mask, pack_mask)
 
 
 def _device_qparams(scale: Tensor, zero_point: Tensor, enabled: Optional[Tensor]):
@@ -189,23 +200,25 @@ def _device_qparams(scale: Tensor, zero_point: Tensor, enabled: Optional[Tensor]
     return s, z, e
 
 
-def _per_tensor_tensor_impl(self, scale, zero_point, fake_quant_enabled, quant_min, quant_max, need_mask=True):
+def _per_tensor_tensor_impl(self, scale, zero_point, fake_quant_enabled, quant_min, quant_max, need_mask=True,
+                            pack_mask=False):
     _check_per_tensor_tensor(self, scale, zero_point, fake_quant_enabled, quant_min, quant_max)
-    x, out, mask, kmask, flavour = _launch_args(self, need_mask)
+    x, out, mask, kmask, flavour = _launch_args(self, need_mask, pack_mask)
     if x.numel():
         s, z, e = _device_qparams(scale, zero_point, fake_quant_enabled)
         backends.select(x, quant_min, quant_max).per_tensor(x, out, kmask, s, z, e, quant_min, quant_max, flavour)
     return out, mask
 
 
-def _per_tensor_tensor_fake(self, scale, zero_point, fake_quant_enabled, quant_min, quant_max, need_mask=True):
+def _per_tensor_tensor_fake(self, scale, zero_point, fake_quant_enabled, quant_min, quant_max, need_mask=True,
+                            pack_mask=False):
     _check_per_tensor_tensor(self, scale, zero_point, fake_quant_enabled, quant_min, quant_max)
-    return _alloc(self, need_mask)
+    return _alloc(self, need_mask, pack_mask)
 
 
-def _per_channel_impl(self, scale, zero_point, axis, quant_min, quant_max, need_mask=True):
+def _per_channel_impl(self, scale, zero_point, axis, quant_min, quant_max, need_mask=True, pack_mask=False):
     _check_per_channel(self, scale, zero_point, axis, quant_min, quant_max)
-    x, out, mask, kmask, flavour = _launch_args(self, need_mask)
+    x, out, mask, kmask, flavour = _launch_args(self, need_mask, pack_mask)
     if x.numel():
         axis = axis % x.dim()
         s = scale.detach().to(torch.float32).contiguous()
@@ -217,17 +230,18 @@ def _per_channel_impl(self, scale, zero_point, axis, quant_min, quant_max, need_
     return out, mask
 
 
-def _per_channel_fake(self, scale, zero_point, axis, quant_min, quant_max, need_mask=True):
+def _per_channel_fake(self, scale, zero_point, axis, quant_min, quant_max, need_mask=True, pack_mask=False):
     _check_per_channel(self, scale, zero_point, axis, quant_min, quant_max)
-    return _alloc(self, need_mask)
+    return _alloc(self, need_mask, pack_mask)
 
 
 def _check_backward(grad: Tensor, mask: Tensor):
-    if mask.dtype != torch.bool:
-        _fail(f"fake_quantize_cachemask_backward: `mask` must be bool, got {mask.dtype}")
-    if mask.numel() != grad.numel():
+    if mask.dtype not in (torch.bool, torch.uint8):
+        _fail(f"fake_quantize_cachemask_backward: `mask` must be bool (or uint8, bit-packed), got {mask.dtype}")
+    expected = grad.numel() if mask.dtype == torch.bool else (grad.numel() + 7) // 8
+    if mask.numel() != expected:
         _fail(f"`mask` and `dY` are not the same size: `mask` is size {mask.numel()} and `dY` is size "
-              f"{grad.numel()}")
+              f"{grad.numel()}" + ("" if mask.dtype == torch.bool else f" (a packed mask needs {expected} bytes)"))
     if mask.device != grad.device:
         _fail(f"`mask` must be on the same device as `dY` ({grad.device}), got {mask.device}")
 
@@ -237,7 +251,10 @@ def _backward_impl(grad, mask):
     out = torch.empty_like(grad)
     if grad.numel() == 0:
         return out
-    if grad.stride() == out.stride() and mask.stride() == out.stride() and mask.shape == grad.shape:
+    packed = mask.dtype == torch.uint8
+    if packed and grad.stride() != out.stride():  # bits follow the dense layout empty_like(dY) has
+        grad = torch.empty_like(out).copy_(grad)
+    if packed or (grad.stride() == out.stride() and mask.stride() == out.stride() and mask.shape == grad.shape):
         backends.select(grad, 0, 0).backward(grad, mask, out)
     else:  # layouts differ (autograd handed over another layout): let aten broadcast and stride
         out.copy_(grad * mask.view(grad.shape))
@@ -264,16 +281,27 @@ def _check_qparams_not_differentiable(scale, zero_point):
 def _setup_context(ctx, inputs, output):
     x = inputs[0]
     _check_qparams_not_differentiable(*inputs[1:3])
-    _, mask = output
-    if x.requires_grad and mask.numel() != x.numel():
+    out, mask = output
+    if x.requires_grad and mask.numel() == 0 and x.numel() != 0:
         _fail("a fake-quant call with need_mask=False cannot be differentiated")
     ctx.save_for_backward(mask)
     ctx.num_inputs = len(inputs)
+    ctx.out_stride = out.stride()  # packed mask bits follow the output's storage order
+
+
+def _grad_input(ctx, grad_out, backward):
+    """dx = backward(dy, mask); a packed mask's bits follow the output's layout, so dy is brought into it."""
+    (mask,) = ctx.saved_tensors
+    if mask.dtype == torch.uint8 and grad_out.stride() != ctx.out_stride:
+        grad_out = torch.empty_strided(grad_out.shape, ctx.out_stride, dtype=grad_out.dtype,
+                                       device=grad_out.device).copy_(grad_out)
+    return backward(grad_out, mask)
 
 
 def _backward(ctx, grad_out, grad_mask):
-    (mask,) = ctx.saved_tensors
-    grad_x = torch.ops.qkernels.fake_quantize_cachemask_backward(grad_out, mask) if ctx.needs_input_grad[0] else None
+    grad_x = None
+    if ctx.needs_input_grad[0]:
+        grad_x = _grad_input(ctx, grad_out, torch.ops.qkernels.fake_quantize_cachemask_backward)
     return (grad_x,) + (None,) * (ctx.num_inputs - 1)
 
 
@@ -294,14 +322,14 @@ _lib = torch.library.Library("qkernels", "FRAGMENT")
 
 _OPS = [
     ("fake_quantize_per_tensor_affine_cachemask(Tensor self, float scale, int zero_point, int quant_min, "
-     "int quant_max, bool need_mask=True) -> (Tensor output, Tensor mask)",
+     "int quant_max, bool need_mask=True, bool pack_mask=False) -> (Tensor output, Tensor mask)",
      _per_tensor_impl, _per_tensor_fake, (_backward, _setup_context)),
     ("_fake_quantize_per_tensor_affine_cachemask_tensor_qparams(Tensor self, Tensor scale, Tensor zero_point, "
-     "Tensor? fake_quant_enabled, int quant_min, int quant_max, bool need_mask=True) -> (Tensor output, "
-     "Tensor mask)",
+     "Tensor? fake_quant_enabled, int quant_min, int quant_max, bool need_mask=True, bool pack_mask=False) "
+     "-> (Tensor output, Tensor mask)",
      _per_tensor_tensor_impl, _per_tensor_tensor_fake, (_backward, _setup_context)),
     ("fake_quantize_per_channel_affine_cachemask(Tensor self, Tensor scale, Tensor zero_point, int axis, "
-     "int quant_min, int quant_max, bool need_mask=True) -> (Tensor output, Tensor mask)",
+     "int quant_min, int quant_max, bool need_mask=True, bool pack_mask=False) -> (Tensor output, Tensor mask)",
      _per_channel_impl, _per_channel_fake, (_backward, _setup_context)),
     ("fake_quantize_cachemask_backward(Tensor grad, Tensor mask) -> Tensor",
      _backward_impl, _backward_fake, (_backward_of_backward, _setup_backward)),
@@ -341,29 +369,43 @@ def _plain_eager(*tensors) -> bool:
 
 
 class _StraightThrough(torch.autograd.Function):
-    """The registered ops' autograd (``_setup_context``/``_backward``) for direct eager calls of their
-    implementations: the dispatcher's Python autograd layers cost more than a small kernel."""
+    """The registered ops' autograd (``_setup_context``/``_grad_input``) for direct eager calls of their
+    implementations: the dispatcher's Python layers cost more than a small kernel."""
 
     @staticmethod
-    def forward(ctx, impl, x, *args):
-        out, mask = impl(x, *args, ctx.needs_input_grad[1])
+    def forward(ctx, impl, x, pack_mask, *args):
+        out, mask = impl(x, *args, True, pack_mask)
         _setup_context(ctx, (x,) + args, (out, mask))
         ctx.mark_non_differentiable(mask)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        (mask,) = ctx.saved_tensors
-        return (None, _backward_impl(grad_out, mask) if ctx.needs_input_grad[1] else None) + (None,) * (
-            ctx.num_inputs - 1
-        )
+        grad_x = _grad_input(ctx, grad_out, _backward_impl) if ctx.needs_input_grad[1] else None
+        return (None, grad_x, None) + (None,) * (ctx.num_inputs - 1)
+
+
+_PACK_MASKS = False
+
+
+@contextlib.contextmanager
+def packed_masks(enabled: bool = True):
+    """Inside this block the public functions keep the mask for backward bit-packed (1 bit per element instead
+    of 1 byte): 8x less memory held between forward and backward, identical gradients."""
+    global _PACK_MASKS
+    previous, _PACK_MASKS = _PACK_MASKS, enabled
+    try:
+        yield
+    finally:
+        _PACK_MASKS = previous
 
 
 def fake_quantize_per_tensor_affine(input: Tensor, scale, zero_point, quant_min: int, quant_max: int) -> Tensor:
     """Drop-in for ``torch.fake_quantize_per_tensor_affine`` (both overloads: Python-number or tensor qparams).
 
     ``y = (clamp(round(x * (1/scale)) + zero_point, quant_min, quant_max) - zero_point) * scale``, round half
-    to even. The mask for the backward pass is written only when ``input`` requires grad.
+    to even. The mask for the backward pass is written only when ``input`` requires grad (bit-packed inside
+    ``packed_masks()``).
     """
     if isinstance(scale, Tensor) or isinstance(zero_point, Tensor):
         if not (isinstance(scale, Tensor) and isinstance(zero_point, Tensor)):
@@ -375,10 +417,7 @@ def fake_quantize_per_tensor_affine(input: Tensor, scale, zero_point, quant_min:
         args = (float(scale), int(zero_point), quant_min, quant_max)
         impl, op = _per_tensor_impl, fake_quantize_per_tensor_affine_cachemask
         tensors = (input,)
-    if _plain_eager(*tensors):
-        _check_qparams_not_differentiable(scale, zero_point)
-        return _StraightThrough.apply(impl, input, *args) if _needs_mask(input) else impl(input, *args, False)[0]
-    return op(input, *args, _needs_mask(input))[0]
+    return _call(impl, op, input, args, tensors, scale, zero_point)
 
 
 def fake_quantize_per_channel_affine(
@@ -387,12 +426,20 @@ def fake_quantize_per_channel_affine(
     """Drop-in for ``torch.fake_quantize_per_channel_affine``; ``axis`` may be negative.
 
     Channel ``c`` uses ``scale[c]``/``zero_point[c]``; an int32 zero point is added after rounding, a float one
-    before (``round(x * inv + z)``), as in aten. The mask is written only when ``input`` requires grad.
+    before (``round(x * inv + z)``), as in aten. The mask is written only when ``input`` requires grad
+    (bit-packed inside ``packed_masks()``).
     """
     args = (scale, zero_point, axis, quant_min, quant_max)
-    if _plain_eager(input, scale, zero_point):
-        _check_qparams_not_differentiable(scale, zero_point)
-        if _needs_mask(input):
-            return _StraightThrough.apply(_per_channel_impl, input, *args)
-        return _per_channel_impl(input, *args, False)[0]
-    return fake_quantize_per_channel_affine_cachemask(input, *args, _needs_mask(input))[0]
+    return _call(_per_channel_impl, fake_quantize_per_channel_affine_cachemask, input, args,
+                 (input, scale, zero_point), scale, zero_point)
+
+
+def _call(impl, op, input, args, tensors, scale, zero_point) -> Tensor:
+    """The implementation directly in plain eager mode, else the registered op (compile, export, modes)."""
+    need = _needs_mask(input)
+    if not _plain_eager(*tensors):
+        return op(input, *args, need, need and _PACK_MASKS)[0]
+    _check_qparams_not_differentiable(scale, zero_point)
+    if need:
+        return _StraightThrough.apply(impl, input, _PACK_MASKS, *args)
+    return impl(input, *args, False, False)[0]

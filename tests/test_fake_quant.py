@@ -332,8 +332,12 @@ def _op_samples(device):
         torch.tensor([1], device=device), -128, 127)
     yield torch.ops.qkernels.fake_quantize_per_channel_affine_cachemask, (x, s, zp, 0, -128, 127)
     yield torch.ops.qkernels.fake_quantize_per_channel_affine_cachemask, (x, s, zp.float(), -2, -128, 127)
+    yield torch.ops.qkernels.fake_quantize_per_channel_affine_cachemask, (x, s, zp, -1 + 1, -128, 127, True, True)
     yield torch.ops.qkernels.fake_quantize_cachemask_backward, (
         torch.randn(3, 8, device=device, requires_grad=True), torch.rand(3, 8, device=device) > 0.5)
+    yield torch.ops.qkernels.fake_quantize_cachemask_backward, (
+        torch.randn(3, 7, device=device, requires_grad=True),
+        torch.randint(0, 256, (3,), dtype=torch.uint8, device=device))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -342,8 +346,9 @@ def test_opcheck(device):
         torch.library.opcheck(op, args)
 
 
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("device,backend", [(d, b) for d, b in CASES if b != "reference"])
-def test_compile_fullgraph_matches_eager(device, backend):
+def test_compile_fullgraph_matches_eager(device, backend, packed):
     s = torch.rand(4, device=device) + 0.05
     zp = torch.tensor([0, 3, -4, 9], dtype=torch.int32, device=device)
     scale_t = torch.tensor([0.05], device=device)
@@ -357,8 +362,8 @@ def test_compile_fullgraph_matches_eager(device, backend):
     torch._dynamo.reset()
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager" if device == "cpu" else "inductor")
     x0 = make_input(31, (4, 37), 0.05, 2, -128, 127, torch.float32, device, specials=False)
-    grad = torch.randn(4, 37, device=device)
-    with qkernels.use_backend(backend):  # no reduction in f: Inductor may sum in another order
+    grad = torch.randn(4, 37, device=device)  # f has no reduction: Inductor may sum in another order
+    with qkernels.use_backend(backend), qkernels.packed_masks(packed):
         xa, xb = x0.clone().requires_grad_(), x0.clone().requires_grad_()
         ya, yb = f(xa), compiled(xb)
         ya.backward(grad)
@@ -409,6 +414,9 @@ BAD_CALLS = [
     ("`scale` must be positive and finite", lambda x: qkernels.fake_quantize_per_channel_affine(
         x, torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.zeros(4, dtype=torch.int32), 0, 0, 255)),
     ("`mask` must be bool", lambda x: qkernels.fake_quantize_cachemask_backward(x, x)),
+    ("a packed mask needs 3 bytes", lambda x: qkernels.fake_quantize_cachemask_backward(
+        x, torch.zeros(2, dtype=torch.uint8))),
+
     ("not the same size", lambda x: qkernels.fake_quantize_cachemask_backward(x, torch.ones(3, dtype=torch.bool))),
 ]
 
@@ -489,3 +497,59 @@ def test_eager_fast_path_equals_dispatcher_path(device):
     assert any("qkernels.fake_quantize_per_channel_affine_cachemask" in f for f in Count.seen)
     for a, b in zip(*results):
         assert_bitwise_equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------------
+# bit-packed masks
+# ------------------------------------------------------------------------------------------------------
+def _packed_reference(out, mask_bool):
+    """The bool mask laid out like `out`, packed in storage order."""
+    dense = torch.empty_like(out, dtype=torch.bool).copy_(mask_bool)
+    return ref.pack_bits(ref.storage_view(dense))
+
+
+@pytest.mark.parametrize("device,backend", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_mask_forward_and_backward(device, backend, dtype):
+    base = make_input(41, (3, 5, 7, 11), 0.1, 2, -128, 127, dtype, device)  # 1155 elements: not a multiple of 8
+    inputs = {"contiguous": base, "channels_last": base.contiguous(memory_format=torch.channels_last),
+              "transposed": base.transpose(0, 3), "tiny": base.flatten()[:5]}
+    for name, x in inputs.items():
+        s = torch.rand(x.size(0), device=device) + 0.05
+        zp = torch.randint(-128, 128, (x.size(0),), dtype=torch.int32, device=device)
+        for call in (lambda pack: qkernels.fake_quantize_per_tensor_affine_cachemask(x, 0.1, 2, -128, 127, True, pack),
+                     lambda pack: qkernels.fake_quantize_per_channel_affine_cachemask(x, s, zp, 0, -128, 127, True, pack)):
+            with qkernels.use_backend(backend):
+                y, m = call(False)
+                yp, mp = call(True)
+                grad = make_input(43, tuple(x.shape), 1.0, 0, -128, 127, dtype, device).as_strided(y.shape, y.stride())
+                dx = qkernels.fake_quantize_cachemask_backward(grad, m)
+                dxp = qkernels.fake_quantize_cachemask_backward(grad, mp)
+            assert mp.dtype == torch.uint8 and mp.shape == ((x.numel() + 7) // 8,)
+            assert_bitwise_equal(yp, y, what=name)
+            assert_bitwise_equal(mp, _packed_reference(y, m), what=f"{name} packed bits")
+            assert_bitwise_equal(dxp, dx, what=f"{name} backward")
+
+
+@pytest.mark.parametrize("device,backend", CASES)
+def test_packed_masks_context_keeps_one_bit_per_element(device, backend):
+    """Inside packed_masks() autograd saves ceil(n/8) bytes per op and the gradients do not change, also when
+    the incoming gradient has another layout than the output."""
+    x0 = make_input(47, (4, 6, 5, 3), 0.1, 0, -128, 127, torch.float32, device).contiguous(
+        memory_format=torch.channels_last)
+    s = torch.rand(6, device=device) + 0.05
+    zp = torch.zeros(6, dtype=torch.int32, device=device)
+    grad = torch.randn(4, 6, 5, 3, device=device)  # contiguous, unlike the channels-last output
+    grads, saved = [], []
+    for packed in (False, True):
+        x = x0.clone().requires_grad_()
+        with qkernels.use_backend(backend), qkernels.packed_masks(packed), \
+                torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            y = qkernels.fake_quantize_per_channel_affine(
+                qkernels.fake_quantize_per_tensor_affine(x, 0.1, 0, -128, 127), s, zp, 1, -128, 127)
+            y.backward(grad)
+        grads.append(x.grad)
+    assert_bitwise_equal(grads[1], grads[0])
+    masks = [t for t in saved if t.dtype in (torch.bool, torch.uint8)]
+    assert [t.dtype for t in masks] == [torch.bool] * 2 + [torch.uint8] * 2
+    assert all(t.numel() == (x0.numel() + 7) // 8 for t in masks[2:])

@@ -45,9 +45,30 @@ def _to_int64_saturating(r):
 
 
 @triton.jit
+def _store_mask(mask_ptr, m, pid, n, BLOCK: tl.constexpr, PACKED: tl.constexpr):
+    """One byte per element, or PACKED: bit k of byte j is element 8j + k (BLOCK is a multiple of 8)."""
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    if PACKED:
+        bits = tl.reshape((m & (offs < n)).to(tl.int32), (BLOCK // 8, 8))
+        byte = tl.sum(bits << tl.arange(0, 8)[None, :], axis=1).to(tl.uint8)
+        boffs = pid.to(tl.int64) * (BLOCK // 8) + tl.arange(0, BLOCK // 8)
+        tl.store(mask_ptr + boffs, byte, mask=boffs < (n + 7) // 8)
+    else:
+        tl.store(mask_ptr + offs, m, mask=offs < n)
+
+
+@triton.jit
+def _load_mask(mask_ptr, offs, inb, PACKED: tl.constexpr):
+    if PACKED:
+        return (tl.load(mask_ptr + (offs >> 3), mask=inb, other=0).to(tl.int32) >> (offs & 7).to(tl.int32)) & 1
+    return tl.load(mask_ptr + offs, mask=inb, other=0).to(tl.int32)
+
+
+@triton.jit
 def _fq_per_tensor_kernel(
     x_ptr, out_ptr, mask_ptr, n, scale, zero_point, scale_ptr, zp_ptr, enabled_ptr, quant_min, quant_max,
-    TENSOR_QPARAMS: tl.constexpr, HAS_FLAG: tl.constexpr, WRITE_MASK: tl.constexpr, BLOCK: tl.constexpr,
+    TENSOR_QPARAMS: tl.constexpr, HAS_FLAG: tl.constexpr, WRITE_MASK: tl.constexpr, PACKED: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inb = offs < n
@@ -73,13 +94,14 @@ def _fq_per_tensor_kernel(
         m = m | off
     tl.store(out_ptr + offs, y, mask=inb)
     if WRITE_MASK:
-        tl.store(mask_ptr + offs, m, mask=inb)
+        _store_mask(mask_ptr, m, tl.program_id(0), n, BLOCK, PACKED)
 
 
 @triton.jit
 def _fq_per_channel_kernel(
     x_ptr, out_ptr, mask_ptr, scale_ptr, zp_ptr, n, inner, channels, quant_min, quant_max,
-    FLOAT_ZP: tl.constexpr, WRITE_MASK: tl.constexpr, INDEX_I32: tl.constexpr, BLOCK: tl.constexpr,
+    FLOAT_ZP: tl.constexpr, WRITE_MASK: tl.constexpr, PACKED: tl.constexpr, INDEX_I32: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inb = offs < n
@@ -106,21 +128,25 @@ def _fq_per_channel_kernel(
         y = (qc - z).to(tl.float32) * s
     tl.store(out_ptr + offs, y.to(xt.dtype), mask=inb)
     if WRITE_MASK:
-        tl.store(mask_ptr + offs, m, mask=inb)
+        _store_mask(mask_ptr, m, tl.program_id(0), n, BLOCK, PACKED)
 
 
 @triton.jit
-def _fq_backward_kernel(g_ptr, mask_ptr, out_ptr, n, BLOCK: tl.constexpr):
+def _fq_backward_kernel(g_ptr, mask_ptr, out_ptr, n, PACKED: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inb = offs < n
     g = tl.load(g_ptr + offs, mask=inb, other=0.0)
-    m = tl.load(mask_ptr + offs, mask=inb, other=0)
+    m = _load_mask(mask_ptr, offs, inb, PACKED)
     # Multiply (not select), so -dy * 0 = -0.0 and NaN stays NaN, as aten's dy * mask.
     tl.store(out_ptr + offs, (g.to(tl.float32) * m.to(tl.float32)).to(g.dtype), mask=inb)
 
 
 def _grid(n):
     return (triton.cdiv(n, _BLOCK),)
+
+
+def _packed(mask):
+    return mask is not None and mask.dtype == torch.uint8
 
 
 def _flat(t):
@@ -130,22 +156,18 @@ def _flat(t):
 
 
 def per_tensor(x, out, mask, scale, zero_point, enabled, quant_min, quant_max, flavour):
-    """Launcher; scale/zero_point are numbers or one-element float32/int32 tensors, enabled None/int32 tensor."""
+    """Launcher; scale/zero_point are numbers or one-element float32/int32 tensors, enabled None/int32 tensor;
+    mask None, bool in x's layout, or packed uint8 (bits in storage order)."""
     tensors = isinstance(scale, torch.Tensor)
-    flag = isinstance(enabled, torch.Tensor)
-    if not (flag or enabled is None or enabled):  # a Python False: pass-through
-        out.copy_(x)
-        if mask is not None:
-            mask.fill_(True)
-        return
+    flag = enabled is not None
     n = x.numel()
-    x, out, mask = _flat(x), _flat(out), _flat(mask)
+    x, out, mask = _flat(x), _flat(out), mask if _packed(mask) else _flat(mask)
     _fq_per_tensor_kernel[_grid(n)](
         x, out, mask if mask is not None else out, n,
         0.0 if tensors else float(scale), 0 if tensors else int(zero_point),
         scale if tensors else x, zero_point if tensors else x, enabled if flag else x,
         quant_min, quant_max,
-        TENSOR_QPARAMS=tensors, HAS_FLAG=flag, WRITE_MASK=mask is not None, BLOCK=_BLOCK,
+        TENSOR_QPARAMS=tensors, HAS_FLAG=flag, WRITE_MASK=mask is not None, PACKED=_packed(mask), BLOCK=_BLOCK,
         num_warps=_WARPS, enable_fp_fusion=False,
     )
 
@@ -153,15 +175,16 @@ def per_tensor(x, out, mask, scale, zero_point, enabled, quant_min, quant_max, f
 def per_channel(x, out, mask, scale, zero_point, axis, inner, quant_min, quant_max, flavour, use_fma):
     """Launcher; scale float32 [C], zero_point int32 or float32 [C], both contiguous."""
     n = x.numel()
-    x, out, mask = _flat(x), _flat(out), _flat(mask)
+    x, out, mask = _flat(x), _flat(out), mask if _packed(mask) else _flat(mask)
     _fq_per_channel_kernel[_grid(n)](
         x, out, mask if mask is not None else out, scale, zero_point, n, inner, scale.numel(),
         quant_min, quant_max,
-        FLOAT_ZP=zero_point.is_floating_point(), WRITE_MASK=mask is not None, INDEX_I32=n < 2**31, BLOCK=_BLOCK,
+        FLOAT_ZP=zero_point.is_floating_point(), WRITE_MASK=mask is not None, PACKED=_packed(mask),
+        INDEX_I32=n < 2**31, BLOCK=_BLOCK,
         num_warps=_WARPS, enable_fp_fusion=False,
     )
 
 
 def backward(grad, mask, out):
     n = grad.numel()
-    _fq_backward_kernel[_grid(n)](_flat(grad), _flat(mask), _flat(out), n, BLOCK=_BLOCK, num_warps=_WARPS, enable_fp_fusion=False)
+    _fq_backward_kernel[_grid(n)](_flat(grad), mask if _packed(mask) else _flat(mask), _flat(out), n, _packed(mask), BLOCK=_BLOCK, num_warps=_WARPS, enable_fp_fusion=False)

@@ -95,10 +95,9 @@ void per_tensor_loop(const T* __restrict__ x, T* __restrict__ y, uint8_t* __rest
 }
 
 template <typename T>
-void per_tensor_typed(const PerTensorParams& p, int64_t begin, int64_t end) {
+void per_tensor_typed(const PerTensorParams& p, int64_t begin, int64_t end, uint8_t* mask) {
   const T* x = static_cast<const T*>(p.x) + begin;
   T* y = static_cast<T*>(p.out) + begin;
-  uint8_t* mask = p.mask ? p.mask + begin : nullptr;
   const int64_t n = end - begin;
   if (!p.enabled) {
     std::memcpy(y, x, sizeof(T) * n);
@@ -177,7 +176,7 @@ void channel_row_float(const T* __restrict__ x, T* __restrict__ y, uint8_t* __re
 }
 
 template <typename T, Flavour F, bool kWideZ, bool kMask>
-void per_channel_walk(const PerChannelParams& p, int64_t begin, int64_t end) {
+void per_channel_walk(const PerChannelParams& p, int64_t begin, int64_t end, uint8_t* mask) {
   const T* x = static_cast<const T*>(p.x);
   T* y = static_cast<T*>(p.out);
   const int64_t C = p.channels, inner = p.inner;
@@ -186,7 +185,7 @@ void per_channel_walk(const PerChannelParams& p, int64_t begin, int64_t end) {
   while (i < end) {
     const int64_t row = i / inner;
     const int64_t c = row % C;
-    uint8_t* m = kMask ? p.mask + i : nullptr;
+    uint8_t* m = kMask ? mask + (i - begin) : nullptr;
     if (inner == 1) {
       const int64_t len = std::min(end - i, C - c);
       if (p.zero_point_i) {
@@ -210,7 +209,7 @@ void per_channel_walk(const PerChannelParams& p, int64_t begin, int64_t end) {
 }
 
 template <typename T>
-void per_channel_typed(const PerChannelParams& p, int64_t begin, int64_t end) {
+void per_channel_typed(const PerChannelParams& p, int64_t begin, int64_t end, uint8_t* mask) {
   bool wide = false;
   if (p.zero_point_i) {
     for (int64_t c = 0; c < p.channels; ++c) {
@@ -218,16 +217,16 @@ void per_channel_typed(const PerChannelParams& p, int64_t begin, int64_t end) {
       wide = wide || z > kMaxFloatZeroPoint || z < -kMaxFloatZeroPoint;
     }
   }
-  const bool m = p.mask != nullptr;
+  const bool m = mask != nullptr;
   if (p.flavour == Flavour::Cuda) {
-    m ? per_channel_walk<T, Flavour::Cuda, false, true>(p, begin, end)
-      : per_channel_walk<T, Flavour::Cuda, false, false>(p, begin, end);
+    m ? per_channel_walk<T, Flavour::Cuda, false, true>(p, begin, end, mask)
+      : per_channel_walk<T, Flavour::Cuda, false, false>(p, begin, end, mask);
   } else if (wide) {
-    m ? per_channel_walk<T, Flavour::Cpu, true, true>(p, begin, end)
-      : per_channel_walk<T, Flavour::Cpu, true, false>(p, begin, end);
+    m ? per_channel_walk<T, Flavour::Cpu, true, true>(p, begin, end, mask)
+      : per_channel_walk<T, Flavour::Cpu, true, false>(p, begin, end, mask);
   } else {
-    m ? per_channel_walk<T, Flavour::Cpu, false, true>(p, begin, end)
-      : per_channel_walk<T, Flavour::Cpu, false, false>(p, begin, end);
+    m ? per_channel_walk<T, Flavour::Cpu, false, true>(p, begin, end, mask)
+      : per_channel_walk<T, Flavour::Cpu, false, false>(p, begin, end, mask);
   }
 }
 
@@ -243,46 +242,46 @@ void backward_loop(const T* __restrict__ g, const uint8_t* __restrict__ mask, T*
 }
 
 template <typename T>
-void backward_typed(const BackwardParams& p, int64_t begin, int64_t end) {
-  backward_loop<T>(static_cast<const T*>(p.grad) + begin, p.mask + begin, static_cast<T*>(p.out) + begin,
-                   end - begin);
+void backward_typed(const BackwardParams& p, int64_t begin, int64_t end, const uint8_t* mask) {
+  backward_loop<T>(static_cast<const T*>(p.grad) + begin, mask, static_cast<T*>(p.out) + begin, end - begin);
 }
 
-template <template <typename> class Fn, typename P>
-void by_dtype(const P& p, int64_t begin, int64_t end) {
+template <template <typename> class Fn, typename P, typename M>
+void by_dtype(const P& p, int64_t begin, int64_t end, M mask) {
   switch (p.dtype) {
     case DType::Float32:
-      return Fn<float>::call(p, begin, end);
+      return Fn<float>::call(p, begin, end, mask);
     case DType::Float16:
-      return Fn<Half>::call(p, begin, end);
+      return Fn<Half>::call(p, begin, end, mask);
     case DType::BFloat16:
-      return Fn<BFloat16>::call(p, begin, end);
+      return Fn<BFloat16>::call(p, begin, end, mask);
   }
 }
 
 template <typename T>
 struct PerTensorFn {
-  static void call(const PerTensorParams& p, int64_t b, int64_t e) { per_tensor_typed<T>(p, b, e); }
+  static void call(const PerTensorParams& p, int64_t b, int64_t e, uint8_t* m) { per_tensor_typed<T>(p, b, e, m); }
 };
 template <typename T>
 struct PerChannelFn {
-  static void call(const PerChannelParams& p, int64_t b, int64_t e) { per_channel_typed<T>(p, b, e); }
+  static void call(const PerChannelParams& p, int64_t b, int64_t e, uint8_t* m) { per_channel_typed<T>(p, b, e, m); }
 };
 template <typename T>
 struct BackwardFn {
-  static void call(const BackwardParams& p, int64_t b, int64_t e) { backward_typed<T>(p, b, e); }
+  static void call(const BackwardParams& p, int64_t b, int64_t e, const uint8_t* m) { backward_typed<T>(p, b, e, m); }
 };
 
 }  // namespace
 
-void fake_quant_per_tensor(const PerTensorParams& p, int64_t begin, int64_t end) {
-  by_dtype<PerTensorFn>(p, begin, end);
+// `mask` holds one byte per element for [begin, end) (nullptr: no mask); packing is the caller's.
+void fake_quant_per_tensor(const PerTensorParams& p, int64_t begin, int64_t end, uint8_t* mask) {
+  by_dtype<PerTensorFn>(p, begin, end, mask);
 }
-void fake_quant_per_channel(const PerChannelParams& p, int64_t begin, int64_t end) {
-  by_dtype<PerChannelFn>(p, begin, end);
+void fake_quant_per_channel(const PerChannelParams& p, int64_t begin, int64_t end, uint8_t* mask) {
+  by_dtype<PerChannelFn>(p, begin, end, mask);
 }
-void fake_quant_backward(const BackwardParams& p, int64_t begin, int64_t end) {
-  by_dtype<BackwardFn>(p, begin, end);
+void fake_quant_backward(const BackwardParams& p, int64_t begin, int64_t end, const uint8_t* mask) {
+  by_dtype<BackwardFn>(p, begin, end, mask);
 }
 
 }  // namespace QK_CPU_ISA

@@ -47,14 +47,18 @@ struct alignas(N) MaskVec {
 
 // Applies y = op(ctx, i, x, mask) to every element i, with ctx = setup(first element of the thread's
 // vector), or setup(i) on the element-wise tail. setup holds what a whole vector shares (a channel's qparams),
-// so it is loaded once per vector. Vectorized over whole 16-byte vectors when kAligned.
+// so it is loaded once per vector. Vectorized over whole 16-byte vectors when kAligned. The mask is one byte
+// per element, or with `packed` one bit: a thread's V bits are half a byte (fp32, V = 4: the even lane of a
+// pair writes both halves) or a whole byte (16-bit types, V = 8). `packed` is uniform over the grid and no
+// thread leaves before the shuffle.
 template <typename T, bool kAligned, typename Setup, typename Op>
 __device__ __forceinline__ void elementwise(const T* __restrict__ x, T* __restrict__ y, uint8_t* __restrict__ mask,
-                                            int64_t n, Setup setup, Op op) {
+                                            bool packed, int64_t n, Setup setup, Op op) {
   constexpr int V = Vec<T>::kSize;
+  static_assert(V == 4 || V == 8, "a packed mask byte spans one or two threads");
   const int64_t base = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * V;
-  if (base >= n) return;
-  if (kAligned && base + V <= n) {
+  uint32_t bits = 0;
+  if (base < n && kAligned && base + V <= n) {
     const Vec<T> xv = *reinterpret_cast<const Vec<T>*>(x + base);
     const auto ctx = setup(base);
     Vec<T> yv;
@@ -64,16 +68,22 @@ __device__ __forceinline__ void elementwise(const T* __restrict__ x, T* __restri
       bool m;
       yv.v[j] = from_float<T>(op(ctx, base + j, to_float(xv.v[j]), m));
       mv.v[j] = m;
+      bits |= static_cast<uint32_t>(m) << j;
     }
     *reinterpret_cast<Vec<T>*>(y + base) = yv;
-    if (mask) *reinterpret_cast<MaskVec<V>*>(mask + base) = mv;
-  } else {
+    if (mask && !packed) *reinterpret_cast<MaskVec<V>*>(mask + base) = mv;
+  } else if (base < n) {
     const int64_t end = base + V < n ? base + V : n;
     for (int64_t i = base; i < end; ++i) {
       bool m;
       y[i] = from_float<T>(op(setup(i), i, to_float(x[i]), m));
-      if (mask) mask[i] = m;
+      if (mask && !packed) mask[i] = m;
+      bits |= static_cast<uint32_t>(m) << (i - base);
     }
+  }
+  if (mask && packed) {
+    if (V == 4) bits |= __shfl_down_sync(0xffffffffu, bits, 1) << 4;
+    if (base < n && (V == 8 || (threadIdx.x & 1) == 0)) mask[base / 8] = static_cast<uint8_t>(bits);
   }
 }
 
@@ -94,11 +104,11 @@ __global__ void __launch_bounds__(kThreads) per_tensor_kernel(PerTensorParams p)
   const float inv = 1.0f / scale;
   const float lo = static_cast<float>(p.quant_min), hi = static_cast<float>(p.quant_max);
   if (enabled) {
-    elementwise<T, kAligned>(x, y, p.mask, p.numel, no_setup, [=] __device__(Nothing, int64_t, float v, bool& m) {
+    elementwise<T, kAligned>(x, y, p.mask, p.mask_packed, p.numel, no_setup, [=] __device__(Nothing, int64_t, float v, bool& m) {
       return fq_per_tensor<Flavour::Cuda, false>(v, scale, inv, z, lo, hi, m);
     });
   } else {
-    elementwise<T, kAligned>(x, y, p.mask, p.numel, no_setup, [=] __device__(Nothing, int64_t, float v, bool& m) {
+    elementwise<T, kAligned>(x, y, p.mask, p.mask_packed, p.numel, no_setup, [=] __device__(Nothing, int64_t, float v, bool& m) {
       m = true;
       return v;
     });
@@ -149,10 +159,10 @@ __device__ __forceinline__ void per_channel(const PerChannelParams& p, const Cha
   };
   if (kUniform) {
     elementwise<T, kAligned>(
-        x, y, p.mask, p.numel, [=] __device__(int64_t i) { return channel_qparams(p, zp, channel, i); },
+        x, y, p.mask, p.mask_packed, p.numel, [=] __device__(int64_t i) { return channel_qparams(p, zp, channel, i); },
         [=] __device__(const ChannelQParams<Z>& q, int64_t, float v, bool& m) { return math(q, v, m); });
   } else {
-    elementwise<T, kAligned>(x, y, p.mask, p.numel, no_setup, [=] __device__(Nothing, int64_t i, float v, bool& m) {
+    elementwise<T, kAligned>(x, y, p.mask, p.mask_packed, p.numel, no_setup, [=] __device__(Nothing, int64_t i, float v, bool& m) {
       return math(channel_qparams(p, zp, channel, i), v, m);
     });
   }
@@ -167,7 +177,7 @@ __global__ void __launch_bounds__(kThreads) per_channel_kernel(PerChannelParams 
   }
 }
 
-// out = grad * mask: the mask bytes of a vector are loaded as one MaskVec.
+// out = grad * mask: the mask bytes of a vector are loaded as one MaskVec, or its bits as one byte.
 template <typename T, bool kAligned>
 __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardParams p) {
   constexpr int V = Vec<T>::kSize;
@@ -175,16 +185,24 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardParams p) {
   T* out = static_cast<T*>(p.out);
   const int64_t base = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * V;
   if (base >= p.numel) return;
+  const auto keep = [&](int64_t i) { return p.mask_packed ? (p.mask[i >> 3] >> (i & 7)) & 1 : p.mask[i]; };
   if (kAligned && base + V <= p.numel) {
     const Vec<T> gv = *reinterpret_cast<const Vec<T>*>(g + base);
-    const MaskVec<V> mv = *reinterpret_cast<const MaskVec<V>*>(p.mask + base);
+    MaskVec<V> mv;
+    if (p.mask_packed) {
+      const uint32_t bits = p.mask[base >> 3] >> (base & 7);
+#pragma unroll
+      for (int j = 0; j < V; ++j) mv.v[j] = (bits >> j) & 1;
+    } else {
+      mv = *reinterpret_cast<const MaskVec<V>*>(p.mask + base);
+    }
     Vec<T> ov;
 #pragma unroll
     for (int j = 0; j < V; ++j) ov.v[j] = from_float<T>(to_float(gv.v[j]) * (mv.v[j] ? 1.0f : 0.0f));
     *reinterpret_cast<Vec<T>*>(out + base) = ov;
   } else {
     const int64_t end = base + V < p.numel ? base + V : p.numel;
-    for (int64_t i = base; i < end; ++i) out[i] = from_float<T>(to_float(g[i]) * (p.mask[i] ? 1.0f : 0.0f));
+    for (int64_t i = base; i < end; ++i) out[i] = from_float<T>(to_float(g[i]) * (keep(i) ? 1.0f : 0.0f));
   }
 }
 
@@ -227,7 +245,7 @@ int by_dtype(const P& p, Fn fn) {
 int fake_quant_per_tensor(const PerTensorParams& p, void* stream) {
   return by_dtype(p, [&](auto tag) {
     using T = decltype(tag);
-    const bool aligned = aligned16(p.x) && aligned16(p.out) && aligned_n(p.mask, Vec<T>::kSize);
+    const bool aligned = aligned16(p.x) && aligned16(p.out) && (p.mask_packed || aligned_n(p.mask, Vec<T>::kSize));
     return launch_typed<T>(p.numel, aligned, static_cast<cudaStream_t>(stream), [&](auto al, dim3 grid, cudaStream_t s) {
       per_tensor_kernel<T, decltype(al)::value><<<grid, kThreads, 0, s>>>(p);
     });
@@ -245,7 +263,7 @@ int fake_quant_per_channel(const PerChannelParams& p, void* stream) {
   }
   return by_dtype(p, [&](auto tag) {
     using T = decltype(tag);
-    const bool aligned = aligned16(p.x) && aligned16(p.out) && aligned_n(p.mask, Vec<T>::kSize);
+    const bool aligned = aligned16(p.x) && aligned16(p.out) && (p.mask_packed || aligned_n(p.mask, Vec<T>::kSize));
     const bool uniform = p.inner % Vec<T>::kSize == 0;
     return launch_typed<T>(p.numel, aligned, static_cast<cudaStream_t>(stream), [&](auto al, dim3 grid, cudaStream_t s) {
       if (uniform) {
@@ -260,7 +278,7 @@ int fake_quant_per_channel(const PerChannelParams& p, void* stream) {
 int fake_quant_backward(const BackwardParams& p, void* stream) {
   return by_dtype(p, [&](auto tag) {
     using T = decltype(tag);
-    const bool aligned = aligned16(p.grad) && aligned16(p.out) && aligned_n(p.mask, Vec<T>::kSize);
+    const bool aligned = aligned16(p.grad) && aligned16(p.out) && (p.mask_packed || aligned_n(p.mask, Vec<T>::kSize));
     return launch_typed<T>(p.numel, aligned, static_cast<cudaStream_t>(stream), [&](auto al, dim3 grid, cudaStream_t s) {
       backward_kernel<T, decltype(al)::value><<<grid, kThreads, 0, s>>>(p);
     });

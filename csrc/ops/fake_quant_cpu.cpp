@@ -1,6 +1,8 @@
 // Private CPU ops qkernels::_fake_quant_*_cpu: thin torch glue over csrc/cpu/fake_quant.cpp.
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+
 #include "fake_quant_glue.h"
 
 namespace qkernels {
@@ -8,18 +10,29 @@ namespace {
 
 constexpr int64_t kGrain = 1 << 15;
 
+// Splits [0, n) across threads; with a packed mask at multiples of 8 elements, so no byte is shared.
+template <typename Params, typename Fn>
+void parallel_over(const Params& p, Fn fn) {
+  if (!p.mask_packed) {
+    at::parallel_for(0, p.numel, kGrain, fn);
+    return;
+  }
+  at::parallel_for(0, (p.numel + 7) / 8, kGrain / 8,
+                   [&](int64_t b, int64_t e) { fn(8 * b, std::min(8 * e, p.numel)); });
+}
+
 void per_tensor_cpu(const at::Tensor& x, at::Tensor& out, const std::optional<at::Tensor>& mask, double scale,
-                    int64_t zero_point, bool enabled, const std::optional<at::Tensor>& scale_t,
+                    int64_t zero_point, const std::optional<at::Tensor>& scale_t,
                     const std::optional<at::Tensor>& zero_point_t, const std::optional<at::Tensor>& enabled_t,
                     int64_t quant_min, int64_t quant_max, int64_t flavour) {
   PerTensorParams p =
-      glue::per_tensor_params(x, out, mask, scale, zero_point, enabled, quant_min, quant_max, flavour);
+      glue::per_tensor_params(x, out, mask, scale, zero_point, quant_min, quant_max, flavour);
   // CPU tensors: reading them here is not a device sync.
   glue::set_tensor_qparams(p, scale_t, zero_point_t, enabled_t);
   if (p.scale_ptr) p.scale = *p.scale_ptr;
   if (p.zero_point_ptr) p.zero_point = *p.zero_point_ptr;
   if (p.enabled_ptr) p.enabled = *p.enabled_ptr != 0;
-  at::parallel_for(0, p.numel, kGrain, [&](int64_t b, int64_t e) { cpu::fake_quant_per_tensor(p, b, e); });
+  parallel_over(p, [&](int64_t b, int64_t e) { cpu::fake_quant_per_tensor(p, b, e); });
 }
 
 void per_channel_cpu(const at::Tensor& x, at::Tensor& out, const std::optional<at::Tensor>& mask,
@@ -27,12 +40,12 @@ void per_channel_cpu(const at::Tensor& x, at::Tensor& out, const std::optional<a
                      int64_t quant_max, int64_t flavour, bool use_fma) {
   const PerChannelParams p = glue::per_channel_params(x, out, mask, scale, zero_point, inner, quant_min, quant_max,
                                                       flavour, use_fma);
-  at::parallel_for(0, p.numel, kGrain, [&](int64_t b, int64_t e) { cpu::fake_quant_per_channel(p, b, e); });
+  parallel_over(p, [&](int64_t b, int64_t e) { cpu::fake_quant_per_channel(p, b, e); });
 }
 
 void backward_cpu(const at::Tensor& grad, const at::Tensor& mask, at::Tensor& out) {
   const BackwardParams p = glue::backward_params(grad, mask, out);
-  at::parallel_for(0, p.numel, kGrain, [&](int64_t b, int64_t e) { cpu::fake_quant_backward(p, b, e); });
+  parallel_over(p, [&](int64_t b, int64_t e) { cpu::fake_quant_backward(p, b, e); });
 }
 
 }  // namespace

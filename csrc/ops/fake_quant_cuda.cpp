@@ -15,13 +15,13 @@ void check_launch(int err) {
 void* current_stream() { return at::cuda::getCurrentCUDAStream().stream(); }
 
 void per_tensor_cuda(const at::Tensor& x, at::Tensor& out, const std::optional<at::Tensor>& mask, double scale,
-                     int64_t zero_point, bool enabled, const std::optional<at::Tensor>& scale_t,
+                     int64_t zero_point, const std::optional<at::Tensor>& scale_t,
                      const std::optional<at::Tensor>& zero_point_t, const std::optional<at::Tensor>& enabled_t,
                      int64_t quant_min, int64_t quant_max, int64_t flavour) {
   TORCH_CHECK(flavour == static_cast<int64_t>(Flavour::Cuda), "qkernels: the CUDA kernels implement the CUDA flavour");
   const c10::cuda::CUDAGuard guard(x.device());
   PerTensorParams p =
-      glue::per_tensor_params(x, out, mask, scale, zero_point, enabled, quant_min, quant_max, flavour);
+      glue::per_tensor_params(x, out, mask, scale, zero_point, quant_min, quant_max, flavour);
   glue::set_tensor_qparams(p, scale_t, zero_point_t, enabled_t);
   check_launch(cuda::fake_quant_per_tensor(p, current_stream()));
 }

@@ -24,37 +24,46 @@ inline DType dtype_of(const at::Tensor& t) {
   }
 }
 
+// A mask is bool with the layout of `like`, or packed: uint8, contiguous, one bit per element.
+inline bool mask_is_packed(const at::Tensor& mask, const at::Tensor& like) {
+  if (mask.scalar_type() == at::kByte) {
+    TORCH_CHECK(mask.is_contiguous() && mask.numel() == (like.numel() + 7) / 8,
+                "qkernels: a packed mask is contiguous uint8 with one bit per element");
+    return true;
+  }
+  TORCH_CHECK(mask.scalar_type() == at::kBool && mask.strides() == like.strides() && mask.sizes() == like.sizes(),
+              "qkernels: mask must be bool with the sizes and strides of its tensor, or packed uint8");
+  return false;
+}
+
 // x and out must share one dense layout; the kernels walk storage order.
-inline void check_pair(const at::Tensor& x, const at::Tensor& out, const std::optional<at::Tensor>& mask) {
+inline void check_pair(const at::Tensor& x, const at::Tensor& out) {
   TORCH_CHECK(out.scalar_type() == x.scalar_type() && out.strides() == x.strides() && out.sizes() == x.sizes(),
               "qkernels: out must match x in dtype, sizes and strides");
   TORCH_CHECK(x.is_non_overlapping_and_dense(), "qkernels: x must be dense");
-  if (mask) {
-    TORCH_CHECK(mask->scalar_type() == at::kBool && mask->strides() == x.strides() && mask->sizes() == x.sizes(),
-                "qkernels: mask must be bool with x's sizes and strides");
-  }
 }
 
 // The fields both forward param structs share: element type, flavour, and the x/out/mask pointers.
 template <typename Params>
 void set_io(Params& p, const at::Tensor& x, at::Tensor& out, const std::optional<at::Tensor>& mask, int64_t flavour) {
-  check_pair(x, out, mask);
+  check_pair(x, out);
   p.dtype = dtype_of(x);
   p.flavour = static_cast<Flavour>(flavour);
   p.numel = x.numel();
   p.x = x.data_ptr();
   p.out = out.data_ptr();
-  p.mask = mask ? reinterpret_cast<uint8_t*>(mask->data_ptr<bool>()) : nullptr;
+  p.mask_packed = mask && mask_is_packed(*mask, x);
+  p.mask = mask ? static_cast<uint8_t*>(mask->data_ptr()) : nullptr;
 }
 
 inline PerTensorParams per_tensor_params(const at::Tensor& x, at::Tensor& out, const std::optional<at::Tensor>& mask,
-                                         double scale, int64_t zero_point, bool enabled, int64_t quant_min,
-                                         int64_t quant_max, int64_t flavour) {
+                                         double scale, int64_t zero_point, int64_t quant_min, int64_t quant_max,
+                                         int64_t flavour) {
   PerTensorParams p{};
   set_io(p, x, out, mask, flavour);
   p.scale = static_cast<float>(scale);
   p.zero_point = zero_point;
-  p.enabled = enabled;
+  p.enabled = true;
   p.quant_min = quant_min;
   p.quant_max = quant_max;
   return p;
@@ -98,15 +107,13 @@ inline PerChannelParams per_channel_params(const at::Tensor& x, at::Tensor& out,
 }
 
 inline BackwardParams backward_params(const at::Tensor& grad, const at::Tensor& mask, at::Tensor& out) {
-  TORCH_CHECK(mask.scalar_type() == at::kBool && mask.strides() == grad.strides() && out.strides() == grad.strides() &&
-                  mask.sizes() == grad.sizes() && out.sizes() == grad.sizes() && out.scalar_type() == grad.scalar_type() &&
-                  grad.is_non_overlapping_and_dense(),
-              "qkernels: grad, mask and out must share one dense layout");
+  check_pair(grad, out);
   BackwardParams p{};
   p.dtype = dtype_of(grad);
   p.numel = grad.numel();
   p.grad = grad.data_ptr();
-  p.mask = reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>());
+  p.mask_packed = mask_is_packed(mask, grad);
+  p.mask = static_cast<const uint8_t*>(mask.data_ptr());
   p.out = out.data_ptr();
   return p;
 }
@@ -114,7 +121,7 @@ inline BackwardParams backward_params(const at::Tensor& grad, const at::Tensor& 
 // Schemas of the private ops, identical for each device (the suffix names the device).
 #define QKERNELS_FAKE_QUANT_SCHEMAS(m, suffix)                                                                     \
   m.def("_fake_quant_per_tensor_" suffix                                                                          \
-        "(Tensor x, Tensor(a!) out, Tensor(b!)? mask, float scale, int zero_point, bool enabled, Tensor? scale_t, " \
+        "(Tensor x, Tensor(a!) out, Tensor(b!)? mask, float scale, int zero_point, Tensor? scale_t, " \
         "Tensor? zero_point_t, Tensor? enabled_t, int quant_min, int quant_max, int flavour) -> ()");              \
   m.def("_fake_quant_per_channel_" suffix                                                                         \
         "(Tensor x, Tensor(a!) out, Tensor(b!)? mask, Tensor scale, Tensor zero_point, int inner, int quant_min, " \

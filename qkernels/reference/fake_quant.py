@@ -34,6 +34,9 @@ __all__ = [
     "fake_quant_per_tensor",
     "fake_quant_per_channel",
     "fake_quant_backward",
+    "storage_view",
+    "pack_bits",
+    "unpack_bits",
     "default_flavour",
     "cpu_uses_fma",
 ]
@@ -199,6 +202,30 @@ def fake_quant_per_channel(
     return y.to(x.dtype), mask
 
 
+def storage_view(t: torch.Tensor) -> torch.Tensor:
+    """A dense tensor as the 1-D run of its storage (the order in which packed mask bits are laid out)."""
+    return t.as_strided((t.numel(),), (1,), t.storage_offset())
+
+
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """1-D bool -> uint8 [ceil(n/8)]: bit k of byte j is element 8j + k; missing trailing bits are 0."""
+    padded = torch.zeros(bits.numel() + (-bits.numel()) % 8, dtype=torch.uint8, device=bits.device)
+    padded[: bits.numel()] = bits.to(torch.uint8)
+    weights = torch.tensor([1 << k for k in range(8)], dtype=torch.uint8, device=bits.device)
+    return (padded.view(-1, 8) * weights).sum(1).to(torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """uint8 [ceil(n/8)] -> 1-D bool [n], the inverse of ``pack_bits``."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    return ((packed.view(-1, 1) >> shifts) & 1).flatten()[:n].bool()
+
+
 def fake_quant_backward(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Straight-through gradient ``grad * mask`` in grad's dtype."""
+    """Straight-through gradient ``grad * mask`` in grad's dtype. A packed (uint8) mask holds one bit per
+    element of ``grad`` in grad's storage order (grad must be dense)."""
+    if mask.dtype == torch.uint8:
+        dense = torch.empty_like(grad, dtype=torch.bool)
+        storage_view(dense).copy_(unpack_bits(mask, grad.numel()))
+        mask = dense
     return grad * mask

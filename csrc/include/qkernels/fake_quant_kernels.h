@@ -12,7 +12,8 @@ namespace qkernels {
 // Element type of x, out and grad. fp16/bf16 travel as raw 16-bit patterns.
 enum class DType : int { Float32 = 0, Float16 = 1, BFloat16 = 2 };
 
-// Elements are addressed in storage order: x, out and mask share one dense layout.
+// Elements are addressed in storage order: x, out and mask share one dense layout. The mask is one byte
+// (0/1) per element, or with mask_packed one bit per element: bit k of mask[j] belongs to element 8j + k.
 struct PerTensorParams {
   DType dtype;
   Flavour flavour;
@@ -20,6 +21,7 @@ struct PerTensorParams {
   const void* x;
   void* out;
   uint8_t* mask;  // nullptr: no mask is written
+  bool mask_packed;
   // Scalar qparams, replaced by the values behind the pointers that are set (read on the device by CUDA):
   // float scale, int32 zero point, int32 enable flag (0 = pass x through with an all-true mask).
   float scale;
@@ -40,6 +42,7 @@ struct PerChannelParams {
   const void* x;
   void* out;
   uint8_t* mask;
+  bool mask_packed;
   const float* scale;           // [channels]
   const int32_t* zero_point_i;  // [channels], or nullptr when the zero point is float
   const float* zero_point_f;    // [channels], or nullptr when the zero point is int
@@ -56,11 +59,13 @@ struct BackwardParams {
   int64_t numel;
   const void* grad;
   const uint8_t* mask;
+  bool mask_packed;
   void* out;
 };
 
 namespace cpu {
-// Each processes storage offsets [begin, end); the caller splits the range across threads.
+// Each processes storage offsets [begin, end); the caller splits the range across threads, at multiples of
+// 8 elements when the mask is packed.
 void fake_quant_per_tensor(const PerTensorParams& p, int64_t begin, int64_t end);
 void fake_quant_per_channel(const PerChannelParams& p, int64_t begin, int64_t end);
 void fake_quant_backward(const BackwardParams& p, int64_t begin, int64_t end);
