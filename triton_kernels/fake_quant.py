@@ -45,6 +45,14 @@ def _to_int64_saturating(r):
 
 
 @triton.jit
+def _load_block(ptr, n, BLOCK: tl.constexpr):
+    """This program's BLOCK offsets, their in-bounds mask, and the values there (0 outside)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inb = offs < n
+    return offs, inb, tl.load(ptr + offs, mask=inb, other=0.0)
+
+
+@triton.jit
 def _store_mask(mask_ptr, m, pid, n, BLOCK: tl.constexpr, PACKED: tl.constexpr):
     """One byte per element, or PACKED: bit k of byte j is element 8j + k (BLOCK is a multiple of 8)."""
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -70,9 +78,7 @@ def _fq_per_tensor_kernel(
     TENSOR_QPARAMS: tl.constexpr, HAS_FLAG: tl.constexpr, WRITE_MASK: tl.constexpr, PACKED: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    inb = offs < n
-    xt = tl.load(x_ptr + offs, mask=inb, other=0.0)
+    offs, inb, xt = _load_block(x_ptr, n, BLOCK)
     x = xt.to(tl.float32)
     if TENSOR_QPARAMS:
         s = tl.load(scale_ptr)
@@ -103,9 +109,7 @@ def _fq_per_channel_kernel(
     FLOAT_ZP: tl.constexpr, WRITE_MASK: tl.constexpr, PACKED: tl.constexpr, INDEX_I32: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    inb = offs < n
-    xt = tl.load(x_ptr + offs, mask=inb, other=0.0)
+    offs, inb, xt = _load_block(x_ptr, n, BLOCK)
     x = xt.to(tl.float32)
     if INDEX_I32:  # 32-bit division is several times cheaper than 64-bit on the GPU
         ch = (offs.to(tl.int32) // inner) % channels
@@ -133,9 +137,7 @@ def _fq_per_channel_kernel(
 
 @triton.jit
 def _fq_backward_kernel(g_ptr, mask_ptr, out_ptr, n, PACKED: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    inb = offs < n
-    g = tl.load(g_ptr + offs, mask=inb, other=0.0)
+    offs, inb, g = _load_block(g_ptr, n, BLOCK)
     m = _load_mask(mask_ptr, offs, inb, PACKED)
     # Multiply (not select), so -dy * 0 = -0.0 and NaN stays NaN, as aten's dy * mask.
     tl.store(out_ptr + offs, (g.to(tl.float32) * m.to(tl.float32)).to(g.dtype), mask=inb)
