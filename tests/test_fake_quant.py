@@ -148,12 +148,13 @@ def test_per_channel_random(device, backend, data):
     C = shape[axis]
     zp_kind = data.draw(st.sampled_from(["int32", "float32", "float16", "float32_integral"]))
     specials = data.draw(st.booleans())
-    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31)))
+    seed = data.draw(st.integers(0, 2**31))
+    g = torch.Generator().manual_seed(seed)
     scale = (torch.rand(C, generator=g) * 2 + 0.01).to(device)
     zp_int = torch.randint(qmin, qmax + 1, (C,), generator=g)
     zp = {"int32": zp_int.int(), "float32": zp_int.float() + torch.rand(C, generator=g) - 0.5,
           "float16": zp_int.half(), "float32_integral": zp_int.float()}[zp_kind].to(device)
-    x = make_input(int(g.seed() % 2**31), shape, 1.0, 0, qmin, qmax, dtype, device, specials)
+    x = make_input(seed + 1, shape, 1.0, 0, qmin, qmax, dtype, device, specials)
     layout = data.draw(st.sampled_from(["contiguous", "channels_last", "transposed"]))
     if layout == "channels_last" and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -553,3 +554,15 @@ def test_packed_masks_context_keeps_one_bit_per_element(device, backend):
     masks = [t for t in saved if t.dtype in (torch.bool, torch.uint8)]
     assert [t.dtype for t in masks] == [torch.bool] * 2 + [torch.uint8] * 2
     assert all(t.numel() == (x0.numel() + 7) // 8 for t in masks[2:])
+
+
+def test_reference_float64_float_zero_point_matches_aten_cpu():
+    """float64 inputs with a float zero point: aten's CPU kernel narrows x * inv + z to float before lrintf."""
+    g = torch.Generator().manual_seed(53)
+    x = (torch.rand(4, 50000, generator=g, dtype=torch.float64) - 0.5) * 60000
+    s = torch.rand(4, generator=g) * 3 + 0.01
+    zp = torch.tensor([0.0, 7.0, -3.0, 100.5])
+    ay, am = torch.ops.aten.fake_quantize_per_channel_affine_cachemask(x, s, zp, 0, -32768, 32767)
+    ry, rm = ref.fake_quant_per_channel(x, s, zp, 0, -32768, 32767, flavour="cpu")
+    assert_bitwise_equal(ry, ay)
+    assert_bitwise_equal(rm, am)

@@ -183,6 +183,8 @@ def fake_quant_per_channel(
         z = zero_point.float().view(shape)
         if P == torch.float64:
             v = xp * inv.double() + z.double()
+            if flavour == "cpu":  # aten's CPU kernel rounds with lrintf: the double sum is narrowed first
+                v = v.float().double()
         elif use_fma:
             v = _fma_f32(xp, inv, z)
         else:
