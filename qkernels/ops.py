@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from . import backends
-from .reference.fake_quant import cpu_uses_fma
+from .reference.fake_quant import uses_fma
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -223,8 +223,8 @@ def _per_channel_impl(self, scale, zero_point, axis, quant_min, quant_max, need_
         axis = axis % x.dim()
         s = scale.detach().to(torch.float32).contiguous()
         z = zero_point.detach()
+        use_fma = uses_fma(flavour, z.dtype)
         z = (z.to(torch.float32) if z.is_floating_point() else z).contiguous()
-        use_fma = flavour == "cuda" or cpu_uses_fma()
         backends.select(x, quant_min, quant_max).per_channel(
             x, out, kmask, s, z, axis, _inner_stride(out, axis), quant_min, quant_max, flavour, use_fma)
     return out, mask

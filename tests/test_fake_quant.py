@@ -566,3 +566,47 @@ def test_reference_float64_float_zero_point_matches_aten_cpu():
     ry, rm = ref.fake_quant_per_channel(x, s, zp, 0, -32768, 32767, flavour="cpu")
     assert_bitwise_equal(ry, ay)
     assert_bitwise_equal(rm, am)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_export(device):
+    """torch.export traces the registered ops (not the eager shortcut) and the exported program matches."""
+
+    class Fq(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("scale", torch.rand(4, device=device) + 0.05)
+            self.register_buffer("zp", torch.tensor([0, 2, -3, 1], dtype=torch.int32, device=device))
+
+        def forward(self, x):
+            y = qkernels.fake_quantize_per_tensor_affine(x, 0.05, 1, -128, 127)
+            return qkernels.fake_quantize_per_channel_affine(y, self.scale, self.zp, 0, -128, 127)
+
+    module = Fq()
+    x = make_input(59, (4, 33), 0.05, 1, -128, 127, torch.float32, device)
+    program = torch.export.export(module, (x,))
+    graph = str(program.graph)
+    assert "qkernels.fake_quantize_per_channel_affine_cachemask" in graph
+    assert_bitwise_equal(program.module()(x), module(x))
+
+
+@pytest.mark.parametrize("device,backend", CASES)
+@pytest.mark.parametrize("zp_dtype", [torch.float32, torch.float16])
+def test_float_zero_point_near_ties(device, backend, zp_dtype):
+    """Inputs a few ulp from x * inv + z = k + 0.5, where one FMA and two roundings disagree: aten fuses for
+    float32 zero points (CPU vector builds, CUDA) and not for float16 ones on the CPU."""
+    g = torch.Generator().manual_seed(61)
+    s = torch.rand(8, generator=g) * 3 + 0.01
+    zf = torch.randint(0, 256, (8,), generator=g).float()
+    k = torch.randint(0, 256, (8, 2000), generator=g).float()
+    x = (k + 0.5 - zf[:, None]) * s[:, None]
+    x = x + torch.randint(-3, 4, x.shape, generator=g).float() * x.abs() * 2**-24
+    x, s, zp = x.to(device), s.to(device), zf.to(zp_dtype).to(device)
+    y, m = run(backend, qkernels.fake_quantize_per_channel_affine_cachemask, x, s, zp, 0, 0, 255)
+    ry, rm = ref.fake_quant_per_channel(x, s, zp, 0, 0, 255, flavour=flavour_of(backend, device))
+    assert_bitwise_equal(y, ry)
+    assert_bitwise_equal(m, rm)
+    if check_against_aten(device, backend, flavours_differ_here=True):
+        ay, am = torch.ops.aten.fake_quantize_per_channel_affine_cachemask(x, s, zp, 0, 0, 255)
+        assert_bitwise_equal(y, ay)
+        assert_bitwise_equal(m, am)

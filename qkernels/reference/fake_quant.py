@@ -20,7 +20,7 @@ int64 are converted, so every function takes a ``flavour`` ("cpu" or "cuda"; def
   and |q| >= 2^63 -> INT64_MIN, i.e. quant_min, mask false); cuda rounds, saturates to int64, then adds ``z``
   in wrapping int64 arithmetic; cpu dequantizes in double, cuda in float;
 * per-channel, float zero point: ``q = round(x * inv_scale + z)``, where the multiply-add is one FMA on
-  CUDA and on AVX2/AVX512 builds of aten (``use_fma``), two roundings otherwise.
+  CUDA and, for float32 zero points, on AVX2/AVX512 builds of aten (``use_fma``), two roundings otherwise.
 
 Shapes: ``x`` any shape; per-channel ``scale``/``zero_point`` are 1-D of length ``x.size(axis)``. Outputs
 have ``x``'s shape and dtype (mask: bool). All arithmetic is float32, or float64 for float64 ``x``.
@@ -38,7 +38,7 @@ __all__ = [
     "pack_bits",
     "unpack_bits",
     "default_flavour",
-    "cpu_uses_fma",
+    "uses_fma",
 ]
 
 _TWO63 = 9.223372036854775808e18
@@ -50,9 +50,14 @@ def default_flavour(x: torch.Tensor) -> str:
     return "cuda" if x.device.type == "cuda" else "cpu"
 
 
-def cpu_uses_fma() -> bool:
-    """Whether aten's CPU kernels fuse ``x * inv + z`` into one FMA (every vectorized x86 build does)."""
-    return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "NO AVX")
+def uses_fma(flavour: str, zero_point_dtype: torch.dtype) -> bool:
+    """Whether aten fuses the float-zero-point ``x * inv + z`` into one FMA: always on CUDA; on the CPU for a
+    float32 zero point in vectorized builds (AVX2/AVX512 capability), never for a float16 one (its
+    ``c10::Half`` addition is not contracted; measured against torch 2.13)."""
+    if flavour == "cuda":
+        return True
+    cpu_fma = torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "NO AVX")
+    return cpu_fma and zero_point_dtype == torch.float32
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -160,7 +165,7 @@ def fake_quant_per_channel(
     """
     flavour = flavour or default_flavour(x)
     if use_fma is None:
-        use_fma = flavour == "cuda" or cpu_uses_fma()
+        use_fma = uses_fma(flavour, zero_point.dtype)
     axis = axis % x.dim()
     shape = [1] * x.dim()
     shape[axis] = -1
