@@ -9,8 +9,8 @@
 //
 // Inputs are widened to float (exact for fp16/bf16); each function returns y as float (narrowed once by the
 // caller) and writes the mask through a reference (a returned struct keeps GCC from vectorizing the loops).
-// The kernels require |quant_min|, |quant_max| <= 2^22 (checked by the Python dispatcher), which makes every
-// comparison against the bounds exact in float. Zero points may be any int32.
+// The kernels require |quant_min|, |quant_max| <= 2^22 (qkernels.backends.MAX_KERNEL_QUANT_BOUND), which
+// makes every comparison against the bounds exact in float. Zero points may be any int32.
 #pragma once
 
 #include <cmath>
@@ -29,8 +29,6 @@ namespace qkernels {
 
 enum class Flavour : int { Cpu = 0, Cuda = 1 };
 
-// Largest |quant_min|, |quant_max| the kernels accept.
-constexpr int64_t kMaxKernelQuantBound = int64_t(1) << 22;
 // Zero points up to this magnitude keep (q - z) exact in float; larger ones take the double path.
 constexpr int64_t kMaxFloatZeroPoint = int64_t(1) << 23;
 
@@ -47,13 +45,6 @@ QK_HOST_DEVICE float round_half_even(float v) {
   const float m = std::copysign(two23, v);
   return std::fabs(v) < two23 ? (v + m) - m : v;
 #endif
-}
-
-// Float -> int64 conversion of an integral value as the x86-64 cvttss2si instruction does it:
-// NaN and anything outside [-2^63, 2^63) give INT64_MIN ("integer indefinite").
-QK_HOST_DEVICE int64_t to_int64_x86(float v) {
-  const bool in_range = v >= -9.223372036854775808e18f && v < 9.223372036854775808e18f;
-  return in_range ? static_cast<int64_t>(v) : INT64_MIN;
 }
 
 // Float -> int64 conversion as CUDA's cvt.s64.f32 does it: saturating, NaN -> INT64_MIN
@@ -103,7 +94,8 @@ QK_HOST_DEVICE float fq_per_tensor(float x, float scale, float inv_scale, int64_
 
 // ---------------------------------------------------------------------------------------------------------
 // Per-channel, int zero point of channel c (scale s, inv = 1.0f / s).
-//   Cpu : qf = float(z) + rne(x*inv); q = to_int64_x86(qf); mask = qmin <= q <= qmax
+//   Cpu : qf = float(z) + rne(x*inv); q = int64(qf), x86 style: NaN or |qf| >= 2^63 -> INT64_MIN
+//         mask = qmin <= q <= qmax
 //         y = float((double(clamp(q)) - z) * double(s))
 //   Cuda: q = wrap(to_int64_cuda(rne(x*inv)) + z); mask = qmin <= q <= qmax
 //         y = float(clamp(q) - z) * s
