@@ -33,17 +33,28 @@ namespace {
 
 constexpr int64_t kPackBlock = 4096;  // elements per stack block; a multiple of 8
 
-// Bit k of packed[j] is bytes[8j + k]; n need not be a multiple of 8 (missing bits are 0).
-void pack_bits(const uint8_t* bytes, int64_t n, uint8_t* packed) {
-  for (int64_t j = 0; j < (n + 7) / 8; ++j) {
-    uint8_t b = 0;
-    for (int k = 0; k < 8 && 8 * j + k < n; ++k) b |= static_cast<uint8_t>(bytes[8 * j + k] != 0) << k;
-    packed[j] = b;
+// Bit k of packed[j] is bytes[8j + k] (each 0 or 1); n need not be a multiple of 8 (missing bits are 0).
+// Whole bytes go through a fixed-trip inner loop the compiler unrolls; the last partial byte is separate.
+void pack_bits(const uint8_t* __restrict__ bytes, int64_t n, uint8_t* __restrict__ packed) {
+  const int64_t full = n / 8;
+  for (int64_t j = 0; j < full; ++j) {
+    uint32_t b = 0;
+    for (int k = 0; k < 8; ++k) b |= static_cast<uint32_t>(bytes[8 * j + k]) << k;
+    packed[j] = static_cast<uint8_t>(b);
+  }
+  if (n % 8) {
+    uint32_t b = 0;
+    for (int64_t i = 8 * full; i < n; ++i) b |= static_cast<uint32_t>(bytes[i]) << (i - 8 * full);
+    packed[full] = static_cast<uint8_t>(b);
   }
 }
 
-void unpack_bits(const uint8_t* packed, int64_t n, uint8_t* bytes) {
-  for (int64_t i = 0; i < n; ++i) bytes[i] = (packed[i >> 3] >> (i & 7)) & 1;
+void unpack_bits(const uint8_t* __restrict__ packed, int64_t n, uint8_t* __restrict__ bytes) {
+  const int64_t full = n / 8;
+  for (int64_t j = 0; j < full; ++j) {
+    for (int k = 0; k < 8; ++k) bytes[8 * j + k] = (packed[j] >> k) & 1;
+  }
+  for (int64_t i = 8 * full; i < n; ++i) bytes[i] = (packed[full] >> (i - 8 * full)) & 1;
 }
 
 // Runs fn(begin, end, byte_mask) over [begin, end), giving it the caller's byte mask, or a stack block whose
