@@ -52,19 +52,13 @@ def _triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-_triton_reason: list[str | None] = []
-
-
-def triton_missing_reason() -> str | None:
-    if not _triton_reason:
-        try:
-            import triton
-
-            version = tuple(int(p) for p in triton.__version__.split(".")[:2])
-            _triton_reason.append(None if version >= (3, 2) else f"triton {triton.__version__} < 3.2")
-        except ImportError as exc:
-            _triton_reason.append(f"triton is not importable ({exc})")
-    return _triton_reason[0]
+def _triton_missing_reason() -> str | None:
+    try:
+        import triton
+    except ImportError as exc:
+        return f"triton is not importable ({exc})"
+    version = tuple(int(p) for p in triton.__version__.split(".")[:2])
+    return None if version >= (3, 2) else f"triton {triton.__version__} < 3.2"
 
 
 _availability: dict[tuple[str, str], str | None] = {}
@@ -90,7 +84,7 @@ def _availability_uncached(name: str, device_type: str) -> str | None:
             return f"the cuda backend runs CUDA tensors, not {device_type}"
         return _library.missing_reason("_C_cuda")
     if name == "triton":
-        reason = triton_missing_reason()
+        reason = _triton_missing_reason()
         if reason:
             return reason
         if device_type == "cuda" or (device_type == "cpu" and _triton_interpret()):

@@ -376,7 +376,6 @@ class _StraightThrough(torch.autograd.Function):
     def forward(ctx, impl, x, pack_mask, *args):
         out, mask = impl(x, *args, True, pack_mask)
         _setup_context(ctx, (x,) + args, (out, mask))
-        ctx.mark_non_differentiable(mask)
         return out
 
     @staticmethod

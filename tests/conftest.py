@@ -2,11 +2,9 @@
 
 import os
 
-import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-import qkernels
 from qkernels import backends
 
 settings.register_profile(
@@ -73,8 +71,3 @@ def assert_bitwise_equal(actual: torch.Tensor, expected: torch.Tensor, *, ulp: i
             f"got {a.flatten()[idx].tolist()} want {e.flatten()[idx].tolist()}"
         )
 
-
-@pytest.fixture
-def use():
-    """`with use(name):` runs qkernels ops on backend `name`."""
-    return qkernels.use_backend

@@ -163,7 +163,7 @@ def per_tensor(x, out, mask, scale, zero_point, enabled, quant_min, quant_max, f
     tensors = isinstance(scale, torch.Tensor)
     flag = enabled is not None
     n = x.numel()
-    x, out, mask = _flat(x), _flat(out), mask if _packed(mask) else _flat(mask)
+    x, out, mask = _flat(x), _flat(out), _flat(mask)
     _fq_per_tensor_kernel[_grid(n)](
         x, out, mask if mask is not None else out, n,
         0.0 if tensors else float(scale), 0 if tensors else int(zero_point),
@@ -177,7 +177,7 @@ def per_tensor(x, out, mask, scale, zero_point, enabled, quant_min, quant_max, f
 def per_channel(x, out, mask, scale, zero_point, axis, inner, quant_min, quant_max, flavour, use_fma):
     """Launcher; scale float32 [C], zero_point int32 or float32 [C], both contiguous."""
     n = x.numel()
-    x, out, mask = _flat(x), _flat(out), mask if _packed(mask) else _flat(mask)
+    x, out, mask = _flat(x), _flat(out), _flat(mask)
     _fq_per_channel_kernel[_grid(n)](
         x, out, mask if mask is not None else out, scale, zero_point, n, inner, scale.numel(),
         quant_min, quant_max,
@@ -189,4 +189,6 @@ def per_channel(x, out, mask, scale, zero_point, axis, inner, quant_min, quant_m
 
 def backward(grad, mask, out):
     n = grad.numel()
-    _fq_backward_kernel[_grid(n)](_flat(grad), mask if _packed(mask) else _flat(mask), _flat(out), n, _packed(mask), BLOCK=_BLOCK, num_warps=_WARPS, enable_fp_fusion=False)
+    _fq_backward_kernel[_grid(n)](
+        _flat(grad), _flat(mask), _flat(out), n, _packed(mask), BLOCK=_BLOCK, num_warps=_WARPS, enable_fp_fusion=False
+    )
