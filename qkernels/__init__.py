@@ -4,6 +4,7 @@ Drop-in fake-quant ops with PyTorch's exact numerics (see README, "Numerics cont
 
     qkernels.fake_quantize_per_tensor_affine(x, scale, zero_point, quant_min, quant_max)
     qkernels.fake_quantize_per_channel_affine(x, scale, zero_point, axis, quant_min, quant_max)
+    qkernels.fake_quantize_learnable_per_{tensor,channel,group}_affine(...)   (LSQ: learnable scale/zero point)
 
 Backends are chosen per call (``QKERNELS_BACKEND`` or ``qkernels.use_backend``); ``qkernels.patch_torch()``
 routes existing ``torch.fake_quantize_*`` calls here. ``python -m qkernels.info`` tells what is live.
@@ -25,6 +26,12 @@ from .ops import (  # noqa: E402
     fake_quantize_per_tensor_affine_cachemask,
     packed_masks,
 )
+from .learnable import (  # noqa: E402
+    fake_quantize_learnable_per_channel_affine,
+    fake_quantize_learnable_per_group_affine,
+    fake_quantize_learnable_per_tensor_affine,
+    lsq_grad_factor,
+)
 from .patch import patch_torch, patched_torch, unpatch_torch  # noqa: E402
 
 __version__ = "0.1.0"
@@ -41,6 +48,10 @@ __all__ = [
     "fake_quantize_cachemask_backward",
     "_fake_quantize_per_tensor_affine_cachemask_tensor_qparams",
     "packed_masks",
+    "fake_quantize_learnable_per_tensor_affine",
+    "fake_quantize_learnable_per_channel_affine",
+    "fake_quantize_learnable_per_group_affine",
+    "lsq_grad_factor",
     "patch_torch",
     "unpatch_torch",
     "patched_torch",

@@ -1,8 +1,9 @@
 """Backend ``cpu``/``cuda``: the csrc kernels through their private ops (qkernels::_fake_quant_*_{cpu,cuda}).
 
-Every backend module offers the same three launchers, writing into preallocated outputs that share x's
-dense layout: ``per_tensor``, ``per_channel`` and ``backward`` (see qkernels/ops.py for the contract).
-``enabled`` is None or a one-element int32 tensor; a mask is None, bool in x's layout, or packed uint8.
+Every backend module offers the same launchers, writing into preallocated outputs that share x's dense
+layout: ``per_tensor``, ``per_channel`` and ``backward`` (contract: qkernels/ops.py; ``enabled`` is None or a
+one-element int32 tensor; a mask is None, bool in x's layout, or packed uint8), and ``learnable_forward`` /
+``learnable_backward`` (contract: qkernels/learnable.py and csrc/include/qkernels/fake_quant_learnable_kernels.h).
 """
 
 from __future__ import annotations
@@ -47,3 +48,17 @@ def per_channel(x, out, mask, scale, zero_point, axis, inner, quant_min, quant_m
 
 def backward(grad, mask, out):
     _op("backward", grad.device)(grad, mask, out)
+
+
+def learnable_forward(x, out, scale, zero_point, dims, quant_min, quant_max, flavour, per_tensor):
+    _op("learnable_forward", x.device)(x, out, scale, zero_point, *dims, quant_min, quant_max, FLAVOURS[flavour],
+                                       per_tensor)
+
+
+def learnable_backward(dy, x, dx, scale, zero_point, dims, quant_min, quant_max, grad_factor, flavour, rule,
+                       use_fma, need_qgrads):
+    ds, dz = _op("learnable_backward", x.device)(
+        dy, x, dx, scale, zero_point, *dims, quant_min, quant_max, grad_factor, FLAVOURS[flavour], rule, use_fma,
+        need_qgrads,
+    )
+    return (ds, dz) if need_qgrads else (None, None)

@@ -1,10 +1,13 @@
-"""Backend ``reference``: qkernels.reference.fake_quant behind the launcher interface of the other backends."""
+"""Backend ``reference``: qkernels.reference behind the launcher interface of the other backends."""
 
 from __future__ import annotations
 
 import torch
 
 from .reference import fake_quant as ref
+from .reference import fake_quant_learnable as lref
+
+_RULES = {0: "torch", 1: "torch", 2: "consistent"}
 
 
 def _write(out, mask, y, m):
@@ -34,3 +37,30 @@ def per_channel(x, out, mask, scale, zero_point, axis, inner, quant_min, quant_m
 
 def backward(grad, mask, out):
     out.copy_(ref.fake_quant_backward(grad, mask))
+
+
+def _views(dims, *tensors):
+    """Tensors in x's dense layout as [B, O, C, I] views of their storage."""
+    return [ref.storage_view(t).view(dims) for t in tensors]
+
+
+def learnable_forward(x, out, scale, zero_point, dims, quant_min, quant_max, flavour, per_tensor):
+    B, _, C, _ = dims
+    (x4,) = _views(dims, x)
+    y = lref.forward_broadcast(x4, scale.view(B, 1, C, 1), zero_point.view(B, 1, C, 1), quant_min, quant_max,
+                               per_tensor=per_tensor, flavour=flavour)
+    ref.storage_view(out).copy_(y.flatten())
+
+
+def learnable_backward(dy, x, dx, scale, zero_point, dims, quant_min, quant_max, grad_factor, flavour, rule,
+                       use_fma, need_qgrads):
+    B, _, C, _ = dims
+    dy4, x4 = _views(dims, dy, x)
+    g, ds, dz = lref.backward_elements_broadcast(
+        dy4, x4, scale.view(B, 1, C, 1), zero_point.view(B, 1, C, 1), quant_min, quant_max, grad_factor,
+        per_tensor=rule == 0, zero_point_rounding=_RULES[rule], flavour=flavour, use_fma=use_fma,
+    )
+    ref.storage_view(dx).copy_(g.flatten())
+    if not need_qgrads:
+        return None, None
+    return ds.double().sum((1, 3)).float().view(B, 1, C), dz.double().sum((1, 3)).float().view(B, 1, C)

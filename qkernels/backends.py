@@ -104,33 +104,35 @@ def kernel_support(x: torch.Tensor, quant_min: int, quant_max: int) -> str | Non
     return None
 
 
+# Launcher modules per backend; the Triton kernels have one module per op family (triton_kernels/<family>.py).
 _MODULES = {
     "reference": "qkernels._backend_reference",
-    "triton": "qkernels.triton_kernels.fake_quant",
+    "triton": "qkernels.triton_kernels.{family}",
     "cpu": "qkernels._backend_native",
     "cuda": "qkernels._backend_native",
 }
+FAMILIES = ("fake_quant", "fake_quant_learnable")
 
 
-def _module(name: str):
-    return importlib.import_module(_MODULES[name])
+def _module(name: str, family: str):
+    return importlib.import_module(_MODULES[name].format(family=family))
 
 
 _selected: dict = {}
 
 
-def select(x: torch.Tensor, quant_min: int, quant_max: int):
-    """The backend module that runs this call (see the module docstring for the rules)."""
+def select(x: torch.Tensor, quant_min: int, quant_max: int, family: str = "fake_quant"):
+    """The launcher module of op family ``family`` that runs this call (rules: the module docstring)."""
     name = requested()
     # Everything the choice depends on; a choice that raises is not cached, so it raises every time.
-    key = (name, x.device.type, x.dtype, max(abs(quant_min), abs(quant_max)) <= MAX_KERNEL_QUANT_BOUND)
+    key = (name, family, x.device.type, x.dtype, max(abs(quant_min), abs(quant_max)) <= MAX_KERNEL_QUANT_BOUND)
     module = _selected.get(key)
     if module is None:
-        module = _selected[key] = _select(name, x, quant_min, quant_max)
+        module = _selected[key] = _module(_select(name, x, quant_min, quant_max), family)
     return module
 
 
-def _select(name: str, x: torch.Tensor, quant_min: int, quant_max: int):
+def _select(name: str, x: torch.Tensor, quant_min: int, quant_max: int) -> str:
     device_type = x.device.type
     if name != "auto":
         reason = availability(name, device_type)
@@ -138,13 +140,13 @@ def _select(name: str, x: torch.Tensor, quant_min: int, quant_max: int):
             reason = kernel_support(x, quant_min, quant_max)
         if reason is not None:
             raise RuntimeError(f"qkernels backend {name!r} was requested but cannot run this call: {reason}")
-        return _module(name)
+        return name
     for candidate in AUTO_ORDER.get(device_type, ("reference",)):
         if availability(candidate, device_type) is None and (
             candidate == "reference" or kernel_support(x, quant_min, quant_max) is None
         ):
-            return _module(candidate)
-    return _module("reference")
+            return candidate
+    return "reference"
 
 
 def status() -> dict[str, dict[str, str | None]]:

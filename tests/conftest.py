@@ -1,10 +1,12 @@
 """Shared test helpers: devices, backends per device, bit-exact comparison, hypothesis profiles."""
 
+import math
 import os
 
 import torch
 from hypothesis import HealthCheck, settings
 
+import qkernels
 from qkernels import backends
 
 settings.register_profile(
@@ -71,3 +73,26 @@ def assert_bitwise_equal(actual: torch.Tensor, expected: torch.Tensor, *, ulp: i
             f"got {a.flatten()[idx].tolist()} want {e.flatten()[idx].tolist()}"
         )
 
+
+def special_values(scale, zp, qmin, qmax):
+    """Ties around every boundary, values just inside/outside, zeros, NaN, +-inf and int64-overflowing ones."""
+    ks = [qmin - zp - 1, qmin - zp, qmax - zp, qmax - zp + 1, -2, -1, 0, 1, 2]
+    ties = [(k + d) * scale for k in ks for d in (-0.5, 0.5, -0.49999997, 0.50000006)]
+    return ties + [0.0, -0.0, math.nan, math.inf, -math.inf, 1e20, -1e20, 9.3e18, -9.3e18, 3e38, -3e38]
+
+
+def make_input(seed, shape, scale, zp, qmin, qmax, dtype, device, specials=True):
+    g = torch.Generator().manual_seed(seed)
+    n = math.prod(shape)
+    lo, hi = (qmin - zp - 8) * scale, (qmax - zp + 8) * scale
+    x = torch.rand(n, generator=g, dtype=torch.float64) * (hi - lo) + lo
+    if specials:
+        sv = torch.tensor(special_values(scale, zp, qmin, qmax), dtype=torch.float64)
+        pick = torch.randint(0, 3, (n,), generator=g) == 0
+        x = torch.where(pick, sv[torch.randint(0, sv.numel(), (n,), generator=g)], x)
+    return x.to(dtype).reshape(shape).to(device)
+
+
+def run(backend, fn, *args, **kwargs):
+    with qkernels.use_backend(backend):
+        return fn(*args, **kwargs)

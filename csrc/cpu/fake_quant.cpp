@@ -1,12 +1,15 @@
-// CPU fake-quant entry points: the loops of fake_quant_impl.h built for baseline x86-64 (here) and for
-// AVX2+FMA+F16C (fake_quant_avx2.cpp), chosen once from the running CPU. Bit-packed masks are handled here,
-// around the loops: they run on one byte per element in a stack block, packed (or unpacked) 8 to a byte.
+// CPU fake-quant entry points: the loops of fake_quant_impl.h and fake_quant_learnable_impl.h built for
+// baseline x86-64 (here) and for AVX2+FMA+F16C (fake_quant_avx2.cpp), chosen once from the running CPU.
+// Bit-packed masks are handled here, around the loops: they run on one byte per element in a stack block,
+// packed (or unpacked) 8 to a byte.
 #include <algorithm>
 
 #include "qkernels/fake_quant_kernels.h"
+#include "qkernels/fake_quant_learnable_kernels.h"
 
 #define QK_CPU_ISA baseline
 #include "fake_quant_impl.h"
+#include "fake_quant_learnable_impl.h"
 #undef QK_CPU_ISA
 
 namespace qkernels {
@@ -17,6 +20,8 @@ namespace avx2 {
 void fake_quant_per_tensor(const PerTensorParams& p, int64_t begin, int64_t end, uint8_t* mask);
 void fake_quant_per_channel(const PerChannelParams& p, int64_t begin, int64_t end, uint8_t* mask);
 void fake_quant_backward(const BackwardParams& p, int64_t begin, int64_t end, const uint8_t* mask);
+void fake_quant_learnable_forward(const LearnableForwardParams& p, int64_t begin, int64_t end);
+void fake_quant_learnable_backward(const LearnableBackwardParams& p, int64_t begin, int64_t end);
 }  // namespace avx2
 
 static bool has_avx2() {
@@ -87,6 +92,13 @@ void fake_quant_per_channel(const PerChannelParams& p, int64_t begin, int64_t en
 void fake_quant_backward(const BackwardParams& p, int64_t begin, int64_t end) {
   with_mask<false>(p, begin, end,
                    [&](int64_t b, int64_t e, auto m) { QK_CPU_DISPATCH(fake_quant_backward, p, b, e, m); });
+}
+
+void fake_quant_learnable_forward(const LearnableForwardParams& p, int64_t begin, int64_t end) {
+  QK_CPU_DISPATCH(fake_quant_learnable_forward, p, begin, end);
+}
+void fake_quant_learnable_backward(const LearnableBackwardParams& p, int64_t begin, int64_t end) {
+  QK_CPU_DISPATCH(fake_quant_learnable_backward, p, begin, end);
 }
 
 }  // namespace cpu

@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "qkernels/fake_quant_kernels.h"
+#include "element_io.cuh"
 
 namespace qkernels {
 namespace cuda {
@@ -15,31 +16,7 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-// One 16-byte vector of T, and the matching bytes of the mask.
-template <typename T>
-struct alignas(16) Vec {
-  static constexpr int kSize = 16 / sizeof(T);
-  T v[kSize];
-};
+// The mask bytes of one vector.
 template <int N>
 struct alignas(N) MaskVec {
   uint8_t v[N];

@@ -48,6 +48,33 @@ void backward_cpu(const at::Tensor& grad, const at::Tensor& mask, at::Tensor& ou
   parallel_over(p, [&](int64_t b, int64_t e) { cpu::fake_quant_backward(p, b, e); });
 }
 
+constexpr int64_t kLearnableItem = 1 << 14;  // elements per backward work item (fixes the summation order)
+
+void learnable_forward_cpu(const at::Tensor& x, at::Tensor& out, const at::Tensor& scale,
+                           const at::Tensor& zero_point, int64_t B, int64_t O, int64_t C, int64_t I, int64_t quant_min,
+                           int64_t quant_max, int64_t flavour, bool per_tensor) {
+  const LearnableDims dims = glue::learnable_dims(x, scale, zero_point, B, O, C, I);
+  const LearnableForwardParams p =
+      glue::learnable_forward_params(x, out, scale, zero_point, dims, quant_min, quant_max, flavour, per_tensor);
+  at::parallel_for(0, dims.numel(), kGrain, [&](int64_t b, int64_t e) { cpu::fake_quant_learnable_forward(p, b, e); });
+}
+
+std::tuple<at::Tensor, at::Tensor> learnable_backward_cpu(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx,
+                                                          const at::Tensor& scale, const at::Tensor& zero_point,
+                                                          int64_t B, int64_t O, int64_t C, int64_t I,
+                                                          int64_t quant_min, int64_t quant_max, double grad_factor,
+                                                          int64_t flavour, int64_t rule, bool use_fma,
+                                                          bool need_qgrads) {
+  const LearnableDims dims = glue::learnable_dims(x, scale, zero_point, B, O, C, I);
+  at::Tensor ds, dz;
+  const LearnableBackwardParams p =
+      glue::learnable_backward_params(dy, x, dx, scale, zero_point, dims, quant_min, quant_max, grad_factor, flavour,
+                                      rule, use_fma, need_qgrads, kLearnableItem, ds, dz);
+  at::parallel_for(0, cpu::learnable_backward_items(p), 1,
+                   [&](int64_t b, int64_t e) { cpu::fake_quant_learnable_backward(p, b, e); });
+  return {ds, dz};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(qkernels, m) { QKERNELS_FAKE_QUANT_SCHEMAS(m, "cpu"); }
@@ -56,6 +83,8 @@ TORCH_LIBRARY_IMPL(qkernels, CPU, m) {
   m.impl("_fake_quant_per_tensor_cpu", &per_tensor_cpu);
   m.impl("_fake_quant_per_channel_cpu", &per_channel_cpu);
   m.impl("_fake_quant_backward_cpu", &backward_cpu);
+  m.impl("_fake_quant_learnable_forward_cpu", &learnable_forward_cpu);
+  m.impl("_fake_quant_learnable_backward_cpu", &learnable_backward_cpu);
 }
 
 }  // namespace qkernels

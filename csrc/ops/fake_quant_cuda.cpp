@@ -1,4 +1,4 @@
-// Private CUDA ops qkernels::_fake_quant_*_cuda: thin torch glue over csrc/cuda/fake_quant.cu.
+// Private CUDA ops qkernels::_fake_quant_*_cuda: thin torch glue over csrc/cuda/fake_quant*.cu.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime.h>
@@ -14,11 +14,15 @@ void check_launch(int err) {
 
 void* current_stream() { return at::cuda::getCurrentCUDAStream().stream(); }
 
+void check_cuda_flavour(int64_t flavour) {
+  TORCH_CHECK(flavour == static_cast<int64_t>(Flavour::Cuda), "qkernels: the CUDA kernels implement the CUDA flavour");
+}
+
 void per_tensor_cuda(const at::Tensor& x, at::Tensor& out, const std::optional<at::Tensor>& mask, double scale,
                      int64_t zero_point, const std::optional<at::Tensor>& scale_t,
                      const std::optional<at::Tensor>& zero_point_t, const std::optional<at::Tensor>& enabled_t,
                      int64_t quant_min, int64_t quant_max, int64_t flavour) {
-  TORCH_CHECK(flavour == static_cast<int64_t>(Flavour::Cuda), "qkernels: the CUDA kernels implement the CUDA flavour");
+  check_cuda_flavour(flavour);
   const c10::cuda::CUDAGuard guard(x.device());
   PerTensorParams p =
       glue::per_tensor_params(x, out, mask, scale, zero_point, quant_min, quant_max, flavour);
@@ -43,6 +47,36 @@ void backward_cuda(const at::Tensor& grad, const at::Tensor& mask, at::Tensor& o
   check_launch(cuda::fake_quant_backward(p, current_stream()));
 }
 
+constexpr int64_t kLearnableItem = 1 << 12;  // elements per backward work item: one CTA of 256 threads each
+
+void learnable_forward_cuda(const at::Tensor& x, at::Tensor& out, const at::Tensor& scale,
+                            const at::Tensor& zero_point, int64_t B, int64_t O, int64_t C, int64_t I,
+                            int64_t quant_min, int64_t quant_max, int64_t flavour, bool per_tensor) {
+  check_cuda_flavour(flavour);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const LearnableDims dims = glue::learnable_dims(x, scale, zero_point, B, O, C, I);
+  const LearnableForwardParams p =
+      glue::learnable_forward_params(x, out, scale, zero_point, dims, quant_min, quant_max, flavour, per_tensor);
+  check_launch(cuda::fake_quant_learnable_forward(p, current_stream()));
+}
+
+std::tuple<at::Tensor, at::Tensor> learnable_backward_cuda(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx,
+                                                           const at::Tensor& scale, const at::Tensor& zero_point,
+                                                           int64_t B, int64_t O, int64_t C, int64_t I,
+                                                           int64_t quant_min, int64_t quant_max, double grad_factor,
+                                                           int64_t flavour, int64_t rule, bool use_fma,
+                                                           bool need_qgrads) {
+  check_cuda_flavour(flavour);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const LearnableDims dims = glue::learnable_dims(x, scale, zero_point, B, O, C, I);
+  at::Tensor ds, dz;
+  const LearnableBackwardParams p =
+      glue::learnable_backward_params(dy, x, dx, scale, zero_point, dims, quant_min, quant_max, grad_factor, flavour,
+                                      rule, use_fma, need_qgrads, kLearnableItem, ds, dz);
+  check_launch(cuda::fake_quant_learnable_backward(p, current_stream()));
+  return {ds, dz};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(qkernels, m) { QKERNELS_FAKE_QUANT_SCHEMAS(m, "cuda"); }
@@ -51,6 +85,8 @@ TORCH_LIBRARY_IMPL(qkernels, CUDA, m) {
   m.impl("_fake_quant_per_tensor_cuda", &per_tensor_cuda);
   m.impl("_fake_quant_per_channel_cuda", &per_channel_cuda);
   m.impl("_fake_quant_backward_cuda", &backward_cuda);
+  m.impl("_fake_quant_learnable_forward_cuda", &learnable_forward_cuda);
+  m.impl("_fake_quant_learnable_backward_cuda", &learnable_backward_cuda);
 }
 
 }  // namespace qkernels

@@ -6,7 +6,10 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <vector>
+
 #include "qkernels/fake_quant_kernels.h"
+#include "qkernels/fake_quant_learnable_kernels.h"
 
 namespace qkernels {
 namespace glue {
@@ -118,6 +121,73 @@ inline BackwardParams backward_params(const at::Tensor& grad, const at::Tensor& 
   return p;
 }
 
+// Learnable ops: x viewed as [B, O, C, I] in storage order; float32 contiguous qparams of B * C elements.
+inline LearnableDims learnable_dims(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
+                                    int64_t B, int64_t O, int64_t C, int64_t I) {
+  TORCH_CHECK(B > 0 && O > 0 && C > 0 && I > 0 && B * O * C * I == x.numel(),
+              "qkernels: learnable dims [B, O, C, I] must be positive and multiply to numel");
+  TORCH_CHECK(x.is_non_overlapping_and_dense(), "qkernels: x must be dense");
+  for (const at::Tensor* t : {&scale, &zero_point}) {
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == B * C &&
+                    t->device() == x.device(),
+                "qkernels: learnable qparams must be contiguous float32 with B * C elements on x's device");
+  }
+  return LearnableDims{B, O, C, I};
+}
+
+inline LearnableForwardParams learnable_forward_params(const at::Tensor& x, at::Tensor& out, const at::Tensor& scale,
+                                                       const at::Tensor& zero_point, const LearnableDims& dims,
+                                                       int64_t quant_min, int64_t quant_max, int64_t flavour,
+                                                       bool per_tensor) {
+  check_pair(x, out);
+  LearnableForwardParams p{};
+  p.dtype = dtype_of(x);
+  p.flavour = static_cast<Flavour>(flavour);
+  p.dims = dims;
+  p.x = x.data_ptr();
+  p.out = out.data_ptr();
+  p.scale = scale.data_ptr<float>();
+  p.zero_point = zero_point.data_ptr<float>();
+  p.quant_min = quant_min;
+  p.quant_max = quant_max;
+  p.per_tensor = per_tensor;
+  return p;
+}
+
+// Also allocates the partial sums ([B, P, C] float32 each; empty when the qparams need no gradient).
+inline LearnableBackwardParams learnable_backward_params(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx,
+                                                         const at::Tensor& scale, const at::Tensor& zero_point,
+                                                         const LearnableDims& dims, int64_t quant_min,
+                                                         int64_t quant_max, double grad_factor, int64_t flavour,
+                                                         int64_t rule, bool use_fma, bool need_qgrads,
+                                                         int64_t target, at::Tensor& ds_partial,
+                                                         at::Tensor& dz_partial) {
+  check_pair(x, dx);
+  check_pair(x, dy);
+  TORCH_CHECK(rule >= 0 && rule <= 2, "qkernels: zero-point rule must be 0, 1 or 2");
+  LearnableBackwardParams p{};
+  p.dtype = dtype_of(x);
+  p.flavour = static_cast<Flavour>(flavour);
+  p.dims = dims;
+  p.blocks = make_learnable_blocks(dims, target);
+  p.x = x.data_ptr();
+  p.dy = dy.data_ptr();
+  p.dx = dx.data_ptr();
+  p.scale = scale.data_ptr<float>();
+  p.zero_point = zero_point.data_ptr<float>();
+  p.quant_min = quant_min;
+  p.quant_max = quant_max;
+  p.grad_factor = static_cast<float>(grad_factor);
+  p.rule = static_cast<ZpRule>(rule);
+  p.use_fma = use_fma;
+  const auto shape = need_qgrads ? std::vector<int64_t>{dims.B, p.blocks.P, dims.C} : std::vector<int64_t>{0};
+  ds_partial = at::empty(shape, x.options().dtype(at::kFloat));
+  dz_partial = at::empty(shape, x.options().dtype(at::kFloat));
+  p.ds_partial = need_qgrads ? ds_partial.data_ptr<float>() : nullptr;
+  p.dz_partial = need_qgrads ? dz_partial.data_ptr<float>() : nullptr;
+  return p;
+}
+
 // Schemas of the private ops, identical for each device (the suffix names the device).
 #define QKERNELS_FAKE_QUANT_SCHEMAS(m, suffix)                                                                     \
   m.def("_fake_quant_per_tensor_" suffix                                                                          \
@@ -126,7 +196,14 @@ inline BackwardParams backward_params(const at::Tensor& grad, const at::Tensor& 
   m.def("_fake_quant_per_channel_" suffix                                                                         \
         "(Tensor x, Tensor(a!) out, Tensor(b!)? mask, Tensor scale, Tensor zero_point, int inner, int quant_min, " \
         "int quant_max, int flavour, bool use_fma) -> ()");                                                         \
-  m.def("_fake_quant_backward_" suffix "(Tensor grad, Tensor mask, Tensor(a!) out) -> ()")
+  m.def("_fake_quant_backward_" suffix "(Tensor grad, Tensor mask, Tensor(a!) out) -> ()");                    \
+  m.def("_fake_quant_learnable_forward_" suffix                                                                 \
+        "(Tensor x, Tensor(a!) out, Tensor scale, Tensor zero_point, int B, int O, int C, int I, int quant_min, " \
+        "int quant_max, int flavour, bool per_tensor) -> ()");                                                      \
+  m.def("_fake_quant_learnable_backward_" suffix                                                                \
+        "(Tensor dy, Tensor x, Tensor(a!) dx, Tensor scale, Tensor zero_point, int B, int O, int C, int I, "       \
+        "int quant_min, int quant_max, float grad_factor, int flavour, int rule, bool use_fma, bool need_qgrads) " \
+        "-> (Tensor, Tensor)")
 
 }  // namespace glue
 }  // namespace qkernels

@@ -1,11 +1,13 @@
-// Host test of qkernels/fake_quant_math.h: the rounding, conversion and division helpers against their
-// plain definitions, and the float fast paths against the exact (wide zero point) paths they replace.
+// Host test of qkernels/fake_quant_math.h and fake_quant_learnable_math.h: the rounding, conversion and
+// division helpers against their plain definitions, and the float fast paths against the exact (wide zero
+// point, int64) paths they replace.
 #include <cfenv>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <random>
 
+#include "qkernels/fake_quant_learnable_math.h"
 #include "qkernels/fake_quant_math.h"
 
 using namespace qkernels;
@@ -116,6 +118,30 @@ int main() {
   bool t5_mask;
     const float t5_y = fq_per_channel_int_zp<Flavour::Cpu, false>(INFINITY, 1.f, 1.f, 0, -128, 127, t5_mask);
   CHECK(t5_y == -128.f && !t5_mask, "cpu per-channel +inf -> qmin\n");
+
+  // Learnable zero points (aten): forward rne then clamp; per-tensor backward trunc(clamp(zp + 0.5)).
+  const float zps[] = {2.5f, -0.6f, -3.7f, 0.5f, -200.f};
+  const float fwd[] = {2.f, -1.f, -4.f, 0.f, -128.f}, bwd[] = {3.f, 0.f, -3.f, 1.f, -128.f};
+  for (int i = 0; i < 5; ++i) {
+    CHECK(forward_zero_point(zps[i], -128.f, 127.f) == fwd[i], "forward_zero_point(%g)\n", zps[i]);
+    CHECK(backward_zero_point(zps[i], -128.f, 127.f, ZpRule::TorchPerTensor) == bwd[i], "zb(%g)\n", zps[i]);
+    CHECK(backward_zero_point(zps[i], -128.f, 127.f, ZpRule::Torch) == fwd[i], "zb torch(%g)\n", zps[i]);
+  }
+  // Learnable backward, Cuda flavour: the float fast path against the int64 definition of the level.
+  for (int i = 0; i < 1000000; ++i) {
+    const float x = edge(rng);
+    const float s = std::ldexp(1.0f + (rng() % 1000) / 1000.0f, static_cast<int>(rng() % 16) - 8);
+    const float inv = 1.0f / s;
+    const int64_t qmin = -static_cast<int64_t>(rng() % (1u << 22)), qmax = rng() % (1u << 22);
+    const float zb = static_cast<float>(qmin + static_cast<int64_t>(rng() % static_cast<uint64_t>(qmax - qmin + 1)));
+    float ds, dz;
+    const float dx = learnable_grad<Flavour::Cuda>(x, 1.0f, s, inv, zb, float(qmin), float(qmax), 1.0f,
+                                                   ZpRule::Torch, false, ds, dz);
+    const int64_t q = wrapping_add(to_int64_cuda(std::nearbyint(x * inv)), static_cast<int64_t>(zb));
+    const bool inside = qmin <= q && q <= qmax;
+    CHECK(dx == (inside ? 1.0f : 0.0f), "learnable cuda level: x=%a s=%a zb=%g\n", x, s, zb);
+    CHECK((dz == 0.0f) == inside, "learnable cuda dz: x=%a\n", x);
+  }
 
   std::printf("%s: %d failures\n", failures ? "FAILED" : "ok", failures);
   return failures ? 1 : 0;

@@ -39,6 +39,7 @@ __all__ = [
     "unpack_bits",
     "default_flavour",
     "uses_fma",
+    "int_zero_point_per_channel",
 ]
 
 _TWO63 = 9.223372036854775808e18
@@ -169,44 +170,53 @@ def fake_quant_per_channel(
     axis = axis % x.dim()
     shape = [1] * x.dim()
     shape[axis] = -1
-    P = _compute_dtype(x)
     s = scale.float().view(shape)
+    if not zero_point.is_floating_point():
+        return int_zero_point_per_channel(x, s, zero_point.to(torch.int64).view(shape), quant_min, quant_max,
+                                          flavour)
+    P = _compute_dtype(x)
     inv = 1.0 / s
     xp = x.to(P)
-    if not zero_point.is_floating_point():
-        z = zero_point.to(torch.int64).view(shape)
-        r = torch.round(xp * inv.to(P))
-        if flavour == "cpu":
-            q = _to_int64_x86(z.to(P) + r)
-            qc = q.clamp(quant_min, quant_max)
-            y = (qc.double() - z.double()) * s.double()
-        else:
-            q = _to_int64_cuda(r) + z  # int64 addition wraps, as on the device
-            qc = q.clamp(quant_min, quant_max)
-            y = (qc - z).to(torch.float32) * s
+    z = zero_point.float().view(shape)
+    if P == torch.float64:
+        v = xp * inv.double() + z.double()
+        if flavour == "cpu":  # aten's CPU kernel rounds with lrintf: the double sum is narrowed first
+            v = v.float().double()
+    elif use_fma:
+        v = _fma_f32(xp, inv, z)
     else:
-        z = zero_point.float().view(shape)
-        if P == torch.float64:
-            v = xp * inv.double() + z.double()
-            if flavour == "cpu":  # aten's CPU kernel rounds with lrintf: the double sum is narrowed first
-                v = v.float().double()
-        elif use_fma:
-            v = _fma_f32(xp, inv, z)
-        else:
-            v = xp * inv + z
-        r = torch.round(v) + 0.0  # aten rounds to an integer: no -0.0
-        if flavour == "cpu":
-            q = _to_int64_x86(r.float())
-            qc = q.clamp(quant_min, quant_max)
-            y = (qc.double() - z.double()) * s.double()
-        else:
-            q = _to_int64_cuda(r)
-            qc = _clamp_nan_low(q.to(torch.float32), float(quant_min), float(quant_max))
-            y = (qc - z) * s
+        v = xp * inv + z
+    r = torch.round(v) + 0.0  # aten rounds to an integer: no -0.0
+    if flavour == "cpu":
+        q = _to_int64_x86(r.float())
+        qc = q.clamp(quant_min, quant_max)
+        y = (qc.double() - z.double()) * s.double()
+    else:
+        q = _to_int64_cuda(r)
+        qc = _clamp_nan_low(q.to(torch.float32), float(quant_min), float(quant_max))
+        y = (qc - z) * s
     mask = (q >= quant_min) & (q <= quant_max)
     if x.dtype != torch.float64:
         y = y.to(torch.float32)  # aten narrows double results through float (c10 16-bit types take floats)
     return y.to(x.dtype), mask
+
+
+def int_zero_point_per_channel(x, s, z, quant_min: int, quant_max: int, flavour: str):
+    """Per-channel rules for an integer zero point, with ``s`` (float32) and ``z`` (int64) already
+    broadcastable against ``x`` (one quantizer per channel, per group, ...); returns ``(y, mask)``."""
+    P = _compute_dtype(x)
+    r = torch.round(x.to(P) * (1.0 / s).to(P))
+    if flavour == "cpu":
+        q = _to_int64_x86(z.to(P) + r)
+        qc = q.clamp(quant_min, quant_max)
+        y = (qc.double() - z.double()) * s.double()
+    else:
+        q = _to_int64_cuda(r) + z  # int64 addition wraps, as on the device
+        qc = q.clamp(quant_min, quant_max)
+        y = (qc - z).to(torch.float32) * s
+    if x.dtype != torch.float64:
+        y = y.to(torch.float32)
+    return y.to(x.dtype), (q >= quant_min) & (q <= quant_max)
 
 
 def storage_view(t: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,346 @@
+"""Learnable (LSQ) fake quantization: every backend against the reference and against aten.
+
+Bit-exact: the forward output and dx (float32 against aten on the backend's own device flavour; every dtype
+against the reference). dscale/dzero_point are sums, formed in another order than aten's: they must be
+within twice the error of a float32 ``torch.sum`` of the same per-element values (measured against the
+float64 sum), and never need to beat one float32 ulp of the exact result (any float32 result may be half an
+ulp off).
+"""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import qkernels
+from qkernels.reference import fake_quant_learnable as lref
+
+from conftest import DEVICES, KERNEL_DTYPES, assert_bitwise_equal, backends_for, flavour_of, interpreted, \
+    make_input, run
+
+CASES = [(dev, be) for dev in DEVICES for be in backends_for(dev)]
+RANGES = [(-128, 127), (0, 255), (-8, 7), (0, 15), (-1, 0), (-32768, 32767)]
+ODD_ZERO_POINTS = [2.5, -0.6, -3.7, 0.5, 1.5, -2.5, 0.49999997, 7.0]
+
+
+def ulp_for(backend, device, dtype):
+    """bfloat16 under the Triton interpreter: truncating narrowing (README, "Numerics contract")."""
+    return 1 if interpreted(backend, device) and dtype == torch.bfloat16 else 0
+
+
+def aten_matches(backend, device):
+    return flavour_of(backend, device) == ("cuda" if device == "cuda" else "cpu")
+
+
+def learnable(x, scale, zp, axis, group_size, qmin, qmax, gf, rounding="torch"):
+    if axis is None:
+        return qkernels.fake_quantize_learnable_per_tensor_affine(x, scale, zp, qmin, qmax, gf,
+                                                                  zero_point_rounding=rounding)
+    if group_size is None:
+        return qkernels.fake_quantize_learnable_per_channel_affine(x, scale, zp, axis, qmin, qmax, gf,
+                                                                   zero_point_rounding=rounding)
+    return qkernels.fake_quantize_learnable_per_group_affine(x, scale, zp, axis, group_size, qmin, qmax, gf,
+                                                             zero_point_rounding=rounding)
+
+
+def forward_backward(backend, x, scale, zp, dy, axis, group_size, qmin, qmax, gf, rounding="torch"):
+    xs, ss, zs = (t.detach().clone().requires_grad_() for t in (x, scale, zp))
+    with qkernels.use_backend(backend):
+        y = learnable(xs, ss, zs, axis, group_size, qmin, qmax, gf, rounding)
+        y.backward(dy)
+    return y.detach(), xs.grad, ss.grad, zs.grad
+
+
+def assert_sum_close(actual, elements, axis, group_size, what):
+    """actual (a qparam grad) vs the per-element values: within 2x a float32 torch.sum's error (see top)."""
+    shape = actual.shape
+    exact = lref.reduce_to_qparam(elements.double(), axis, group_size, shape)
+    torch_sum = lref.reduce_to_qparam(elements.float(), axis, group_size, shape).double()
+    err_torch = (torch_sum - exact).abs()
+    one_ulp = torch.nextafter(exact.float().abs(), torch.tensor(math.inf)).double() - exact.float().abs().double()
+    bound = 2 * torch.maximum(err_torch, one_ulp)
+    err = (actual.detach().double().cpu() - exact.cpu()).abs()
+    nan = torch.isnan(exact.cpu())
+    assert torch.equal(torch.isnan(actual.detach().cpu()), nan), f"{what}: NaN positions differ"
+    bad = (err > bound.cpu()) & ~nan
+    assert not bool(bad.any()), (f"{what}: {int(bad.sum())} sums outside 2x torch's error; worst "
+                                 f"{float((err - bound.cpu())[bad].max())}")
+
+
+def qparams(shape, qmin, qmax, seed, device, scale_lo=0.01):
+    g = torch.Generator().manual_seed(seed)
+    scale = (torch.rand(shape, generator=g) * 0.5 + scale_lo).to(device)
+    picks = torch.tensor(ODD_ZERO_POINTS)[torch.randint(0, len(ODD_ZERO_POINTS), shape, generator=g)]
+    zp = (picks + torch.randint(qmin, qmax + 1, shape, generator=g) * (qmin < 0)).clamp(qmin - 1, qmax + 1)
+    return scale, zp.to(device)
+
+
+def inputs(seed, shape, scale, zp, axis, group_size, qmin, qmax, dtype, device):
+    """x with ties, boundaries, NaN/inf, laid out around each quantizer's own grid; dy random."""
+    z_mid = int(round(float(zp.float().mean().clamp(qmin, qmax))))
+    u = make_input(seed, shape, 1.0, z_mid, qmin, qmax, torch.float64, "cpu")
+    s = lref.broadcast_qparam(scale.cpu().double(), u, axis, group_size)
+    x = (u * s).to(dtype).to(device)
+    dy = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1)).to(dtype).to(device)
+    return x, dy
+
+
+def check_against_reference(backend, device, x, scale, zp, dy, axis, group_size, qmin, qmax, gf, rounding):
+    flavour = flavour_of(backend, device)
+    y, dx, ds, dz = forward_backward(backend, x, scale, zp, dy, axis, group_size, qmin, qmax, gf, rounding)
+    ry = lref.learnable_forward(x.float(), scale, zp, qmin, qmax, axis=axis, group_size=group_size, flavour=flavour)
+    rdx, rds, rdz = lref.learnable_backward_elements(dy.float(), x.float(), scale, zp, qmin, qmax, gf, axis=axis,
+                                                     group_size=group_size, zero_point_rounding=rounding,
+                                                     flavour=flavour)
+    ulp = ulp_for(backend, device, x.dtype)
+    assert_bitwise_equal(y, ry.to(x.dtype), ulp=ulp, what="output vs reference")
+    assert_bitwise_equal(dx, rdx.to(x.dtype), what="dx vs reference")
+    assert_sum_close(ds, rds, axis, group_size, "dscale vs reference")
+    assert_sum_close(dz, rdz, axis, group_size, "dzero_point vs reference")
+    return y, dx, ds, dz, rds, rdz
+
+
+GRANULARITIES = st.sampled_from(["tensor", "channel", "group"])
+
+
+@pytest.mark.parametrize("device,backend", CASES)
+@given(data=st.data())
+def test_random_against_reference(device, backend, data):
+    dtype = data.draw(st.sampled_from(KERNEL_DTYPES))
+    qmin, qmax = data.draw(st.sampled_from(RANGES))
+    kind = data.draw(GRANULARITIES)
+    shape = data.draw(st.lists(st.integers(1, 9), min_size=1, max_size=4))
+    axis = group_size = None
+    if kind != "tensor":
+        axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    if kind == "group":
+        group_size = data.draw(st.sampled_from([d for d in range(1, shape[axis] + 1) if shape[axis] % d == 0]))
+    qshape = lref.qparam_shape(shape, axis, group_size)
+    scale, zp = qparams(qshape, qmin, qmax, data.draw(st.integers(0, 2**31)), device)
+    x, dy = inputs(data.draw(st.integers(0, 2**31)), shape, scale, zp, axis, group_size, qmin, qmax, dtype, device)
+    gf = data.draw(st.sampled_from([1.0, 0.5, 0.0123]))
+    rounding = data.draw(st.sampled_from(lref.ZERO_POINT_ROUNDINGS))
+    check_against_reference(backend, device, x, scale, zp, dy, axis, group_size, qmin, qmax, gf, rounding)
+
+
+# Triton implements aten-CUDA's rules also on CPU tensors: there it is covered against the reference only.
+@pytest.mark.parametrize("device,backend", [(d, b) for d, b in CASES if aten_matches(b, d)])
+@pytest.mark.parametrize("axis", [None, 0, 1, 2, -1])
+@pytest.mark.parametrize("zero_point", ODD_ZERO_POINTS)
+def test_against_aten_float32(device, backend, axis, zero_point):
+    """Forward and dx bit-exact, dscale/dzero_point within 2x torch's summation error, on the device flavour."""
+    qmin, qmax = -128, 127
+    shape = (6, 5, 7)
+    qshape = (1,) if axis is None else (shape[axis],)
+    scale, _ = qparams(qshape, qmin, qmax, 3, device)
+    zp = torch.full(qshape, zero_point, device=device)
+    x, dy = inputs(11, shape, scale, zp, axis, None, qmin, qmax, torch.float32, device)
+    y, dx, ds, dz, rds, rdz = check_against_reference(backend, device, x, scale, zp, dy, axis, None, qmin, qmax,
+                                                      0.37, "torch")
+    xa, sa, za = (t.detach().clone().requires_grad_() for t in (x, scale, zp))
+    if axis is None:
+        ya = torch._fake_quantize_learnable_per_tensor_affine(xa, sa, za, qmin, qmax, 0.37)
+    else:
+        ya = torch._fake_quantize_learnable_per_channel_affine(xa, sa, za, axis % 3, qmin, qmax, 0.37)  # no negative axis in aten
+    ya.backward(dy)
+    assert_bitwise_equal(y, ya.detach(), what="output vs aten")
+    assert_bitwise_equal(dx, xa.grad, what="dx vs aten")
+    # The reference's per-element values are aten's: aten's own sums pass the same bound.
+    assert_sum_close(sa.grad, rds, axis, None, "aten dscale vs reference elements")
+    assert_sum_close(za.grad, rdz, axis, None, "aten dzero_point vs reference elements")
+
+
+@pytest.mark.parametrize("device,backend", CASES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_against_float32_reference(device, backend, dtype):
+    """fp16/bf16 inputs: the float32 math on the widened values, y narrowed once (torch rejects fp16)."""
+    scale, zp = qparams((8,), -8, 7, 5, device)
+    x, dy = inputs(5, (8, 33), scale, zp, 0, None, -8, 7, dtype, device)
+    y, dx, ds, dz = forward_backward(backend, x, scale, zp, dy, 0, None, -8, 7, 1.0)
+    flavour = flavour_of(backend, device)
+    ry = lref.learnable_forward(x.float(), scale, zp, -8, 7, axis=0, flavour=flavour)
+    rdx, rds, rdz = lref.learnable_backward_elements(dy.float(), x.float(), scale, zp, -8, 7, axis=0,
+                                                     flavour=flavour)
+    assert y.dtype == dtype and dx.dtype == dtype and ds.dtype == torch.float32
+    assert_bitwise_equal(y, ry.to(dtype), ulp=ulp_for(backend, device, dtype), what="output")
+    assert_bitwise_equal(dx, rdx.to(dtype), what="dx")
+    assert_sum_close(ds, rds, 0, None, "dscale")
+    assert_sum_close(dz, rdz, 0, None, "dzero_point")
+
+
+@pytest.mark.parametrize("device,backend", CASES)
+def test_per_group_of_whole_rows_is_per_channel(device, backend):
+    """Groups spanning a whole row of a 2-D tensor are per-channel quantizers along axis 0."""
+    scale, zp = qparams((6,), -8, 7, 9, device)
+    x, dy = inputs(9, (6, 40), scale, zp, 0, None, -8, 7, torch.float32, device)
+    yg, dxg, dsg, dzg = forward_backward(backend, x, scale.view(6, 1), zp.view(6, 1), dy, 1, 40, -8, 7, 0.5)
+    yc, dxc, dsc, dzc = forward_backward(backend, x, scale, zp, dy, 0, None, -8, 7, 0.5)
+    assert_bitwise_equal(yg, yc)
+    assert_bitwise_equal(dxg, dxc)
+    assert_sum_close(dsg.view(6), lref.learnable_backward_elements(
+        dy, x, scale, zp, -8, 7, 0.5, axis=0, flavour=flavour_of(backend, device))[1], 0, None, "dscale")
+
+
+@pytest.mark.parametrize("device,backend", CASES)
+@pytest.mark.parametrize("axis,group_size,shape", [(None, None, (3000, 7)), (0, None, (64, 301)),
+                                                   (1, None, (301, 64)), (1, 32, (97, 128)), (0, 8, (64, 40))])
+def test_qparam_grads_are_deterministic(device, backend, axis, group_size, shape):
+    """Same bits on every run and (CPU) with any thread count: the reduction order is fixed by the shapes."""
+    scale, zp = qparams(lref.qparam_shape(shape, axis, group_size), -128, 127, 1, device)
+    x, dy = inputs(1, shape, scale, zp, axis, group_size, -128, 127, torch.float32, device)
+    first = forward_backward(backend, x, scale, zp, dy, axis, group_size, -128, 127, 1.0)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        again = forward_backward(backend, x, scale, zp, dy, axis, group_size, -128, 127, 1.0)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(first, again):
+        assert_bitwise_equal(a, b)
+
+
+@pytest.mark.parametrize("device,backend", CASES)
+def test_zero_point_rounding_modes(device, backend):
+    """torch: zp 2.5 is 2 forward and 3 backward (aten); consistent: dx's mask is the forward mask."""
+    qmin, qmax, s = -8, 7, 0.25
+    scale, zp = torch.tensor([s], device=device), torch.tensor([2.5], device=device)
+    x = (torch.arange(-12.0, 6.0, 0.5, device=device) * s)  # every level and every tie around the range
+    dy = torch.ones_like(x)
+    _, dx_torch, _, _ = forward_backward(backend, x, scale, zp, dy, None, None, qmin, qmax, 1.0, "torch")
+    _, dx_cons, _, _ = forward_backward(backend, x, scale, zp, dy, None, None, qmin, qmax, 1.0, "consistent")
+    level = torch.round(x / s) + 2  # the forward pass's zero point is rne(2.5) = 2
+    assert torch.equal(dx_cons, ((level >= qmin) & (level <= qmax)).float())
+    assert not torch.equal(dx_torch, dx_cons)  # zb = 3 moves the backward range by one level
+
+
+@pytest.mark.parametrize("device,backend", CASES)
+def test_only_x_needs_grad(device, backend):
+    scale, zp = qparams((5,), -128, 127, 2, device)
+    x, dy = inputs(2, (5, 9), scale, zp, 0, None, -128, 127, torch.float32, device)
+    xs = x.clone().requires_grad_()
+    with qkernels.use_backend(backend):
+        qkernels.fake_quantize_learnable_per_channel_affine(xs, scale, zp, 0, -128, 127).backward(dy)
+        dx, ds, dz = torch.ops.qkernels.fake_quantize_learnable_backward(dy, x, scale, zp, 0, None, -128, 127, 1.0,
+                                                                         "torch", False)
+    _, full_dx, _, _ = forward_backward(backend, x, scale, zp, dy, 0, None, -128, 127, 1.0)
+    assert_bitwise_equal(xs.grad, full_dx)
+    assert_bitwise_equal(dx, full_dx)
+    assert ds.numel() == 0 and dz.numel() == 0
+
+
+@pytest.mark.parametrize("device,backend", CASES)
+def test_layouts_and_edge_shapes(device, backend):
+    """Channels-last and transposed inputs keep their layout; 1-D per-channel gives [C] grads (aten raises);
+    empty inputs give zero grads (aten returns scale and zero_point themselves)."""
+    scale, zp = qparams((4,), -8, 7, 4, device)
+    base, dy = inputs(4, (3, 4, 5, 6), scale, zp, 1, None, -8, 7, torch.float32, device)
+    for x in (base.to(memory_format=torch.channels_last), base.transpose(0, 3).contiguous().transpose(0, 3),
+              base[:, :, ::2]):
+        d = dy[:, :, ::2] if x.shape != base.shape else dy
+        y, dx, ds, dz = forward_backward(backend, x, scale, zp, d, 1, None, -8, 7, 1.0)
+        y0, dx0, ds0, dz0 = forward_backward(backend, x.contiguous(), scale, zp, d.contiguous(), 1, None, -8, 7, 1.0)
+        assert torch.equal(y, y0) and torch.equal(dx, dx0)
+        if x.shape == base.shape:
+            assert y.stride() == x.stride()
+        assert_sum_close(ds, lref.learnable_backward_elements(
+            d, x, scale, zp, -8, 7, axis=1, flavour=flavour_of(backend, device))[1], 1, None, "dscale")
+    x1 = base.flatten()[:4]
+    _, _, ds1, dz1 = forward_backward(backend, x1, scale, zp, dy.flatten()[:4], 0, None, -8, 7, 1.0)
+    assert ds1.shape == (4,) and dz1.shape == (4,)
+    empty = torch.empty(0, 4, device=device)
+    y, dx, ds, dz = forward_backward(backend, empty, scale, zp, empty, 1, None, -8, 7, 1.0)
+    assert y.shape == (0, 4) and torch.equal(ds, torch.zeros_like(scale)) and torch.equal(dz, torch.zeros_like(zp))
+
+
+def test_lsq_grad_factor():
+    assert qkernels.lsq_grad_factor(1000, 127) == 1.0 / math.sqrt(127000)
+    with pytest.raises(ValueError, match="numel > 0"):
+        qkernels.lsq_grad_factor(0, 127)
+
+
+def _op_samples(device):
+    x = torch.randn(3, 8, device=device, requires_grad=True)
+    s = (torch.rand(3, device=device) + 0.1).requires_grad_()
+    zp = torch.tensor([0.4, 1.5, -2.0], device=device, requires_grad=True)
+    one_s, one_z = torch.tensor([0.1], device=device, requires_grad=True), torch.tensor([2.5], device=device)
+    gs, gz = torch.rand(3, 2, device=device) + 0.1, torch.zeros(3, 2, device=device)
+    op, bwd = torch.ops.qkernels.fake_quantize_learnable, torch.ops.qkernels.fake_quantize_learnable_backward
+    yield op, (x, one_s, one_z, None, None, -128, 127, 0.5)
+    yield op, (x, s, zp, 0, None, -128, 127, 1.0, "consistent")
+    yield op, (x, gs.requires_grad_(), gz, 1, 4, 0, 255, 1.0)
+    yield bwd, (torch.randn(3, 8, device=device), x.detach(), s.detach(), zp.detach(), 0, None, -8, 7, 1.0, "torch")
+    yield bwd, (torch.randn(3, 8, device=device), x.detach(), s.detach(), zp.detach(), -2, None, -8, 7, 1.0,
+                "torch", False)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    for op, args in _op_samples(device):
+        torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("device,backend", [(d, b) for d, b in CASES if b != "reference"])
+def test_compile_fullgraph_matches_eager(device, backend):
+    def f(x, s, z, sc, zc, sg, zg):
+        a = qkernels.fake_quantize_learnable_per_tensor_affine(x, s, z, -128, 127, 0.5)
+        b = qkernels.fake_quantize_learnable_per_channel_affine(a * 2, sc, zc, 1, -8, 7)
+        return qkernels.fake_quantize_learnable_per_group_affine(b, sg, zg, 1, 4, 0, 15)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager" if device == "cpu" else "inductor")
+    g = torch.Generator().manual_seed(0)
+    x0 = (torch.randn(6, 8, generator=g) * 0.3).to(device)
+    params = [torch.tensor([0.02]), torch.tensor([1.5]), torch.rand(8, generator=g) + 0.1, torch.zeros(8),
+              torch.rand(6, 2, generator=g) * 0.1 + 0.05, torch.full((6, 2), 3.0)]
+    params = [p.to(device) for p in params]
+    grad = torch.randn(6, 8, generator=g).to(device)
+    with qkernels.use_backend(backend):
+        eager_in = [t.clone().requires_grad_() for t in [x0] + params]
+        comp_in = [t.clone().requires_grad_() for t in [x0] + params]
+        f(*eager_in).backward(grad)
+        compiled(*comp_in).backward(grad)
+    for a, b in zip(eager_in, comp_in):
+        assert_bitwise_equal(b.grad, a.grad)
+
+
+BAD_CALLS = [
+    ("`input` must be float32", lambda x: qkernels.fake_quantize_learnable_per_tensor_affine(
+        x.int(), torch.ones(1), torch.zeros(1), 0, 255)),
+    ("must have exactly one element", lambda x: qkernels.fake_quantize_learnable_per_tensor_affine(
+        x, torch.ones(2), torch.zeros(2), 0, 255)),
+    ("must have the same shape", lambda x: qkernels.fake_quantize_learnable_per_channel_affine(
+        x, torch.ones(4), torch.zeros(3), 0, 0, 255)),
+    ("must be 1-D with 4 elements", lambda x: qkernels.fake_quantize_learnable_per_channel_affine(
+        x, torch.ones(5), torch.zeros(5), 0, 0, 255)),
+    ("`axis` must be in", lambda x: qkernels.fake_quantize_learnable_per_channel_affine(
+        x, torch.ones(4), torch.zeros(4), 2, 0, 255)),
+    (r"`group_size` \(2\) must divide `input.size\(1\)` \(5\)",
+     lambda x: qkernels.fake_quantize_learnable_per_group_affine(x, torch.ones(4, 2), torch.zeros(4, 2), 1, 2, 0,
+                                                                 255)),
+    ("`group_size` must be positive", lambda x: qkernels.fake_quantize_learnable_per_group_affine(
+        x, torch.ones(4, 1), torch.zeros(4, 1), 1, 0, 0, 255)),
+    (r"must have shape \(4, 1\)", lambda x: qkernels.fake_quantize_learnable_per_group_affine(
+        x, torch.ones(4), torch.zeros(4), 1, 5, 0, 255)),
+    ("`quant_min` should be less than or equal to `quant_max`",
+     lambda x: qkernels.fake_quantize_learnable_per_tensor_affine(x, torch.ones(1), torch.zeros(1), 5, 4)),
+    ("the quantization range should include 0",
+     lambda x: qkernels.fake_quantize_learnable_per_tensor_affine(x, torch.ones(1), torch.zeros(1), 1, 4)),
+    ("`scale` must be positive and finite", lambda x: qkernels.fake_quantize_learnable_per_channel_affine(
+        x, torch.tensor([1.0, -1.0, 1.0, 1.0]), torch.zeros(4), 0, 0, 255)),
+    ("`scale` must be a floating-point", lambda x: qkernels.fake_quantize_learnable_per_tensor_affine(
+        x, torch.ones(1, dtype=torch.int32), torch.zeros(1), 0, 255)),
+    ("`grad_factor` must be finite", lambda x: qkernels.fake_quantize_learnable_per_tensor_affine(
+        x, torch.ones(1), torch.zeros(1), 0, 255, math.nan)),
+    ("`zero_point_rounding` must be one of", lambda x: qkernels.fake_quantize_learnable_per_tensor_affine(
+        x, torch.ones(1), torch.zeros(1), 0, 255, zero_point_rounding="nearest")),
+    ("`X` and `dY` are not the same size", lambda x: torch.ops.qkernels.fake_quantize_learnable_backward(
+        x[:2], x, torch.ones(1), torch.zeros(1), None, None, 0, 255, 1.0, "torch")),
+]
+
+
+@pytest.mark.parametrize("match,call", BAD_CALLS, ids=[m for m, _ in BAD_CALLS])
+def test_bad_inputs(match, call):
+    with pytest.raises(RuntimeError, match=match):
+        call(torch.randn(4, 5))
