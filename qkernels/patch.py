@@ -1,8 +1,9 @@
 """Route existing ``torch.fake_quantize_*`` calls to qkernels, and undo it.
 
-``patch_torch()`` replaces the attributes ``torch.fake_quantize_per_tensor_affine`` and
-``torch.fake_quantize_per_channel_affine`` with qkernels' drop-ins, so code that looks them up at call time
-(torch.ao's FakeQuantize modules do) runs on qkernels. Names bound earlier with ``from torch import ...``,
+``patch_torch()`` replaces the attributes ``torch.fake_quantize_per_tensor_affine``,
+``torch.fake_quantize_per_channel_affine``, ``torch._fake_quantize_learnable_per_tensor_affine`` and
+``torch._fake_quantize_learnable_per_channel_affine`` with qkernels' drop-ins, so code that looks them up at
+call time (torch.ao's FakeQuantize and _LearnableFakeQuantize modules do) runs on qkernels. Names bound earlier with ``from torch import ...``,
 TorchScript and C++ callers are not affected. ``unpatch_torch()`` restores the originals; ``patched_torch()``
 is the context-manager form. Patching twice is a no-op.
 """
@@ -13,12 +14,14 @@ import contextlib
 
 import torch
 
-from . import ops
+from . import learnable, ops
 
 # torch attribute -> qkernels replacement
 _TARGETS = {
     "fake_quantize_per_tensor_affine": ops.fake_quantize_per_tensor_affine,
     "fake_quantize_per_channel_affine": ops.fake_quantize_per_channel_affine,
+    "_fake_quantize_learnable_per_tensor_affine": learnable.fake_quantize_learnable_per_tensor_affine,
+    "_fake_quantize_learnable_per_channel_affine": learnable.fake_quantize_learnable_per_channel_affine,
 }
 _originals: dict[str, object] = {}
 
@@ -28,7 +31,7 @@ def is_patched() -> bool:
 
 
 def patch_torch() -> None:
-    """Make ``torch.fake_quantize_per_{tensor,channel}_affine`` run on qkernels until ``unpatch_torch()``."""
+    """Make the torch fake-quant functions listed above run on qkernels until ``unpatch_torch()``."""
     if _originals:
         return
     for name, replacement in _TARGETS.items():

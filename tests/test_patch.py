@@ -59,3 +59,37 @@ def test_patched_torch_context_and_torch_ao_modules(monkeypatch):
     assert not qkernels.patch.is_patched()
     assert counter.n == 2
     assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_patch_routes_learnable_ops_and_torch_ao_learnable_module(monkeypatch):
+    """torch.ao's _LearnableFakeQuantize (per-tensor and per-channel) runs on qkernels under the patch: same
+    output and input gradient bits, qparam gradients equal up to summation order."""
+    from torch.ao.quantization._learnable_fake_quantize import _LearnableFakeQuantize
+
+    counter = CallCounter(monkeypatch)
+    obs = torch.ao.quantization.MovingAverageMinMaxObserver
+    pc_obs = torch.ao.quantization.MovingAveragePerChannelMinMaxObserver
+    modules = [
+        _LearnableFakeQuantize(obs, quant_min=0, quant_max=255, scale=0.05, zero_point=2.5, use_grad_scaling=True),
+        _LearnableFakeQuantize(pc_obs, quant_min=-128, quant_max=127, channel_len=8, ch_axis=1,
+                               qscheme=torch.per_channel_affine, dtype=torch.qint8),
+    ]
+    x = torch.randn(4, 8, 3)
+    for m in modules:
+        m.enable_param_learning()
+        runs = []
+        for patched in (False, True):
+            m.zero_grad()
+            xs = x.clone().requires_grad_()
+            if patched:
+                with qkernels.patched_torch():
+                    y = m(xs)
+            else:
+                y = m(xs)
+            y.backward(torch.ones_like(y))
+            runs.append((y.detach(), xs.grad, m.scale.grad.clone(), m.zero_point.grad.clone()))
+        (y0, dx0, ds0, dz0), (y1, dx1, ds1, dz1) = runs
+        assert torch.equal(y0, y1) and torch.equal(dx0, dx1)
+        torch.testing.assert_close(ds1, ds0, rtol=1e-5, atol=1e-6)  # sums in another order (see test_fake_quant_learnable)
+        torch.testing.assert_close(dz1, dz0, rtol=1e-5, atol=1e-6)
+    assert counter.n == 4  # one forward and one backward per patched module call
