@@ -1,0 +1,187 @@
+"""Pure-PyTorch reference of the fused moving-average observer + fake quantization: the spec of
+``torch.fused_moving_avg_obs_fake_quant`` (and of the unfused torch.ao observer it approximates).
+
+One step, with ``c = averaging_const`` (float32) and flags read as "on" when nonzero:
+
+1. Observer (``observer_on``): the current min/max of x (per tensor, or per channel along ``ch_axis``) update
+   the running ones in place, ``r = isinf(r) ? cur : r + c * (cur - r)`` in float32 with two roundings,
+   element by element (so a never-observed ``(+inf, -inf)`` channel takes the current values).
+2. Qparams, written into ``scale``/``zero_point``:
+   ``qparams="fused"`` (torch's fused op): recomputed whenever ``fake_quant_on``, even with the observer off
+   (overwriting manually set buffers), with FBGEMM's ``ChooseQuantizationParams`` (float and double
+   arithmetic below; ``flavour`` "cpu" with the 6.1e-5 small-scale floor, "cuda" without);
+   ``qparams="observer"`` (the unfused ``FakeQuantize(MovingAverage*MinMaxObserver)``): recomputed whenever
+   ``observer_on``, with torch.ao's ``_calculate_qparams`` (float32, ``eps`` floor). The running min/max
+   follow the rule of step 1 in both modes; torch.ao's observers differ only when exactly one of a running
+   pair is infinite (they re-initialise a per-tensor pair only when both are, a per-channel one never).
+3. Fake quantization with those qparams (``qkernels.reference.fake_quant``: per-tensor rules, or per-channel
+   int-zero-point rules on ``ch_axis``); with ``fake_quant_on`` off, ``y = x``.
+
+FBGEMM ``ChooseQuantizationParams(min, max, qmin, qmax, preserve_sparsity=symmetric)``, per quantizer:
+
+    if symmetric and min < 0 < max:                      # only then; [0.5, 3] stays affine
+        n = qmax - qmin; smin = -(n // 2 + 1); smax = n // 2
+        m = max(|min / smin|, |max / smax|)   (float);  min = m * smin; max = m * smax
+    min = min(min, 0); max = max(max, 0)
+    scale = float((double(max) - min) / (qmax - qmin)); scale = 0.1 if scale == 0 or 1 / scale is inf
+    cpu: if scale < 6.1e-5: rescale min/max to the floor 6.1e-5 (see _small_scale_floor)
+    z_min = qmin - min / double(scale); z_max = qmax - max / double(scale)
+    z0 = z_min if |qmin| + |min / scale| < |qmax| + |max / scale| else z_max   (double)
+    symmetric and min < 0 < max: z0 = (qmin + qmax) / 2
+    zero_point = qmin if z0 < qmin, qmax if z0 > qmax, else int32(rne(z0))
+
+Shapes: running_min/max float32, 0-dim or [1] per tensor, [C] per channel (an empty [0] buffer is resized
+and filled with +-inf first, as torch does); scale float32 and zero_point int32 of the same length.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .fake_quant import default_flavour, fake_quant_per_channel, fake_quant_per_tensor
+
+__all__ = [
+    "QPARAMS_MODES",
+    "SMALL_SCALE",
+    "update_running",
+    "choose_qparams_fused",
+    "choose_qparams_observer",
+    "fused_moving_avg_obs_fake_quant",
+]
+
+QPARAMS_MODES = ("fused", "observer")
+SMALL_SCALE = float(torch.tensor(6.1e-5, dtype=torch.float32))  # FBGEMM's SMALL_SCALE_THRESHOLD as a float
+_F32_EPS = torch.finfo(torch.float32).eps
+
+
+def update_running(running: torch.Tensor, cur: torch.Tensor, averaging_const: float) -> torch.Tensor:
+    """``isinf(r) ? cur : r + c * (cur - r)`` in float32 (two roundings, no FMA)."""
+    c = torch.tensor(averaging_const, dtype=torch.float32, device=running.device)
+    return torch.where(torch.isinf(running), cur, running + c * (cur - running))
+
+
+def _small_scale_floor(scale, mn, mx, quant_min, quant_max):
+    """FBGEMM's CPU floor: scales below 6.1e-5 become 6.1e-5, and min/max are widened to match."""
+    small = scale < SMALL_SCALE
+    width = quant_max - quant_min
+    floor = torch.full_like(scale, SMALL_SCALE)
+    ratio = floor / scale
+    new_mx = torch.where(mn == 0, floor * width, torch.where(mx == 0, mx, mx * ratio))
+    new_mn = torch.where(mn == 0, mn, torch.where(mx == 0, -floor * width, mn * ratio))
+    return (torch.where(small, floor, scale), torch.where(small, new_mn, mn), torch.where(small, new_mx, mx))
+
+
+def choose_qparams_fused(min_val, max_val, quant_min: int, quant_max: int, symmetric: bool,
+                         flavour: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(float32 scale, int32 zero point) of torch's fused op for float32 min/max tensors (any shape)."""
+    mn, mx = min_val.float(), max_val.float()
+    sym = (mn < 0) & (mx > 0) if symmetric else torch.zeros_like(mn, dtype=torch.bool)
+    if symmetric:
+        n = quant_max - quant_min
+        smin, smax = float(-(n // 2 + 1)), float(n // 2)
+        m = torch.maximum((mn / smin).abs(), (mx / smax).abs())
+        mn = torch.where(sym, m * smin, mn)
+        mx = torch.where(sym, m * smax, mx)
+    mn = torch.minimum(mn, torch.zeros_like(mn))
+    mx = torch.maximum(mx, torch.zeros_like(mx))
+    scale = ((mx.double() - mn.double()) / (quant_max - quant_min)).float()
+    scale = torch.where((scale == 0) | torch.isinf(1.0 / scale), torch.full_like(scale, 0.1), scale)
+    if flavour == "cpu":
+        scale, mn, mx = _small_scale_floor(scale, mn, mx, quant_min, quant_max)
+    sd, mnd, mxd = scale.double(), mn.double(), mx.double()
+    z_min = quant_min - mnd / sd
+    z_max = quant_max - mxd / sd
+    from_min = (abs(quant_min) + (mnd / sd).abs()) < (abs(quant_max) + (mxd / sd).abs())
+    z0 = torch.where(from_min, z_min, z_max)
+    z0 = torch.where(sym, torch.full_like(z0, (quant_min + quant_max) / 2), z0)
+    zp = torch.where(z0 < quant_min, torch.full_like(z0, quant_min),
+                     torch.where(z0 > quant_max, torch.full_like(z0, quant_max), torch.round(z0)))
+    return scale, zp.to(torch.int32)
+
+
+def choose_qparams_observer(min_val, max_val, quant_min: int, quant_max: int, symmetric: bool, *,
+                            eps: float = _F32_EPS, symmetric_zero_point: int = 0,
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float32 scale, int32 zero point) of torch.ao's observers (``_calculate_qparams``). Never-observed
+    stats (+inf, -inf) give (1.0, 0). ``symmetric_zero_point``: the observer's choice for symmetric schemes
+    (0 for signed dtypes, 128 for quint8's default range, (qmin + qmax) // 2 for a custom unsigned range)."""
+    mn, mx = min_val.float(), max_val.float()
+    unset = torch.isposinf(mn) & torch.isneginf(mx)
+    minn = torch.minimum(mn, torch.zeros_like(mn))
+    maxp = torch.maximum(mx, torch.zeros_like(mx))
+    eps_t = torch.tensor(eps, dtype=torch.float32, device=mn.device)
+    if symmetric:
+        scale = torch.maximum(torch.maximum(-minn, maxp) / (float(quant_max - quant_min) / 2), eps_t)
+        zp = torch.full_like(mn, symmetric_zero_point, dtype=torch.int32)
+    else:
+        scale = torch.maximum((maxp - minn) / float(quant_max - quant_min), eps_t)
+        zp = (quant_min - torch.round(minn / scale).to(torch.int32)).clamp(quant_min, quant_max).to(torch.int32)
+    scale = torch.where(unset, torch.ones_like(scale), scale)
+    zp = torch.where(unset, torch.zeros_like(zp), zp)
+    return scale, zp
+
+
+def _channel_rows(x: torch.Tensor, ch_axis: int) -> torch.Tensor:
+    return x.movedim(ch_axis, 0).reshape(x.size(ch_axis), -1)
+
+
+def fused_moving_avg_obs_fake_quant(
+    x: torch.Tensor,
+    observer_on,
+    fake_quant_on,
+    running_min: torch.Tensor,
+    running_max: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    averaging_const: float,
+    quant_min: int,
+    quant_max: int,
+    ch_axis: int,
+    per_row_fake_quant: bool = False,
+    symmetric_quant: bool = False,
+    *,
+    qparams: str = "fused",
+    eps: float = _F32_EPS,
+    symmetric_zero_point: int = 0,
+    flavour: str | None = None,
+) -> torch.Tensor:
+    """One observer + fake-quant step; updates running_min/max, scale and zero_point in place and returns y.
+    The flags are bools or one-element tensors (nonzero = on). See the module docstring."""
+    if qparams not in QPARAMS_MODES:
+        raise ValueError(f"qparams must be one of {QPARAMS_MODES}, got {qparams!r}")
+    flavour = flavour or default_flavour(x)
+    if x.numel() == 0:
+        return x.clone()
+    on = (lambda f: bool(f.reshape(-1)[0] != 0) if isinstance(f, torch.Tensor) else bool(f))
+    if per_row_fake_quant:
+        channels = x.size(ch_axis)
+        if running_min.numel() == 0:
+            running_min.resize_(channels).fill_(float("inf"))
+            running_max.resize_(channels).fill_(float("-inf"))
+            scale.resize_(channels)
+            zero_point.resize_(channels)
+    if on(observer_on):
+        if per_row_fake_quant:
+            cur_min, cur_max = torch.aminmax(_channel_rows(x.detach().float(), ch_axis), dim=1)
+        else:
+            cur_min, cur_max = torch.aminmax(x.detach().float())
+        running_min.copy_(update_running(running_min, cur_min.reshape(running_min.shape), averaging_const))
+        running_max.copy_(update_running(running_max, cur_max.reshape(running_max.shape), averaging_const))
+    if qparams == "fused" and on(fake_quant_on):
+        s, z = choose_qparams_fused(running_min, running_max, quant_min, quant_max, symmetric_quant, flavour)
+        scale.copy_(s.reshape(scale.shape))
+        zero_point.copy_(z.reshape(zero_point.shape))
+    elif qparams == "observer" and on(observer_on):
+        s, z = choose_qparams_observer(running_min, running_max, quant_min, quant_max, symmetric_quant, eps=eps,
+                                       symmetric_zero_point=symmetric_zero_point)
+        scale.copy_(s.reshape(scale.shape))
+        zero_point.copy_(z.reshape(zero_point.shape))
+    if not on(fake_quant_on):
+        return x.clone()
+    if per_row_fake_quant:
+        y, _ = fake_quant_per_channel(x, scale.reshape(-1), zero_point.reshape(-1).to(torch.int32), ch_axis,
+                                      quant_min, quant_max, flavour=flavour)
+    else:
+        y, _ = fake_quant_per_tensor(x, scale.reshape(-1)[0], zero_point.reshape(-1)[0], quant_min, quant_max,
+                                     flavour=flavour)
+    return y
