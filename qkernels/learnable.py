@@ -180,9 +180,8 @@ def _backward_impl(grad, self, scale, zero_point, axis, group_size, quant_min, q
         _fail(f"`X` and `dY` are not the same size: `X` has shape {tuple(self.shape)} and `dY` "
               f"{tuple(grad.shape)}")
     x, dx, dims = _layout(self, axis, group_size)
-    ds, dz = _qgrad_like(scale, need_qgrads), _qgrad_like(zero_point, need_qgrads)
     if x.numel() == 0:
-        return dx, ds, dz
+        return dx, _qgrad_like(scale, need_qgrads), _qgrad_like(zero_point, need_qgrads)
     dy = grad if grad.stride() == x.stride() and grad.dtype == x.dtype else (
         torch.empty_like(x).copy_(grad))
     if zero_point_rounding == "consistent":
@@ -191,13 +190,18 @@ def _backward_impl(grad, self, scale, zero_point, axis, group_size, quant_min, q
         rule = _RULE_TORCH_PER_TENSOR if axis is None else _RULE_TORCH
     s, z = _flat_qparams(scale, zero_point)
     flavour = _flavour(x)
-    ds_part, dz_part = backends.select(x, quant_min, quant_max, _FAMILY).learnable_backward(
+    partials = backends.select(x, quant_min, quant_max, _FAMILY).learnable_backward(
         dy, x, dx, s, z, dims, quant_min, quant_max, grad_factor, flavour, rule, uses_fma(flavour, torch.float32),
         need_qgrads)
-    if need_qgrads:  # the partials are few: summing them in float64 keeps the result close to exact
-        ds.copy_(ds_part.double().sum(1).view(scale.shape))
-        dz.copy_(dz_part.double().sum(1).view(zero_point.shape))
-    return dx, ds, dz
+    if not need_qgrads:
+        return dx, _qgrad_like(scale, False), _qgrad_like(zero_point, False)
+    # [2, B, P, C] -> [2, B, C]: the partials are few, and summing them in float64 keeps the result close to
+    # exact; one reduction serves both gradients (each launch costs host time on a GPU). The casts copy, so
+    # the two outputs do not alias each other.
+    sums = partials.sum(2, dtype=torch.float64)
+    grads = [sums[i].to(t.dtype if t.is_floating_point() else torch.float32, copy=True).view(t.shape)
+             for i, t in enumerate((scale, zero_point))]
+    return dx, grads[0], grads[1]
 
 
 def _backward_fake(grad, self, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor,

@@ -307,21 +307,16 @@ def learnable_forward(x, out, scale, zero_point, dims, quant_min, quant_max, fla
 def learnable_backward(dy, x, dx, scale, zero_point, dims, quant_min, quant_max, grad_factor, flavour, rule,
                        use_fma, need_qgrads):
     """Writes dx = dy * inside (dy, x, dx: one dtype and dense layout) and, if need_qgrads, returns float32
-    partials (ds, dz) of shape [B, P, C] whose sums over dim 1 are dscale and dzero_point per quantizer
-    (P >= 1 depends only on dims); otherwise (None, None). rule: 0 TorchPerTensor, 1 Torch, 2 Consistent.
+    partials of shape [2, B, P, C] (ds, then dz) whose sums over dim 2 are dscale and dzero_point per
+    quantizer (P >= 1 depends only on dims); otherwise None. rule: 0 TorchPerTensor, 1 Torch, 2 Consistent.
     flavour is ignored, as in learnable_forward."""
     B, _, C, _ = dims
     if x.numel() == 0:
-        if not need_qgrads:
-            return None, None
-        zeros = torch.zeros((B, 1, C), dtype=torch.float32, device=x.device)
-        return zeros, zeros.clone()
+        return torch.zeros((2, B, 1, C), dtype=torch.float32, device=x.device) if need_qgrads else None
     plan = _plan(dims)
-    ds = dz = None
-    if need_qgrads:
-        ds = torch.empty((B, plan[4], C), dtype=torch.float32, device=x.device)
-        dz = torch.empty_like(ds)
+    partials = torch.empty((2, B, plan[4], C), dtype=torch.float32, device=x.device) if need_qgrads else None
+    ds, dz = (partials[0], partials[1]) if need_qgrads else (None, None)
     _launch(plan, x, dy, dx, scale, zero_point, ds, dz, quant_min, quant_max, grad_factor,
             FORWARD=False, FLOAT_LEVEL=rule == _CONSISTENT, RULE=int(rule), USE_FMA=bool(use_fma),
             NEED_Q=bool(need_qgrads))
-    return ds, dz
+    return partials

@@ -59,20 +59,20 @@ void learnable_forward_cpu(const at::Tensor& x, at::Tensor& out, const at::Tenso
   at::parallel_for(0, dims.numel(), kGrain, [&](int64_t b, int64_t e) { cpu::fake_quant_learnable_forward(p, b, e); });
 }
 
-std::tuple<at::Tensor, at::Tensor> learnable_backward_cpu(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx,
+at::Tensor learnable_backward_cpu(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx,
                                                           const at::Tensor& scale, const at::Tensor& zero_point,
                                                           int64_t B, int64_t O, int64_t C, int64_t I,
                                                           int64_t quant_min, int64_t quant_max, double grad_factor,
                                                           int64_t flavour, int64_t rule, bool use_fma,
                                                           bool need_qgrads) {
   const LearnableDims dims = glue::learnable_dims(x, scale, zero_point, B, O, C, I);
-  at::Tensor ds, dz;
+  at::Tensor partials;
   const LearnableBackwardParams p =
       glue::learnable_backward_params(dy, x, dx, scale, zero_point, dims, quant_min, quant_max, grad_factor, flavour,
-                                      rule, use_fma, need_qgrads, kLearnableItem, ds, dz);
+                                      rule, use_fma, need_qgrads, kLearnableItem, partials);
   at::parallel_for(0, cpu::learnable_backward_items(p), 1,
                    [&](int64_t b, int64_t e) { cpu::fake_quant_learnable_backward(p, b, e); });
-  return {ds, dz};
+  return partials;
 }
 
 }  // namespace

@@ -60,7 +60,7 @@ void learnable_forward_cuda(const at::Tensor& x, at::Tensor& out, const at::Tens
   check_launch(cuda::fake_quant_learnable_forward(p, current_stream()));
 }
 
-std::tuple<at::Tensor, at::Tensor> learnable_backward_cuda(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx,
+at::Tensor learnable_backward_cuda(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx,
                                                            const at::Tensor& scale, const at::Tensor& zero_point,
                                                            int64_t B, int64_t O, int64_t C, int64_t I,
                                                            int64_t quant_min, int64_t quant_max, double grad_factor,
@@ -69,12 +69,12 @@ std::tuple<at::Tensor, at::Tensor> learnable_backward_cuda(const at::Tensor& dy,
   check_cuda_flavour(flavour);
   const c10::cuda::CUDAGuard guard(x.device());
   const LearnableDims dims = glue::learnable_dims(x, scale, zero_point, B, O, C, I);
-  at::Tensor ds, dz;
+  at::Tensor partials;
   const LearnableBackwardParams p =
       glue::learnable_backward_params(dy, x, dx, scale, zero_point, dims, quant_min, quant_max, grad_factor, flavour,
-                                      rule, use_fma, need_qgrads, kLearnableItem, ds, dz);
+                                      rule, use_fma, need_qgrads, kLearnableItem, partials);
   check_launch(cuda::fake_quant_learnable_backward(p, current_stream()));
-  return {ds, dz};
+  return partials;
 }
 
 }  // namespace

@@ -154,14 +154,14 @@ inline LearnableForwardParams learnable_forward_params(const at::Tensor& x, at::
   return p;
 }
 
-// Also allocates the partial sums ([B, P, C] float32 each; empty when the qparams need no gradient).
+// Also allocates the partial sums: one float32 tensor [2, B, P, C] (ds, then dz; empty when the qparams need
+// no gradient), so that one reduction and one cast give both gradients.
 inline LearnableBackwardParams learnable_backward_params(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx,
                                                          const at::Tensor& scale, const at::Tensor& zero_point,
                                                          const LearnableDims& dims, int64_t quant_min,
                                                          int64_t quant_max, double grad_factor, int64_t flavour,
                                                          int64_t rule, bool use_fma, bool need_qgrads,
-                                                         int64_t target, at::Tensor& ds_partial,
-                                                         at::Tensor& dz_partial) {
+                                                         int64_t target, at::Tensor& partials) {
   check_pair(x, dx);
   check_pair(x, dy);
   TORCH_CHECK(rule >= 0 && rule <= 2, "qkernels: zero-point rule must be 0, 1 or 2");
@@ -180,11 +180,10 @@ inline LearnableBackwardParams learnable_backward_params(const at::Tensor& dy, c
   p.grad_factor = static_cast<float>(grad_factor);
   p.rule = static_cast<ZpRule>(rule);
   p.use_fma = use_fma;
-  const auto shape = need_qgrads ? std::vector<int64_t>{dims.B, p.blocks.P, dims.C} : std::vector<int64_t>{0};
-  ds_partial = at::empty(shape, x.options().dtype(at::kFloat));
-  dz_partial = at::empty(shape, x.options().dtype(at::kFloat));
-  p.ds_partial = need_qgrads ? ds_partial.data_ptr<float>() : nullptr;
-  p.dz_partial = need_qgrads ? dz_partial.data_ptr<float>() : nullptr;
+  const auto shape = need_qgrads ? std::vector<int64_t>{2, dims.B, p.blocks.P, dims.C} : std::vector<int64_t>{0};
+  partials = at::empty(shape, x.options().dtype(at::kFloat));
+  p.ds_partial = need_qgrads ? partials.data_ptr<float>() : nullptr;
+  p.dz_partial = need_qgrads ? partials.data_ptr<float>() + dims.B * p.blocks.P * dims.C : nullptr;
   return p;
 }
 
@@ -203,7 +202,7 @@ inline LearnableBackwardParams learnable_backward_params(const at::Tensor& dy, c
   m.def("_fake_quant_learnable_backward_" suffix                                                                \
         "(Tensor dy, Tensor x, Tensor(a!) dx, Tensor scale, Tensor zero_point, int B, int O, int C, int I, "       \
         "int quant_min, int quant_max, float grad_factor, int flavour, int rule, bool use_fma, bool need_qgrads) " \
-        "-> (Tensor, Tensor)")
+        "-> Tensor")
 
 }  // namespace glue
 }  // namespace qkernels
