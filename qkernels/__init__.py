@@ -5,6 +5,7 @@ Drop-in fake-quant ops with PyTorch's exact numerics (see README, "Numerics cont
     qkernels.fake_quantize_per_tensor_affine(x, scale, zero_point, quant_min, quant_max)
     qkernels.fake_quantize_per_channel_affine(x, scale, zero_point, axis, quant_min, quant_max)
     qkernels.fake_quantize_learnable_per_{tensor,channel,group}_affine(...)   (LSQ: learnable scale/zero point)
+    qkernels.fused_moving_avg_obs_fake_quant(...)                               (observer + fake quant)
 
 Backends are chosen per call (``QKERNELS_BACKEND`` or ``qkernels.use_backend``); ``qkernels.patch_torch()``
 routes existing ``torch.fake_quantize_*`` calls here. ``python -m qkernels.info`` tells what is live.
@@ -26,6 +27,7 @@ from .ops import (  # noqa: E402
     fake_quantize_per_tensor_affine_cachemask,
     packed_masks,
 )
+from .fused_observer import fused_moving_avg_obs_fake_quant  # noqa: E402
 from .learnable import (  # noqa: E402
     fake_quantize_learnable_per_channel_affine,
     fake_quantize_learnable_per_group_affine,
@@ -52,6 +54,7 @@ __all__ = [
     "fake_quantize_learnable_per_channel_affine",
     "fake_quantize_learnable_per_group_affine",
     "lsq_grad_factor",
+    "fused_moving_avg_obs_fake_quant",
     "patch_torch",
     "unpatch_torch",
     "patched_torch",

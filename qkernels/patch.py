@@ -1,10 +1,11 @@
 """Route existing ``torch.fake_quantize_*`` calls to qkernels, and undo it.
 
 ``patch_torch()`` replaces the attributes ``torch.fake_quantize_per_tensor_affine``,
-``torch.fake_quantize_per_channel_affine``, ``torch._fake_quantize_learnable_per_tensor_affine`` and
-``torch._fake_quantize_learnable_per_channel_affine`` with qkernels' drop-ins, so code that looks them up at
-call time (torch.ao's FakeQuantize and _LearnableFakeQuantize modules do) runs on qkernels. Names bound earlier with ``from torch import ...``,
-TorchScript and C++ callers are not affected. ``unpatch_torch()`` restores the originals; ``patched_torch()``
+``torch.fake_quantize_per_channel_affine``, ``torch._fake_quantize_learnable_per_tensor_affine``,
+``torch._fake_quantize_learnable_per_channel_affine`` and ``torch.fused_moving_avg_obs_fake_quant`` with
+qkernels' drop-ins, so code that looks them up at call time (torch.ao's FakeQuantize,
+FusedMovingAvgObsFakeQuantize and _LearnableFakeQuantize modules do) runs on qkernels. Names bound earlier
+with ``from torch import ...``, TorchScript and C++ callers are not affected. ``unpatch_torch()`` restores the originals; ``patched_torch()``
 is the context-manager form. Patching twice is a no-op.
 """
 
@@ -14,7 +15,7 @@ import contextlib
 
 import torch
 
-from . import learnable, ops
+from . import fused_observer, learnable, ops
 
 # torch attribute -> qkernels replacement
 _TARGETS = {
@@ -22,6 +23,7 @@ _TARGETS = {
     "fake_quantize_per_channel_affine": ops.fake_quantize_per_channel_affine,
     "_fake_quantize_learnable_per_tensor_affine": learnable.fake_quantize_learnable_per_tensor_affine,
     "_fake_quantize_learnable_per_channel_affine": learnable.fake_quantize_learnable_per_channel_affine,
+    "fused_moving_avg_obs_fake_quant": fused_observer.fused_moving_avg_obs_fake_quant,
 }
 _originals: dict[str, object] = {}
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
 
+import qkernels
 from qkernels.reference import fused_observer as ref
 
 FLAGS = [(1, 1), (1, 1), (0, 1), (1, 0), (1, 1), (0, 0), (1, 1)]  # (observer_on, fake_quant_on) per step
@@ -116,3 +117,124 @@ def test_empty_input_and_bad_mode():
     with pytest.raises(ValueError, match="qparams must be one of"):
         ref.fused_moving_avg_obs_fake_quant(torch.ones(2), 1, 1, *fresh_state(False), 0.1, 0, 255, 0,
                                             qparams="minmax")
+
+
+# ------------------------------------------------------------------------------------------------------
+# The qkernels op
+# ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("per_row", [False, True])
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("quant_min,quant_max", RANGES)
+def test_op_matches_torch_fused_op(per_row, symmetric, quant_min, quant_max):
+    torch_state, our_state = fresh_state(per_row), fresh_state(per_row)
+    for step, (observe, fake_quant) in enumerate(FLAGS):
+        x = step_input(step)
+        flags = torch.tensor([observe]), torch.tensor([fake_quant])
+        want = torch.fused_moving_avg_obs_fake_quant(x, *flags, *torch_state, 0.1, quant_min, quant_max, 0, per_row,
+                                                     symmetric)
+        got = qkernels.fused_moving_avg_obs_fake_quant(x, *flags, *our_state, 0.1, quant_min, quant_max, 0, per_row,
+                                                       symmetric)
+        for name, a, b in zip(("y", "running_min", "running_max", "scale", "zero_point"), [got] + our_state,
+                              [want] + torch_state):
+            assert a.dtype == b.dtype and torch.equal(a, b), f"step {step}: {name} differs"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("ch_axis", [1, -1])
+@pytest.mark.parametrize("qparams", ref.QPARAMS_MODES)
+def test_op_any_axis_and_dtype_against_reference(dtype, ch_axis, qparams):
+    """torch's op takes float32 and (on the CPU) axis 0 only; qkernels any axis and fp16/bf16 (math in fp32)."""
+    our_state, ref_state = fresh_state(True), fresh_state(True)
+    for step, (observe, fake_quant) in enumerate(FLAGS):
+        x = step_input(step).to(dtype)
+        flags = torch.tensor([observe]), torch.tensor([fake_quant])
+        got = qkernels.fused_moving_avg_obs_fake_quant(x, *flags, *our_state, 0.1, -128, 127, ch_axis, True, True,
+                                                       qparams=qparams)
+        want = ref.fused_moving_avg_obs_fake_quant(x, *flags, *ref_state, 0.1, -128, 127, ch_axis, True, True,
+                                                   qparams=qparams)
+        assert got.dtype == dtype and torch.equal(got, want), f"step {step}"
+        assert all(torch.equal(a, b) for a, b in zip(our_state, ref_state)), f"step {step}: state"
+
+
+def test_op_gradient_is_the_straight_through_mask():
+    state = fresh_state(False)
+    x = step_input(1).requires_grad_()
+    y = qkernels.fused_moving_avg_obs_fake_quant(x, torch.tensor([1]), torch.tensor([1]), *state, 1.0, 0, 15, 0)
+    y.backward(torch.ones_like(y))
+    q = torch.round(x.detach() / state[2]) + state[3]
+    assert torch.equal(x.grad, ((q >= 0) & (q <= 15)).float())
+
+
+def test_compile_fullgraph_matches_eager():
+    def step(x, observe, fake_quant, *state):
+        return qkernels.fused_moving_avg_obs_fake_quant(x, observe, fake_quant, *state, 0.1, -128, 127, 1, True, True)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    sized = [torch.full((6,), math.inf), torch.full((6,), -math.inf), torch.ones(6), torch.zeros(6, dtype=torch.int32)]
+    eager_state, comp_state = [t.clone() for t in sized], [t.clone() for t in sized]
+    for i, (observe, fake_quant) in enumerate(FLAGS):
+        x = step_input(i)
+        flags = torch.tensor([observe]), torch.tensor([fake_quant])
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = step(xa, *flags, *eager_state), compiled(xb, *flags, *comp_state)
+        ya.sum().backward()
+        yb.sum().backward()
+        assert torch.equal(ya, yb) and torch.equal(xa.grad, xb.grad), f"step {i}"
+        assert all(torch.equal(a, b) for a, b in zip(eager_state, comp_state)), f"step {i}: state"
+
+
+def test_opcheck_update():
+    args = (torch.randn(3, 4), torch.tensor([1]), torch.tensor([1]), torch.full((4,), math.inf),
+            torch.full((4,), -math.inf), torch.ones(4), torch.zeros(4, dtype=torch.int32), 0.1, 0, 255, 1, True, False,
+            "fused", 1e-7, 0)
+    torch.library.opcheck(torch.ops.qkernels._fused_observer_update, args)
+
+
+def test_patch_routes_fused_module():
+    """torch.ao's FusedMovingAvgObsFakeQuantize (per-tensor and per-channel) runs on qkernels under the patch."""
+    import torch.ao.quantization as tq
+
+    for make in (tq.default_fused_act_fake_quant, tq.default_fused_per_channel_wt_fake_quant):
+        stock, patched = make(), make()
+        for step in range(4):
+            x = step_input(step, (5, 8))
+            want = stock(x)
+            with qkernels.patched_torch():
+                got = patched(x)
+            assert torch.equal(got, want), f"step {step}"
+            assert all(torch.equal(a, b) for a, b in zip(patched.state_dict().values(), stock.state_dict().values()))
+
+
+BAD = [
+    ("`observer_on` must be a one-element", dict(observer_on=torch.tensor([1, 1]))),
+    ("`running_min` must be float32", dict(running_min=torch.tensor(math.inf, dtype=torch.float64))),
+    ("`zero_point` must be int32 or int64", dict(zero_point=torch.zeros(1))),
+    ("`qparams` must be one of", dict(qparams="minmax")),
+    (r"`scale` must have 1 element\(s\) for per-tensor", dict(scale=torch.ones(2))),
+    ("`ch_axis` must be in", dict(ch_axis=3, per_row_fake_quant=True, running_min=torch.full((3,), math.inf),
+                                  running_max=torch.full((3,), -math.inf), scale=torch.ones(3),
+                                  zero_point=torch.zeros(3, dtype=torch.int32))),
+    ("`quant_min` should be less than or equal", dict(quant_min=5, quant_max=4)),
+]
+
+
+@pytest.mark.parametrize("match,override", BAD, ids=[m for m, _ in BAD])
+def test_op_bad_inputs(match, override):
+    args = dict(observer_on=torch.tensor([1]), fake_quant_on=torch.tensor([1]), running_min=torch.tensor(math.inf),
+                running_max=torch.tensor(-math.inf), scale=torch.ones(1), zero_point=torch.zeros(1, dtype=torch.int32),
+                averaging_const=0.1, quant_min=0, quant_max=255, ch_axis=0)
+    args.update(override)
+    with pytest.raises(RuntimeError, match=match):
+        qkernels.fused_moving_avg_obs_fake_quant(torch.randn(3, 4), **args)
+
+
+@pytest.mark.parametrize("flag", [0.5, 2.0, -1.0, 0.0])
+def test_flags_truncate_toward_zero_like_torch_cpu(flag):
+    """torch's CPU op reads the flags with .item().toInt(): 0.5 is off, 2 and -1 are on."""
+    torch_state, our_state = fresh_state(False), fresh_state(False)
+    x = step_input(2)
+    flags = torch.tensor([flag]), torch.tensor([flag])
+    want = torch.fused_moving_avg_obs_fake_quant(x, *flags, *torch_state, 0.1, 0, 255, 0)
+    got = qkernels.fused_moving_avg_obs_fake_quant(x, *flags, *our_state, 0.1, 0, 255, 0)
+    assert torch.equal(got, want) and all(torch.equal(a, b) for a, b in zip(our_state, torch_state))

@@ -44,6 +44,8 @@ __all__ = [
     "QPARAMS_MODES",
     "SMALL_SCALE",
     "update_running",
+    "channel_rows",
+    "flag_is_on",
     "choose_qparams_fused",
     "choose_qparams_observer",
     "fused_moving_avg_obs_fake_quant",
@@ -121,8 +123,17 @@ def choose_qparams_observer(min_val, max_val, quant_min: int, quant_max: int, sy
     return scale, zp
 
 
-def _channel_rows(x: torch.Tensor, ch_axis: int) -> torch.Tensor:
+def channel_rows(x: torch.Tensor, ch_axis: int) -> torch.Tensor:
+    """x as [C, elements per channel], C = x.size(ch_axis)."""
     return x.movedim(ch_axis, 0).reshape(x.size(ch_axis), -1)
+
+
+def flag_is_on(flag) -> bool:
+    """A bool, or a one-element tensor that is nonzero after truncation toward zero (torch's CPU reading)."""
+    if not isinstance(flag, torch.Tensor):
+        return bool(flag)
+    v = flag.reshape(-1)[0]
+    return bool((v.trunc() if v.is_floating_point() else v) != 0)
 
 
 def fused_moving_avg_obs_fake_quant(
@@ -146,13 +157,12 @@ def fused_moving_avg_obs_fake_quant(
     flavour: str | None = None,
 ) -> torch.Tensor:
     """One observer + fake-quant step; updates running_min/max, scale and zero_point in place and returns y.
-    The flags are bools or one-element tensors (nonzero = on). See the module docstring."""
+    The flags are bools or one-element tensors (``flag_is_on``). See the module docstring."""
     if qparams not in QPARAMS_MODES:
         raise ValueError(f"qparams must be one of {QPARAMS_MODES}, got {qparams!r}")
     flavour = flavour or default_flavour(x)
     if x.numel() == 0:
         return x.clone()
-    on = (lambda f: bool(f.reshape(-1)[0] != 0) if isinstance(f, torch.Tensor) else bool(f))
     if per_row_fake_quant:
         channels = x.size(ch_axis)
         if running_min.numel() == 0:
@@ -160,23 +170,23 @@ def fused_moving_avg_obs_fake_quant(
             running_max.resize_(channels).fill_(float("-inf"))
             scale.resize_(channels)
             zero_point.resize_(channels)
-    if on(observer_on):
+    if flag_is_on(observer_on):
         if per_row_fake_quant:
-            cur_min, cur_max = torch.aminmax(_channel_rows(x.detach().float(), ch_axis), dim=1)
+            cur_min, cur_max = torch.aminmax(channel_rows(x.detach().float(), ch_axis), dim=1)
         else:
             cur_min, cur_max = torch.aminmax(x.detach().float())
         running_min.copy_(update_running(running_min, cur_min.reshape(running_min.shape), averaging_const))
         running_max.copy_(update_running(running_max, cur_max.reshape(running_max.shape), averaging_const))
-    if qparams == "fused" and on(fake_quant_on):
+    if qparams == "fused" and flag_is_on(fake_quant_on):
         s, z = choose_qparams_fused(running_min, running_max, quant_min, quant_max, symmetric_quant, flavour)
         scale.copy_(s.reshape(scale.shape))
         zero_point.copy_(z.reshape(zero_point.shape))
-    elif qparams == "observer" and on(observer_on):
+    elif qparams == "observer" and flag_is_on(observer_on):
         s, z = choose_qparams_observer(running_min, running_max, quant_min, quant_max, symmetric_quant, eps=eps,
                                        symmetric_zero_point=symmetric_zero_point)
         scale.copy_(s.reshape(scale.shape))
         zero_point.copy_(z.reshape(zero_point.shape))
-    if not on(fake_quant_on):
+    if not flag_is_on(fake_quant_on):
         return x.clone()
     if per_row_fake_quant:
         y, _ = fake_quant_per_channel(x, scale.reshape(-1), zero_point.reshape(-1).to(torch.int32), ch_axis,

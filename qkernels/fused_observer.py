@@ -1,0 +1,196 @@
+"""Fused moving-average observer + fake quantization (``torch.fused_moving_avg_obs_fake_quant``).
+
+``qkernels.fused_moving_avg_obs_fake_quant(x, observer_on, fake_quant_on, running_min, running_max, scale,
+zero_point, averaging_const, quant_min, quant_max, ch_axis, per_row_fake_quant=False, symmetric_quant=False,
+*, qparams="fused", eps=float32 eps, symmetric_zero_point=0)``: torch's arguments; the math is
+``qkernels.reference.fused_observer`` (``qparams="fused"``: torch's fused op, ``"observer"``: the unfused
+torch.ao observer). Unlike torch's op it takes fp32, fp16 and bf16 ``x`` (stats and qparams in fp32), any
+``ch_axis``, and reads the flags on the device (nonzero after truncation toward zero = on; no ``.item()``).
+
+Two registered ops make it up, so that compile/export see a functional, differentiable fake-quant step:
+
+* ``_fused_observer_update(Tensor x, Tensor observer_on, Tensor fake_quant_on, Tensor(a!) running_min,
+  Tensor(b!) running_max, Tensor(c!) scale, Tensor(d!) zero_point, float averaging_const, int quant_min,
+  int quant_max, int ch_axis, bool per_row, bool symmetric, str qparams, float eps, int symmetric_zero_point)
+  -> ()``: the observer and qparam steps, in place;
+* then the fake-quant ops of ``qkernels.ops`` with the tensor qparams and the ``fake_quant_on`` flag (per
+  tensor: the tensor-qparams op's own flag; per channel: the per-channel op, then ``where(on, y, x)``).
+
+This release computes the update with PyTorch ops on the input's device (no host sync; the min/max
+reduction runs even when the observer is off, its result then discarded); fused kernels replace it next.
+Per-channel running stats that start empty (torch.ao's per-channel observers) are sized on the first eager
+call, as torch does; under compile or export they must already have ``x.size(ch_axis)`` elements.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .ops import (
+    _check_input,
+    _check_range,
+    _fail,
+    _fake_quantize_per_tensor_affine_cachemask_tensor_qparams,
+    fake_quantize_per_channel_affine_cachemask,
+)
+from .reference.fused_observer import (
+    QPARAMS_MODES,
+    channel_rows,
+    choose_qparams_fused,
+    choose_qparams_observer,
+    update_running,
+)
+
+__all__ = ["fused_moving_avg_obs_fake_quant"]
+
+_F32_EPS = torch.finfo(torch.float32).eps
+
+
+def _check(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, quant_min, quant_max,
+           ch_axis, per_row, qparams):
+    op = "fused_moving_avg_obs_fake_quant"
+    _check_input(op, x)
+    for name, t in (("observer_on", observer_on), ("fake_quant_on", fake_quant_on), ("running_min", running_min),
+                    ("running_max", running_max), ("scale", scale), ("zero_point", zero_point)):
+        if not isinstance(t, Tensor):
+            _fail(f"{op}: `{name}` must be a Tensor, got {type(t).__name__}")
+        if t.device != x.device:
+            _fail(f"{op}: `{name}` must be on the same device as `input` ({x.device}), got {t.device}")
+    for name, t in (("observer_on", observer_on), ("fake_quant_on", fake_quant_on)):
+        if t.numel() != 1 or t.dtype == torch.bool or t.is_complex():
+            _fail(f"{op}: `{name}` must be a one-element integer or float tensor, got {t.dtype} {tuple(t.shape)}")
+    for name, t in (("running_min", running_min), ("running_max", running_max), ("scale", scale)):
+        if t.dtype != torch.float32:
+            _fail(f"{op}: `{name}` must be float32, got {t.dtype}")
+    if zero_point.dtype not in (torch.int32, torch.int64):
+        _fail(f"{op}: `zero_point` must be int32 or int64, got {zero_point.dtype}")
+    _check_range(quant_min, quant_max)
+    if qparams not in QPARAMS_MODES:
+        _fail(f"{op}: `qparams` must be one of {QPARAMS_MODES}, got {qparams!r}")
+    if per_row:
+        _check_ch_axis(x, ch_axis)
+    want = x.size(ch_axis) if per_row else 1
+    for name, t in (("running_min", running_min), ("running_max", running_max), ("scale", scale),
+                    ("zero_point", zero_point)):
+        if t.numel() != want:
+            _fail(f"{op}: `{name}` must have {want} element(s) for "
+                  f"{'per-channel quantization along ch_axis' if per_row else 'per-tensor quantization'}, "
+                  f"got {t.numel()}")
+
+
+def _check_ch_axis(x: Tensor, ch_axis: int):
+    if not -x.dim() <= ch_axis < x.dim():
+        _fail(f"fused_moving_avg_obs_fake_quant: `ch_axis` must be in [{-x.dim()}, {x.dim() - 1}] for a "
+              f"{x.dim()}-D input, got {ch_axis}")
+
+
+def _flag(t: Tensor) -> Tensor:
+    """0-dim bool on t's device: nonzero after truncation toward zero (as torch's CPU op reads it)."""
+    t = t.detach().reshape(())
+    return (t.trunc() if t.is_floating_point() else t) != 0
+
+
+def _update_impl(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const,
+                 quant_min, quant_max, ch_axis, per_row, symmetric, qparams, eps, symmetric_zero_point):
+    _check(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, quant_min, quant_max,
+           ch_axis, per_row, qparams)
+    if x.numel() == 0:
+        return
+    xf = x.detach().float()
+    if per_row:
+        cur_min, cur_max = torch.aminmax(channel_rows(xf, ch_axis), dim=1)
+    else:
+        cur_min, cur_max = torch.aminmax(xf)
+    observe = _flag(observer_on)
+    running_min.copy_(torch.where(observe, update_running(running_min, cur_min.view(running_min.shape),
+                                                          averaging_const), running_min))
+    running_max.copy_(torch.where(observe, update_running(running_max, cur_max.view(running_max.shape),
+                                                          averaging_const), running_max))
+    if qparams == "fused":
+        s, z = choose_qparams_fused(running_min, running_max, quant_min, quant_max, symmetric,
+                                    "cuda" if x.is_cuda else "cpu")
+        recompute = _flag(fake_quant_on)
+    else:
+        s, z = choose_qparams_observer(running_min, running_max, quant_min, quant_max, symmetric, eps=eps,
+                                       symmetric_zero_point=symmetric_zero_point)
+        recompute = observe
+    scale.copy_(torch.where(recompute, s.view(scale.shape), scale))
+    zero_point.copy_(torch.where(recompute, z.view(zero_point.shape).to(zero_point.dtype), zero_point))
+
+
+def _update_fake(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const,
+                 quant_min, quant_max, ch_axis, per_row, symmetric, qparams, eps, symmetric_zero_point):
+    _check(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, quant_min, quant_max,
+           ch_axis, per_row, qparams)
+
+
+_lib = torch.library.Library("qkernels", "FRAGMENT")
+_lib.define(
+    "_fused_observer_update(Tensor x, Tensor observer_on, Tensor fake_quant_on, Tensor(a!) running_min, "
+    "Tensor(b!) running_max, Tensor(c!) scale, Tensor(d!) zero_point, float averaging_const, int quant_min, "
+    "int quant_max, int ch_axis, bool per_row, bool symmetric, str qparams, float eps, int symmetric_zero_point) "
+    "-> ()"
+)
+_lib.impl("_fused_observer_update", _update_impl, "CompositeExplicitAutograd")
+torch.library.register_fake("qkernels::_fused_observer_update", _update_fake, lib=_lib)
+_fused_observer_update = torch.ops.qkernels._fused_observer_update
+
+
+def _size_per_channel_state(x, ch_axis, running_min, running_max, scale, zero_point):
+    """torch.ao's per-channel buffers start as stats [0] and qparams [1]: the first eager call sizes them to [C],
+    stats at (+inf, -inf), as torch's op does (its qparams stay uninitialised; here 1.0 and 0). Under compile
+    or export they must be sized already; wrong non-empty sizes are left to the update op's check."""
+    channels = x.size(ch_axis)
+    if all(t.numel() == channels for t in (running_min, running_max, scale, zero_point)):
+        return
+    if torch.compiler.is_compiling():
+        _fail("fused_moving_avg_obs_fake_quant: size the per-channel running stats and qparams to "
+              f"`input.size(ch_axis)` ({channels}) before compiling")
+    with torch.no_grad():
+        if running_min.numel() == 0 and running_max.numel() == 0:
+            running_min.resize_(channels).fill_(float("inf"))
+            running_max.resize_(channels).fill_(float("-inf"))
+        if scale.numel() != channels:
+            scale.resize_(channels).fill_(1.0)
+        if zero_point.numel() != channels:
+            zero_point.resize_(channels).zero_()
+
+
+def fused_moving_avg_obs_fake_quant(
+    input: Tensor,
+    observer_on: Tensor,
+    fake_quant_on: Tensor,
+    running_min: Tensor,
+    running_max: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
+    averaging_const: float,
+    quant_min: int,
+    quant_max: int,
+    ch_axis: int,
+    per_row_fake_quant: bool = False,
+    symmetric_quant: bool = False,
+    *,
+    qparams: str = "fused",
+    eps: float = _F32_EPS,
+    symmetric_zero_point: int = 0,
+) -> Tensor:
+    """Drop-in for ``torch.fused_moving_avg_obs_fake_quant`` (see the module docstring); updates
+    running_min/max, scale and zero_point in place and returns the fake-quantized input (gradient: the
+    straight-through mask)."""
+    if input.numel() == 0:
+        return input.clone()
+    if per_row_fake_quant:
+        _check_ch_axis(input, ch_axis)
+        _size_per_channel_state(input, ch_axis, running_min, running_max, scale, zero_point)
+    _fused_observer_update(input, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
+                           float(averaging_const), quant_min, quant_max, ch_axis, bool(per_row_fake_quant),
+                           bool(symmetric_quant), qparams, float(eps), int(symmetric_zero_point))
+    need_mask = torch.is_grad_enabled() and input.requires_grad
+    if not per_row_fake_quant:
+        return _fake_quantize_per_tensor_affine_cachemask_tensor_qparams(
+            input, scale, zero_point, fake_quant_on, quant_min, quant_max, need_mask)[0]
+    y, _ = fake_quantize_per_channel_affine_cachemask(input, scale, zero_point.to(torch.int32), ch_axis, quant_min,
+                                                      quant_max, need_mask)
+    return torch.where(_flag(fake_quant_on), y, input)
