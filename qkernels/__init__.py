@@ -35,12 +35,15 @@ from .learnable import (  # noqa: E402
     lsq_grad_factor,
 )
 from .patch import patch_torch, patched_torch, unpatch_torch  # noqa: E402
+from . import nn, qconfig  # noqa: E402  (torch.ao-compatible modules and qconfigs)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "backends",
     "ops",
+    "nn",
+    "qconfig",
     "reference",
     "use_backend",
     "fake_quantize_per_tensor_affine",
