@@ -238,3 +238,20 @@ def test_flags_truncate_toward_zero_like_torch_cpu(flag):
     want = torch.fused_moving_avg_obs_fake_quant(x, *flags, *torch_state, 0.1, 0, 255, 0)
     got = qkernels.fused_moving_avg_obs_fake_quant(x, *flags, *our_state, 0.1, 0, 255, 0)
     assert torch.equal(got, want) and all(torch.equal(a, b) for a, b in zip(our_state, torch_state))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_op_matches_torch_fused_op_on_cuda(symmetric):
+    """Per tensor on CUDA: torch's CUDA kernel has no 6.1e-5 floor (flavour "cuda"). Its moving average may
+    be contracted into an FMA by nvcc (unverified in the research note): this test tells."""
+    torch_state = [t.cuda() for t in fresh_state(False)]
+    our_state = [t.cuda() for t in fresh_state(False)]
+    for step, (observe, fake_quant) in enumerate(FLAGS):
+        x = step_input(step).cuda()
+        flags = torch.tensor([observe], device="cuda"), torch.tensor([fake_quant], device="cuda")
+        want = torch.fused_moving_avg_obs_fake_quant(x, *flags, *torch_state, 0.1, 0, 255, 0, False, symmetric)
+        got = qkernels.fused_moving_avg_obs_fake_quant(x, *flags, *our_state, 0.1, 0, 255, 0, False, symmetric)
+        for name, a, b in zip(("y", "running_min", "running_max", "scale", "zero_point"), [got] + our_state,
+                              [want] + torch_state):
+            assert a.dtype == b.dtype and torch.equal(a, b), f"step {step}: {name} differs"

@@ -1,0 +1,128 @@
+"""Throughput of the fused moving-average observer + fake quantization against aten and torch.compile.
+
+One training step of ``fused_moving_avg_obs_fake_quant`` with the observer and fake quant on: ``aten``
+(``torch.fused_moving_avg_obs_fake_quant``, float32 only), ``compile`` (torch.compile of the qkernels
+reference step, ``qkernels.reference.fused_observer``) and ``qkernels`` on each backend usable on the device
+(the backend runs the fake-quant step; the observer update runs as PyTorch ops in this release). Ops:
+``per_tensor`` (x 1-D) and ``per_channel`` (x [256, n/256], ch_axis 0). Modes: fwd (no grad) and fwdbwd
+(x requires grad, ``y.backward(dy)``).
+
+Bytes per element (b = element size), the minimum: fwd reads x for the stats and for the fake quant and
+writes y = 3b (a fused kernel could read x once: 2b); fwdbwd adds dy and dx = 5b. Copy bandwidth and timing
+as in bench_fake_quant.py (benchmarks/common.py).
+
+    python benchmarks/bench_fused_observer.py [--device cpu|cuda] [--quick] [--no-compile] [--out DIR]
+"""
+
+import argparse
+import math
+
+import torch
+
+import qkernels
+from qkernels.reference import fused_observer as ref
+
+from common import (
+    bench_ms,
+    kernel_backends,
+    measure_copy_gbps,
+    parse_common_args,
+    plot,
+    print_table,
+    result_rows,
+    setup_run,
+    write_csv,
+)
+
+QMIN, QMAX, CHANNELS, AVERAGING = 0, 255, 256, 0.01
+OPS = ("per_tensor", "per_channel")
+
+
+def make_state(op: str, device: torch.device):
+    """Fresh running stats and qparams, sized (per channel) as after the first step."""
+    n = CHANNELS if op == "per_channel" else 1
+    running = [torch.full((n,), math.inf, device=device), torch.full((n,), -math.inf, device=device)]
+    if op == "per_tensor":
+        running = [t.reshape(()) for t in running]
+    return running + [torch.ones(n, device=device), torch.zeros(n, dtype=torch.int32, device=device)]
+
+
+def make_case(op: str, numel: int, dtype: torch.dtype, device: torch.device):
+    """(x, fn(impl) -> step function of x) for this op; impl is torch's op, qkernels' or the reference."""
+    torch.manual_seed(0)
+    shape = (numel,) if op == "per_tensor" else (CHANNELS, numel // CHANNELS)
+    x = torch.randn(shape, device=device).to(dtype)
+    on = torch.ones(1, dtype=torch.long, device=device)
+
+    def bind(impl):
+        state = make_state(op, device)
+        return lambda t: impl(t, on, on, *state, AVERAGING, QMIN, QMAX, 0, op == "per_channel", False)
+
+    return x, bind
+
+
+def runner(f, x: torch.Tensor, mode: str):
+    if mode == "fwd":
+        return lambda: f(x)
+    xg, dy = x.detach().requires_grad_(), torch.randn_like(x)
+
+    def step():
+        xg.grad = None
+        f(xg).backward(dy)
+
+    return step
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
+    args, device, sizes = parse_common_args(p)
+    if any(n % CHANNELS for n in sizes):
+        p.error(f"sizes must be multiples of {CHANNELS}")
+    out, meta = setup_run(device, args.out, args.threads)
+    kernels = kernel_backends(device)
+    providers = ["aten"] + ([] if args.no_compile else ["compile"]) + kernels
+    rows, copy_gbps, csv_path = [], {}, out / f"fused_observer_{device.type}.csv"
+    for op in args.ops:
+        for dtype_name in args.dtypes:
+            dtype = getattr(torch, dtype_name)
+            b = torch.empty((), dtype=dtype).element_size()
+            for numel in sizes:
+                x, bind = make_case(op, numel, dtype, device)
+                if (dtype, numel) not in copy_gbps:
+                    copy_gbps[dtype, numel] = measure_copy_gbps(x, device)
+                for mode in args.modes:
+                    timed = {}
+                    for provider in providers:
+                        aten_based = provider == "aten" or (provider == "compile" and mode == "fwdbwd")
+                        if aten_based and dtype != torch.float32:
+                            continue  # torch's op takes float32 only
+                        if provider == "compile":
+                            torch._dynamo.reset()
+                            spec = ref.fused_moving_avg_obs_fake_quant if mode == "fwd" else (
+                                torch.fused_moving_avg_obs_fake_quant)
+                            f = torch.compile(bind(spec), dynamic=False)
+                        else:
+                            f = bind(torch.fused_moving_avg_obs_fake_quant if provider == "aten"
+                                     else qkernels.fused_moving_avg_obs_fake_quant)
+                        with qkernels.use_backend(provider if provider in kernels else "auto"):
+                            timed[provider] = bench_ms(runner(f, x, mode), device)
+                    if "aten" not in timed:  # speedups are against aten: time aten on the float32 input
+                        f = bind(torch.fused_moving_avg_obs_fake_quant)
+                        timed = {"aten": bench_ms(runner(f, x.float(), mode), device), **timed}
+                    bpe = {provider: (3 if mode == "fwd" else 5) * b for provider in timed}
+                    rows += result_rows(meta, dict(op=op, mode=mode, dtype=dtype_name), timed, bpe, numel,
+                                        copy_gbps[dtype, numel])
+                del x
+            for mode in args.modes:
+                title = f"fused observer {op} {mode} {dtype_name} on {meta['device_name']}"
+                sel = [r for r in rows if (r["op"], r["mode"], r["dtype"]) == (op, mode, dtype_name)]
+                print_table(sel, title, [p for p in providers if any(r["provider"] == p for r in sel)])
+                plot(sel, {n: copy_gbps[dtype, n] for n in sizes}, sorted({r["provider"] for r in sel}), title,
+                     out / f"fused_observer_{op}_{mode}_{dtype_name}_{device.type}.png")
+            write_csv(csv_path, rows)
+    print(f"\nwrote {csv_path}")
+
+
+if __name__ == "__main__":
+    main()
