@@ -32,13 +32,13 @@ from qkernels.reference import fake_quant as ref
 
 from common import (
     bench_ms,
-    kernel_backends,
     measure_copy_gbps,
     parse_common_args,
     plot,
     print_table,
     result_rows,
-    setup_run,
+    runner,
+    start_run,
     warn_if_differs,
     write_csv,
 )
@@ -62,18 +62,6 @@ def make_case(op: str, numel: int, dtype: torch.dtype, device: torch.device):
                lambda t: ref.fake_quant_per_channel(t, s, z, 0, QMIN, QMAX)[0])
 
 
-def runner(f, x: torch.Tensor, mode: str):
-    if mode == "fwd":
-        return lambda: f(x)
-    xg, dy = x.detach().requires_grad_(), torch.randn_like(x)
-
-    def step():
-        xg.grad = None
-        f(xg).backward(dy)
-
-    return step
-
-
 def bytes_per_elem(provider: str, mode: str, b: int) -> int:
     if mode == "fwdbwd":
         return 4 * b + 2
@@ -86,11 +74,7 @@ def main():
     args, device, sizes = parse_common_args(p)
     if "per_channel" in args.ops and any(n % CHANNELS for n in sizes):
         p.error(f"per_channel needs sizes divisible by {CHANNELS}")
-    out, meta = setup_run(device, args.out, args.threads)
-    kernels = kernel_backends(device)
-    if args.no_compile:
-        print("skipping compile: --no-compile")
-    providers = ["aten"] + ([] if args.no_compile else ["compile"]) + kernels
+    out, meta, kernels, providers = start_run(args, device)
 
     rows, copy_gbps, csv_path = [], {}, out / f"fake_quant_{device.type}.csv"
     for op in args.ops:

@@ -25,13 +25,12 @@ from qkernels.reference import fake_quant_learnable as lref
 from common import (
     FIELDS,
     bench_ms,
-    kernel_backends,
     measure_copy_gbps,
     parse_common_args,
     plot,
     print_table,
     result_rows,
-    setup_run,
+    start_run,
     warn_if_differs,
     write_csv,
 )
@@ -101,11 +100,7 @@ def main():
     args, device, sizes = parse_common_args(p)
     if any(n % (CHANNELS * ROW) for n in sizes):
         p.error(f"sizes must be multiples of {CHANNELS * ROW}")
-    out, meta = setup_run(device, args.out, args.threads)
-    kernels = kernel_backends(device)
-    if args.no_compile:
-        print("skipping compile: --no-compile")
-    providers = ["aten"] + ([] if args.no_compile else ["compile"]) + kernels
+    out, meta, kernels, providers = start_run(args, device)
 
     rows, copy_gbps, csv_path = [], {}, out / f"fake_quant_learnable_{device.type}.csv"
     for op in args.ops:

@@ -24,13 +24,13 @@ from qkernels.reference import fused_observer as ref
 
 from common import (
     bench_ms,
-    kernel_backends,
     measure_copy_gbps,
     parse_common_args,
     plot,
     print_table,
     result_rows,
-    setup_run,
+    runner,
+    start_run,
     write_csv,
 )
 
@@ -61,27 +61,13 @@ def make_case(op: str, numel: int, dtype: torch.dtype, device: torch.device):
     return x, bind
 
 
-def runner(f, x: torch.Tensor, mode: str):
-    if mode == "fwd":
-        return lambda: f(x)
-    xg, dy = x.detach().requires_grad_(), torch.randn_like(x)
-
-    def step():
-        xg.grad = None
-        f(xg).backward(dy)
-
-    return step
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
     args, device, sizes = parse_common_args(p)
     if any(n % CHANNELS for n in sizes):
         p.error(f"sizes must be multiples of {CHANNELS}")
-    out, meta = setup_run(device, args.out, args.threads)
-    kernels = kernel_backends(device)
-    providers = ["aten"] + ([] if args.no_compile else ["compile"]) + kernels
+    out, meta, kernels, providers = start_run(args, device)
     rows, copy_gbps, csv_path = [], {}, out / f"fused_observer_{device.type}.csv"
     for op in args.ops:
         for dtype_name in args.dtypes:

@@ -132,6 +132,28 @@ def setup_run(device: torch.device, out: Path | None, threads: int | None):
     return out, meta
 
 
+def start_run(args, device: torch.device):
+    """(output folder, row metadata, kernel backends, providers: aten, compile unless --no-compile, kernels)."""
+    out, meta = setup_run(device, args.out, args.threads)
+    kernels = kernel_backends(device)
+    if args.no_compile:
+        print("skipping compile: --no-compile")
+    return out, meta, kernels, ["aten"] + ([] if args.no_compile else ["compile"]) + kernels
+
+
+def runner(f, x: torch.Tensor, mode: str):
+    """fwd: ``f(x)`` without grad; fwdbwd: ``f`` on x requiring grad, then ``backward(dy)``."""
+    if mode == "fwd":
+        return lambda: f(x)
+    xg, dy = x.detach().requires_grad_(), torch.randn_like(x)
+
+    def step():
+        xg.grad = None
+        f(xg).backward(dy)
+
+    return step
+
+
 def kernel_backends(device: torch.device) -> list[str]:
     """The qkernels backends worth timing on this device (printing why the others are skipped)."""
     kernels = []

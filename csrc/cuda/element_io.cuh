@@ -1,9 +1,12 @@
-// Device-side element conversions and the 16-byte vector shared by the CUDA kernels (csrc/cuda/*.cu):
-// fp16/bf16 are widened to float exactly and narrowed once, round to nearest even.
+// Device-side element conversions, the 16-byte vector and the dtype dispatch shared by the CUDA kernels
+// (csrc/cuda/*.cu): fp16/bf16 are widened to float exactly and narrowed once, round to nearest even.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "qkernels/fake_quant_kernels.h"
 
 namespace qkernels {
 namespace cuda {
@@ -33,6 +36,20 @@ struct alignas(16) Vec {
   static constexpr int kSize = 16 / sizeof(T);
   T v[kSize];
 };
+
+// Calls fn(T{}) with the element type of dtype; returns fn's cudaError_t value.
+template <typename Fn>
+int by_dtype(DType dtype, Fn fn) {
+  switch (dtype) {
+    case DType::Float32:
+      return fn(float{});
+    case DType::Float16:
+      return fn(__half{});
+    case DType::BFloat16:
+      return fn(__nv_bfloat16{});
+  }
+  return static_cast<int>(cudaErrorInvalidValue);
+}
 
 }  // namespace cuda
 }  // namespace qkernels

@@ -204,23 +204,10 @@ int launch_typed(int64_t n, bool aligned, cudaStream_t stream, Launch launch) {
   return static_cast<int>(cudaGetLastError());
 }
 
-template <typename P, typename Fn>
-int by_dtype(const P& p, Fn fn) {
-  switch (p.dtype) {
-    case DType::Float32:
-      return fn(float{});
-    case DType::Float16:
-      return fn(__half{});
-    case DType::BFloat16:
-      return fn(__nv_bfloat16{});
-  }
-  return static_cast<int>(cudaErrorInvalidValue);
-}
-
 }  // namespace
 
 int fake_quant_per_tensor(const PerTensorParams& p, void* stream) {
-  return by_dtype(p, [&](auto tag) {
+  return by_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     const bool aligned = aligned16(p.x) && aligned16(p.out) && (p.mask_packed || aligned_n(p.mask, Vec<T>::kSize));
     return launch_typed<T>(p.numel, aligned, static_cast<cudaStream_t>(stream), [&](auto al, dim3 grid, cudaStream_t s) {
@@ -238,7 +225,7 @@ int fake_quant_per_channel(const PerChannelParams& p, void* stream) {
     channel.inner = FastDivmod(static_cast<uint32_t>(p.inner));
     channel.channels = FastDivmod(static_cast<uint32_t>(p.channels));
   }
-  return by_dtype(p, [&](auto tag) {
+  return by_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     const bool aligned = aligned16(p.x) && aligned16(p.out) && (p.mask_packed || aligned_n(p.mask, Vec<T>::kSize));
     const bool uniform = p.inner % Vec<T>::kSize == 0;
@@ -253,7 +240,7 @@ int fake_quant_per_channel(const PerChannelParams& p, void* stream) {
 }
 
 int fake_quant_backward(const BackwardParams& p, void* stream) {
-  return by_dtype(p, [&](auto tag) {
+  return by_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     const bool aligned = aligned16(p.grad) && aligned16(p.out) && (p.mask_packed || aligned_n(p.mask, Vec<T>::kSize));
     return launch_typed<T>(p.numel, aligned, static_cast<cudaStream_t>(stream), [&](auto al, dim3 grid, cudaStream_t s) {

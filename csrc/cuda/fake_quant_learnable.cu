@@ -445,19 +445,6 @@ int launch_backward(const LearnableBackwardParams& p, const GradOp& op, cudaStre
   return static_cast<int>(cudaGetLastError());
 }
 
-template <typename Fn>
-int by_dtype(DType dtype, Fn fn) {
-  switch (dtype) {
-    case DType::Float32:
-      return fn(float{});
-    case DType::Float16:
-      return fn(__half{});
-    case DType::BFloat16:
-      return fn(__nv_bfloat16{});
-  }
-  return static_cast<int>(cudaErrorInvalidValue);
-}
-
 }  // namespace
 
 int fake_quant_learnable_forward(const LearnableForwardParams& p, void* stream) {
