@@ -16,8 +16,10 @@ Two registered ops make it up, so that compile/export see a functional, differen
 * then the fake-quant ops of ``qkernels.ops`` with the tensor qparams and the ``fake_quant_on`` flag (per
   tensor: the tensor-qparams op's own flag; per channel: the per-channel op, then ``where(on, y, x)``).
 
-This release computes the update with PyTorch ops on the input's device (no host sync; the min/max
-reduction runs even when the observer is off, its result then discarded); fused kernels replace it next.
+On CPU tensors the update is one C++ kernel (qkernels._C): the min/max pass over x runs only while the
+observer is on (CPU flags are read on the host, which costs no sync). CUDA tensors and the reference backend
+run it as PyTorch ops on the device (no host sync; the reduction then runs even while the observer is off);
+CUDA and Triton kernels are to come.
 Per-channel running stats that start empty (torch.ao's per-channel observers) are sized on the first eager
 call, as torch does; under compile or export they must already have ``x.size(ch_axis)`` elements.
 """
@@ -27,11 +29,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import backends
 from .ops import (
     _check_input,
     _check_range,
     _fail,
     _fake_quantize_per_tensor_affine_cachemask_tensor_qparams,
+    _inner_stride,
     fake_quantize_per_channel_affine_cachemask,
 )
 from .reference.fused_observer import (
@@ -97,6 +101,32 @@ def _update_impl(x, observer_on, fake_quant_on, running_min, running_max, scale,
            ch_axis, per_row, qparams)
     if x.numel() == 0:
         return
+    if _runs_native(x, quant_min, quant_max):
+        out = torch.empty_like(x)  # x's dense layout, in which the channel stride gives `inner`
+        xd = x if out.stride() == x.stride() else out.copy_(x)
+        inner = _inner_stride(xd, ch_axis % x.dim()) if per_row else x.numel()
+        torch.ops.qkernels._fused_observer_update_cpu(
+            xd.detach(), observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
+            averaging_const, quant_min, quant_max, inner, symmetric, QPARAMS_MODES.index(qparams), eps,
+            symmetric_zero_point, True)
+        return
+    _update_with_torch_ops(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
+                           averaging_const, quant_min, quant_max, ch_axis, per_row, symmetric, qparams, eps,
+                           symmetric_zero_point)
+
+
+def _runs_native(x: Tensor, quant_min: int, quant_max: int) -> bool:
+    """Whether the C++ observer kernel runs this call: CPU tensors on the cpu backend (auto or by name)."""
+    if x.device.type != "cpu" or backends.requested() not in ("auto", "cpu"):
+        return False
+    return backends.availability("cpu", "cpu") is None and backends.kernel_support(x, quant_min, quant_max) is None
+
+
+def _update_with_torch_ops(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
+                           averaging_const, quant_min, quant_max, ch_axis, per_row, symmetric, qparams, eps,
+                           symmetric_zero_point):
+    """The update as PyTorch ops on x's device, without a host sync (the reference backend and CUDA tensors,
+    until their kernels exist): the min/max reduction runs even while the observer is off."""
     xf = x.detach().float()
     if per_row:
         cur_min, cur_max = torch.aminmax(channel_rows(xf, ch_axis), dim=1)

@@ -122,34 +122,43 @@ def test_empty_input_and_bad_mode():
 # ------------------------------------------------------------------------------------------------------
 # The qkernels op
 # ------------------------------------------------------------------------------------------------------
+# "cpu": the C++ observer kernel; "reference": the same update as PyTorch ops (the path CUDA tensors take).
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
 @pytest.mark.parametrize("per_row", [False, True])
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("quant_min,quant_max", RANGES)
-def test_op_matches_torch_fused_op(per_row, symmetric, quant_min, quant_max):
+def test_op_matches_torch_fused_op(backend, per_row, symmetric, quant_min, quant_max):
     torch_state, our_state = fresh_state(per_row), fresh_state(per_row)
     for step, (observe, fake_quant) in enumerate(FLAGS):
         x = step_input(step)
+        x[0, 0, 0] = math.inf if step == 5 else x[0, 0, 0]  # an infinite value reaches the running stats
         flags = torch.tensor([observe]), torch.tensor([fake_quant])
         want = torch.fused_moving_avg_obs_fake_quant(x, *flags, *torch_state, 0.1, quant_min, quant_max, 0, per_row,
                                                      symmetric)
-        got = qkernels.fused_moving_avg_obs_fake_quant(x, *flags, *our_state, 0.1, quant_min, quant_max, 0, per_row,
-                                                       symmetric)
+        with qkernels.use_backend(backend):
+            got = qkernels.fused_moving_avg_obs_fake_quant(x, *flags, *our_state, 0.1, quant_min, quant_max, 0,
+                                                           per_row, symmetric)
         for name, a, b in zip(("y", "running_min", "running_max", "scale", "zero_point"), [got] + our_state,
                               [want] + torch_state):
             assert a.dtype == b.dtype and torch.equal(a, b), f"step {step}: {name} differs"
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("ch_axis", [1, -1])
 @pytest.mark.parametrize("qparams", ref.QPARAMS_MODES)
-def test_op_any_axis_and_dtype_against_reference(dtype, ch_axis, qparams):
-    """torch's op takes float32 and (on the CPU) axis 0 only; qkernels any axis and fp16/bf16 (math in fp32)."""
+def test_op_any_axis_and_dtype_against_reference(backend, dtype, layout, ch_axis, qparams):
+    """torch's op takes float32 and (on the CPU) axis 0 only; qkernels any axis, layout and fp16/bf16."""
     our_state, ref_state = fresh_state(True), fresh_state(True)
     for step, (observe, fake_quant) in enumerate(FLAGS):
-        x = step_input(step).to(dtype)
+        x = step_input(step, (3, 4, 5, 6)).to(dtype)
+        if layout == "channels_last":
+            x = x.to(memory_format=torch.channels_last)
         flags = torch.tensor([observe]), torch.tensor([fake_quant])
-        got = qkernels.fused_moving_avg_obs_fake_quant(x, *flags, *our_state, 0.1, -128, 127, ch_axis, True, True,
-                                                       qparams=qparams)
+        with qkernels.use_backend(backend):
+            got = qkernels.fused_moving_avg_obs_fake_quant(x, *flags, *our_state, 0.1, -128, 127, ch_axis, True,
+                                                           True, qparams=qparams)
         want = ref.fused_moving_avg_obs_fake_quant(x, *flags, *ref_state, 0.1, -128, 127, ch_axis, True, True,
                                                    qparams=qparams)
         assert got.dtype == dtype and torch.equal(got, want), f"step {step}"

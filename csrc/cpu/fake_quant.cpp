@@ -6,10 +6,12 @@
 
 #include "qkernels/fake_quant_kernels.h"
 #include "qkernels/fake_quant_learnable_kernels.h"
+#include "qkernels/fused_observer_kernels.h"
 
 #define QK_CPU_ISA baseline
 #include "fake_quant_impl.h"
 #include "fake_quant_learnable_impl.h"
+#include "fused_observer_impl.h"
 #undef QK_CPU_ISA
 
 namespace qkernels {
@@ -22,6 +24,7 @@ void fake_quant_per_channel(const PerChannelParams& p, int64_t begin, int64_t en
 void fake_quant_backward(const BackwardParams& p, int64_t begin, int64_t end, const uint8_t* mask);
 void fake_quant_learnable_forward(const LearnableForwardParams& p, int64_t begin, int64_t end);
 void fake_quant_learnable_backward(const LearnableBackwardParams& p, int64_t begin, int64_t end);
+void fused_observer_minmax(const ObserverParams& p, int64_t row_begin, int64_t row_end, float* lo, float* hi);
 }  // namespace avx2
 
 static bool has_avx2() {
@@ -99,6 +102,29 @@ void fake_quant_learnable_forward(const LearnableForwardParams& p, int64_t begin
 }
 void fake_quant_learnable_backward(const LearnableBackwardParams& p, int64_t begin, int64_t end) {
   QK_CPU_DISPATCH(fake_quant_learnable_backward, p, begin, end);
+}
+
+void fused_observer_minmax(const ObserverParams& p, int64_t row_begin, int64_t row_end, float* lo, float* hi) {
+  QK_CPU_DISPATCH(fused_observer_minmax, p, row_begin, row_end, lo, hi);
+}
+
+void fused_observer_finish(const ObserverParams& p, const float* cur_min, const float* cur_max, bool observe,
+                           bool recompute) {
+  for (int64_t c = 0; c < p.channels; ++c) {
+    if (observe) {
+      p.running_min[c] = moving_average(p.running_min[c], cur_min[c], p.averaging_const);
+      p.running_max[c] = moving_average(p.running_max[c], cur_max[c], p.averaging_const);
+    }
+    if (!recompute) continue;
+    const QParams q = p.mode == QParamsMode::Fused
+                          ? choose_qparams_fused(p.running_min[c], p.running_max[c], p.quant_min, p.quant_max,
+                                                 p.symmetric, p.small_scale_floor)
+                          : choose_qparams_observer(p.running_min[c], p.running_max[c], p.quant_min, p.quant_max,
+                                                    p.symmetric, p.eps, p.symmetric_zero_point);
+    p.scale[c] = q.scale;
+    if (p.zero_point_i32) p.zero_point_i32[c] = q.zero_point;
+    if (p.zero_point_i64) p.zero_point_i64[c] = q.zero_point;
+  }
 }
 
 }  // namespace cpu

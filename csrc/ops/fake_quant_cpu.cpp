@@ -2,6 +2,9 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
+#include <mutex>
+#include <vector>
 
 #include "fake_quant_glue.h"
 
@@ -75,9 +78,68 @@ at::Tensor learnable_backward_cpu(const at::Tensor& dy, const at::Tensor& x, at:
   return partials;
 }
 
+// A flag tensor on the CPU: nonzero after truncation toward zero (torch's CPU op reads .item().toInt()).
+bool flag_on(const at::Tensor& flag) {
+  TORCH_CHECK(flag.numel() == 1, "qkernels: observer flags have one element");
+  return std::trunc(flag.item<double>()) != 0.0;
+}
+
+void fused_observer_update_cpu(const at::Tensor& x, const at::Tensor& observer_on, const at::Tensor& fake_quant_on,
+                               at::Tensor& running_min, at::Tensor& running_max, at::Tensor& scale,
+                               at::Tensor& zero_point, double averaging_const, int64_t quant_min, int64_t quant_max,
+                               int64_t inner, bool symmetric, int64_t mode, double eps, int64_t symmetric_zero_point,
+                               bool small_scale_floor) {
+  const ObserverParams p = glue::observer_params(x, running_min, running_max, scale, zero_point, averaging_const,
+                                                 quant_min, quant_max, inner, symmetric, mode, eps,
+                                                 symmetric_zero_point, small_scale_floor);
+  const bool observe = flag_on(observer_on);
+  const bool recompute = p.mode == QParamsMode::Fused ? flag_on(fake_quant_on) : observe;
+  std::vector<float> lo(p.channels, INFINITY), hi(p.channels, -INFINITY);
+  if (observe && x.numel() > 0) {
+    std::mutex fold;
+    const auto combine = [&](const float* l, const float* h) {
+      const std::lock_guard<std::mutex> lock(fold);
+      for (int64_t c = 0; c < p.channels; ++c) lo[c] = nan_min(lo[c], l[c]), hi[c] = nan_max(hi[c], h[c]);
+    };
+    const int64_t size = x.element_size();
+    if (p.channels == 1) {  // one run: split it into element ranges
+      at::parallel_for(0, x.numel(), kGrain, [&](int64_t b, int64_t e) {
+        ObserverParams q = p;
+        q.x = static_cast<const char*>(p.x) + b * size;
+        q.outer = 1;
+        q.inner = e - b;
+        float l = INFINITY, h = -INFINITY;
+        cpu::fused_observer_minmax(q, 0, 1, &l, &h);
+        combine(&l, &h);
+      });
+    } else if (p.outer == 1) {  // one row of channels (e.g. a weight on axis 0): split the channels
+      at::parallel_for(0, p.channels, std::max<int64_t>(1, kGrain / p.inner), [&](int64_t b, int64_t e) {
+        ObserverParams q = p;
+        q.x = static_cast<const char*>(p.x) + b * p.inner * size;
+        q.channels = e - b;
+        cpu::fused_observer_minmax(q, 0, 1, lo.data() + b, hi.data() + b);  // disjoint channels: no combine
+      });
+    } else {
+      at::parallel_for(0, p.outer, std::max<int64_t>(1, kGrain / (p.channels * p.inner)), [&](int64_t b, int64_t e) {
+        std::vector<float> l(p.channels, INFINITY), h(p.channels, -INFINITY);
+        cpu::fused_observer_minmax(p, b, e, l.data(), h.data());
+        combine(l.data(), h.data());
+      });
+    }
+  }
+  cpu::fused_observer_finish(p, lo.data(), hi.data(), observe, recompute);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(qkernels, m) { QKERNELS_FAKE_QUANT_SCHEMAS(m, "cpu"); }
+TORCH_LIBRARY_FRAGMENT(qkernels, m) {
+  QKERNELS_FAKE_QUANT_SCHEMAS(m, "cpu");
+  // CPU only so far: the CUDA and Triton observer kernels are still to come.
+  m.def("_fused_observer_update_cpu(Tensor x, Tensor observer_on, Tensor fake_quant_on, Tensor(a!) running_min, "
+        "Tensor(b!) running_max, Tensor(c!) scale, Tensor(d!) zero_point, float averaging_const, int quant_min, "
+        "int quant_max, int inner, bool symmetric, int mode, float eps, int symmetric_zero_point, "
+        "bool small_scale_floor) -> ()");
+}
 
 TORCH_LIBRARY_IMPL(qkernels, CPU, m) {
   m.impl("_fake_quant_per_tensor_cpu", &per_tensor_cpu);
@@ -85,6 +147,7 @@ TORCH_LIBRARY_IMPL(qkernels, CPU, m) {
   m.impl("_fake_quant_backward_cpu", &backward_cpu);
   m.impl("_fake_quant_learnable_forward_cpu", &learnable_forward_cpu);
   m.impl("_fake_quant_learnable_backward_cpu", &learnable_backward_cpu);
+  m.impl("_fused_observer_update_cpu", &fused_observer_update_cpu);
 }
 
 }  // namespace qkernels

@@ -10,6 +10,7 @@
 
 #include "qkernels/fake_quant_kernels.h"
 #include "qkernels/fake_quant_learnable_kernels.h"
+#include "qkernels/fused_observer_kernels.h"
 
 namespace qkernels {
 namespace glue {
@@ -184,6 +185,46 @@ inline LearnableBackwardParams learnable_backward_params(const at::Tensor& dy, c
   partials = at::empty(shape, x.options().dtype(at::kFloat));
   p.ds_partial = need_qgrads ? partials.data_ptr<float>() : nullptr;
   p.dz_partial = need_qgrads ? partials.data_ptr<float>() + dims.B * p.blocks.P * dims.C : nullptr;
+  return p;
+}
+
+// Fused observer: x in storage order as [outer, channels, inner], channels = running_min.numel(); float32
+// running stats and scale, int32 or int64 zero point, all contiguous with `channels` elements.
+inline ObserverParams observer_params(const at::Tensor& x, at::Tensor& running_min, at::Tensor& running_max,
+                                      at::Tensor& scale, at::Tensor& zero_point, double averaging_const,
+                                      int64_t quant_min, int64_t quant_max, int64_t inner, bool symmetric,
+                                      int64_t mode, double eps, int64_t symmetric_zero_point,
+                                      bool small_scale_floor) {
+  const int64_t channels = running_min.numel();
+  TORCH_CHECK(x.is_non_overlapping_and_dense() && channels > 0 && inner > 0 && x.numel() % (channels * inner) == 0,
+              "qkernels: observer x must be dense and split into [outer, channels, inner]");
+  for (const at::Tensor* t : {&running_min, &running_max, &scale}) {
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == channels,
+                "qkernels: observer running stats and scale must be contiguous float32 with one value per channel");
+  }
+  TORCH_CHECK((zero_point.scalar_type() == at::kInt || zero_point.scalar_type() == at::kLong) &&
+                  zero_point.is_contiguous() && zero_point.numel() == channels,
+              "qkernels: observer zero point must be contiguous int32 or int64 with one value per channel");
+  TORCH_CHECK(mode == 0 || mode == 1, "qkernels: observer qparams mode must be 0 (fused) or 1 (observer)");
+  ObserverParams p{};
+  p.dtype = dtype_of(x);
+  p.outer = x.numel() / (channels * inner);
+  p.channels = channels;
+  p.inner = inner;
+  p.x = x.data_ptr();
+  p.running_min = running_min.data_ptr<float>();
+  p.running_max = running_max.data_ptr<float>();
+  p.scale = scale.data_ptr<float>();
+  p.zero_point_i32 = zero_point.scalar_type() == at::kInt ? zero_point.data_ptr<int32_t>() : nullptr;
+  p.zero_point_i64 = zero_point.scalar_type() == at::kLong ? zero_point.data_ptr<int64_t>() : nullptr;
+  p.averaging_const = static_cast<float>(averaging_const);
+  p.quant_min = quant_min;
+  p.quant_max = quant_max;
+  p.symmetric = symmetric;
+  p.mode = static_cast<QParamsMode>(mode);
+  p.eps = static_cast<float>(eps);
+  p.symmetric_zero_point = static_cast<int32_t>(symmetric_zero_point);
+  p.small_scale_floor = small_scale_floor;
   return p;
 }
 
