@@ -5,7 +5,8 @@ zero_point, averaging_const, quant_min, quant_max, ch_axis, per_row_fake_quant=F
 *, qparams="fused", eps=float32 eps, symmetric_zero_point=0)``: torch's arguments; the math is
 ``qkernels.reference.fused_observer`` (``qparams="fused"``: torch's fused op, ``"observer"``: the unfused
 torch.ao observer). Unlike torch's op it takes fp32, fp16 and bf16 ``x`` (stats and qparams in fp32), any
-``ch_axis``, and reads the flags on the device (nonzero after truncation toward zero = on; no ``.item()``).
+``ch_axis``, and reads the flags where they live (nonzero after truncation toward zero = on): no host
+sync for CUDA tensors, and no data-dependent Python branch anywhere.
 
 Two registered ops make it up, so that compile/export see a functional, differentiable fake-quant step:
 
@@ -20,6 +21,7 @@ On CPU tensors the update is one C++ kernel (qkernels._C): the min/max pass over
 observer is on (CPU flags are read on the host, which costs no sync). CUDA tensors and the reference backend
 run it as PyTorch ops on the device (no host sync; the reduction then runs even while the observer is off);
 CUDA and Triton kernels are to come.
+
 Per-channel running stats that start empty (torch.ao's per-channel observers) are sized on the first eager
 call, as torch does; under compile or export they must already have ``x.size(ch_axis)`` elements.
 """
