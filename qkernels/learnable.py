@@ -140,8 +140,9 @@ def _layout(x: Tensor, axis: Optional[int], group_size: Optional[int]):
 
 
 def _flat_qparams(scale: Tensor, zero_point: Tensor):
-    return (scale.detach().reshape(-1).to(torch.float32).contiguous(),
-            zero_point.detach().reshape(-1).to(torch.float32).contiguous())
+    """Both as contiguous 1-D float32 (no copy, and no call into torch's conversion, when they already are)."""
+    return tuple(t.detach().reshape(-1) if t.dtype == torch.float32 and t.is_contiguous()
+                 else t.detach().reshape(-1).to(torch.float32).contiguous() for t in (scale, zero_point))
 
 
 def _flavour(x: Tensor) -> str:
@@ -179,6 +180,13 @@ def _backward_impl(grad, self, scale, zero_point, axis, group_size, quant_min, q
     if grad.shape != self.shape:
         _fail(f"`X` and `dY` are not the same size: `X` has shape {tuple(self.shape)} and `dY` "
               f"{tuple(grad.shape)}")
+    return _backward_checked(grad, self, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor,
+                             zero_point_rounding, need_qgrads)
+
+
+def _backward_checked(grad, self, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor,
+                      zero_point_rounding, need_qgrads):
+    """The backward on arguments the forward call already checked (autograd hands over dy of x's shape)."""
     x, dx, dims = _layout(self, axis, group_size)
     if x.numel() == 0:
         return dx, _qgrad_like(scale, need_qgrads), _qgrad_like(zero_point, need_qgrads)
@@ -265,7 +273,7 @@ class _Learnable(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        return _grads(ctx, grad_out, _backward_impl) + (None,) * len(ctx.args)
+        return _grads(ctx, grad_out, _backward_checked) + (None,) * len(ctx.args)
 
 
 def _call(x, scale, zero_point, *args) -> Tensor:
