@@ -34,8 +34,7 @@ from common import (
     bench_ms,
     measure_copy_gbps,
     parse_common_args,
-    plot,
-    print_table,
+    report,
     result_rows,
     runner,
     start_run,
@@ -100,12 +99,8 @@ def main():
                     rows += result_rows(meta, dict(op=op, mode=mode, dtype=dtype_name), timed, bpe, numel,
                                         copy_gbps[dtype, numel])
                 del x
-            for mode in args.modes:
-                title = f"{op} {mode} {dtype_name} on {meta['device_name']}"
-                sel = [r for r in rows if (r["op"], r["mode"], r["dtype"]) == (op, mode, dtype_name)]
-                print_table(sel, title, providers)
-                plot(sel, {n: copy_gbps[dtype, n] for n in sizes}, providers, title,
-                     out / f"fake_quant_{op}_{mode}_{dtype_name}_{device.type}.png")
+            report(rows, meta, out, "fake_quant", op, dtype_name, args.modes, providers,
+                   {n: copy_gbps[dtype, n] for n in sizes}, device.type)
             write_csv(csv_path, rows)  # rewritten after each (op, dtype): partial runs keep their data
     print(f"\nwrote {csv_path}")
 

@@ -27,8 +27,7 @@ from common import (
     bench_ms,
     measure_copy_gbps,
     parse_common_args,
-    plot,
-    print_table,
+    report,
     result_rows,
     start_run,
     warn_if_differs,
@@ -133,14 +132,11 @@ def main():
                         row["peak_mb"] = peaks.get(row["provider"])
                     rows += new
                 del x
-            for mode in args.modes:
-                title = f"learnable {op} {mode} {dtype_name} on {meta['device_name']}"
-                sel = [r for r in rows if (r["op"], r["mode"], r["dtype"]) == (op, mode, dtype_name)]
-                print_table(sel, title, providers)
-                if mode == "fwdbwd" and device.type == "cuda":
-                    print("peak MB: " + ", ".join(f"{r['provider']}@{r['numel']}={r['peak_mb']}" for r in sel))
-                plot(sel, {n: copy_gbps[dtype, n] for n in sizes}, providers, title,
-                     out / f"fake_quant_learnable_{op}_{mode}_{dtype_name}_{device.type}.png")
+            report(rows, meta, out, "fake_quant_learnable", op, dtype_name, args.modes, providers,
+                   {n: copy_gbps[dtype, n] for n in sizes}, device.type)
+            if "fwdbwd" in args.modes and device.type == "cuda":
+                print("peak MB: " + ", ".join(f"{r['provider']}@{r['numel']}={r['peak_mb']}" for r in rows
+                                              if (r["op"], r["mode"], r["dtype"]) == (op, "fwdbwd", dtype_name)))
             write_csv(csv_path, rows, FIELDS + ("peak_mb",))  # rewritten after each (op, dtype)
     print(f"\nwrote {csv_path}")
 

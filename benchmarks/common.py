@@ -192,6 +192,18 @@ def result_rows(meta, key: dict, timed: dict, bytes_per_elem: dict, numel: int, 
     return rows
 
 
+def report(rows, meta, out: Path, stem: str, op: str, dtype_name: str, modes, providers, copy_by_size: dict,
+           device_type: str):
+    """Prints the table and writes the plot of each mode for one (op, dtype) of benchmark ``stem``; providers
+    without rows (e.g. aten for a dtype it rejects) are left out."""
+    for mode in modes:
+        sel = [r for r in rows if (r["op"], r["mode"], r["dtype"]) == (op, mode, dtype_name)]
+        shown = [p for p in providers if any(r["provider"] == p for r in sel)]
+        title = f"{stem.replace('_', ' ')} {op} {mode} {dtype_name} on {meta['device_name']}"
+        print_table(sel, title, shown)
+        plot(sel, copy_by_size, shown, title, out / f"{stem}_{op}_{mode}_{dtype_name}_{device_type}.png")
+
+
 def write_csv(path: Path, rows, fields=FIELDS):
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")

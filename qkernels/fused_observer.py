@@ -37,7 +37,6 @@ from .ops import (
     _check_range,
     _fail,
     _fake_quantize_per_tensor_affine_cachemask_tensor_qparams,
-    _inner_stride,
     fake_quantize_per_channel_affine_cachemask,
 )
 from .reference.fused_observer import (
@@ -48,7 +47,7 @@ from .reference.fused_observer import (
     update_running,
 )
 
-__all__ = ["fused_moving_avg_obs_fake_quant"]
+__all__ = ["fused_moving_avg_obs_fake_quant", "observer_update"]
 
 _F32_EPS = torch.finfo(torch.float32).eps
 
@@ -104,12 +103,9 @@ def _update_impl(x, observer_on, fake_quant_on, running_min, running_max, scale,
     if x.numel() == 0:
         return
     if _runs_native(x, quant_min, quant_max):
-        out = torch.empty_like(x)  # x's dense layout, in which the channel stride gives `inner`
-        xd = x if out.stride() == x.stride() else out.copy_(x)
-        inner = _inner_stride(xd, ch_axis % x.dim()) if per_row else x.numel()
         torch.ops.qkernels._fused_observer_update_cpu(
-            xd.detach(), observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
-            averaging_const, quant_min, quant_max, inner, symmetric, QPARAMS_MODES.index(qparams), eps,
+            x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const, quant_min,
+            quant_max, ch_axis % x.dim() if per_row else -1, symmetric, QPARAMS_MODES.index(qparams), eps,
             symmetric_zero_point, True)
         return
     _update_with_torch_ops(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
@@ -189,6 +185,19 @@ def _size_per_channel_state(x, ch_axis, running_min, running_max, scale, zero_po
             zero_point.resize_(channels).zero_()
 
 
+def observer_update(input, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
+                    averaging_const, quant_min, quant_max, ch_axis, per_row_fake_quant, symmetric_quant, *,
+                    qparams="fused", eps=_F32_EPS, symmetric_zero_point=0) -> None:
+    """The observer and qparam step of ``fused_moving_avg_obs_fake_quant`` alone (no fake quantization),
+    in place; sizes empty per-channel state on the first eager call."""
+    if per_row_fake_quant:
+        _check_ch_axis(input, ch_axis)
+        _size_per_channel_state(input, ch_axis, running_min, running_max, scale, zero_point)
+    _fused_observer_update(input, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
+                           float(averaging_const), quant_min, quant_max, ch_axis, bool(per_row_fake_quant),
+                           bool(symmetric_quant), qparams, float(eps), int(symmetric_zero_point))
+
+
 def fused_moving_avg_obs_fake_quant(
     input: Tensor,
     observer_on: Tensor,
@@ -213,12 +222,9 @@ def fused_moving_avg_obs_fake_quant(
     straight-through mask)."""
     if input.numel() == 0:
         return input.clone()
-    if per_row_fake_quant:
-        _check_ch_axis(input, ch_axis)
-        _size_per_channel_state(input, ch_axis, running_min, running_max, scale, zero_point)
-    _fused_observer_update(input, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
-                           float(averaging_const), quant_min, quant_max, ch_axis, bool(per_row_fake_quant),
-                           bool(symmetric_quant), qparams, float(eps), int(symmetric_zero_point))
+    observer_update(input, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
+                    averaging_const, quant_min, quant_max, ch_axis, per_row_fake_quant, symmetric_quant,
+                    qparams=qparams, eps=eps, symmetric_zero_point=symmetric_zero_point)
     need_mask = torch.is_grad_enabled() and input.requires_grad
     if not per_row_fake_quant:
         return _fake_quantize_per_tensor_affine_cachemask_tensor_qparams(

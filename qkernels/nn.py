@@ -24,8 +24,12 @@ from torch.ao.quantization import fake_quantize as _ao_fq
 from torch.ao.quantization._learnable_fake_quantize import _LearnableFakeQuantize
 from torch.ao.quantization.observer import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
 
-from .fused_observer import fused_moving_avg_obs_fake_quant
-from .learnable import fake_quantize_learnable_per_channel_affine, fake_quantize_learnable_per_tensor_affine
+from .fused_observer import fused_moving_avg_obs_fake_quant, observer_update
+from .learnable import (
+    fake_quantize_learnable_per_channel_affine,
+    fake_quantize_learnable_per_tensor_affine,
+    lsq_grad_factor,
+)
 
 __all__ = ["FakeQuantize", "FusedMovingAvgObsFakeQuantize", "LearnableFakeQuantize"]
 
@@ -64,14 +68,18 @@ def _symmetric_zero_point(obs) -> int:
     return 0
 
 
-def _observer_step(module, x: Tensor, observer_on: Tensor, fake_quant_on: Tensor, qparams: str,
-                   scale: Tensor, zero_point: Tensor) -> Tensor:
+def _observer_args(module, x: Tensor, observer_on: Tensor, fake_quant_on: Tensor, scale: Tensor,
+                   zero_point: Tensor):
+    """The arguments of fused_moving_avg_obs_fake_quant / observer_update for this module's observer."""
     obs = module.activation_post_process
-    return fused_moving_avg_obs_fake_quant(
-        x, observer_on, fake_quant_on, obs.min_val, obs.max_val, scale, zero_point, obs.averaging_constant,
-        obs.quant_min, obs.quant_max, module.ch_axis if module.is_per_channel else 0, module.is_per_channel,
-        obs.qscheme in _SYMMETRIC, qparams=qparams, eps=module._observer_eps,
-        symmetric_zero_point=_symmetric_zero_point(obs))
+    return (x, observer_on, fake_quant_on, obs.min_val, obs.max_val, scale, zero_point, obs.averaging_constant,
+            obs.quant_min, obs.quant_max, module.ch_axis if module.is_per_channel else 0, module.is_per_channel,
+            obs.qscheme in _SYMMETRIC)
+
+
+def _observer_options(module, qparams: str) -> dict:
+    obs = module.activation_post_process
+    return dict(qparams=qparams, eps=module._observer_eps, symmetric_zero_point=_symmetric_zero_point(obs))
 
 
 class FakeQuantize(_ao_fq.FakeQuantize):
@@ -83,8 +91,9 @@ class FakeQuantize(_ao_fq.FakeQuantize):
         _setup(self)
 
     def forward(self, X: Tensor) -> Tensor:
-        return _observer_step(self, X, self.observer_enabled, self.fake_quant_enabled, "observer", self.scale,
-                              self.zero_point)
+        return fused_moving_avg_obs_fake_quant(
+            *_observer_args(self, X, self.observer_enabled, self.fake_quant_enabled, self.scale, self.zero_point),
+            **_observer_options(self, "observer"))
 
 
 class FusedMovingAvgObsFakeQuantize(_ao_fq.FusedMovingAvgObsFakeQuantize):
@@ -96,8 +105,9 @@ class FusedMovingAvgObsFakeQuantize(_ao_fq.FusedMovingAvgObsFakeQuantize):
         _setup(self)
 
     def forward(self, X: Tensor) -> Tensor:
-        return _observer_step(self, X, self.observer_enabled, self.fake_quant_enabled, "fused", self.scale,
-                              self.zero_point)
+        return fused_moving_avg_obs_fake_quant(
+            *_observer_args(self, X, self.observer_enabled, self.fake_quant_enabled, self.scale, self.zero_point),
+            **_observer_options(self, "fused"))
 
 
 class LearnableFakeQuantize(_LearnableFakeQuantize):
@@ -119,13 +129,13 @@ class LearnableFakeQuantize(_LearnableFakeQuantize):
             # The observer's qparams, as int32, land in the parameters only while static estimation is on.
             observed_scale = self.scale.detach().clone()
             observed_zp = self.zero_point.detach().round().to(torch.int32)
-            _observer_step(self, X.detach(), self.static_enabled, torch.zeros_like(self.static_enabled), "observer",
-                           observed_scale, observed_zp)
+            observer_update(*_observer_args(self, X.detach(), self.static_enabled, self.static_enabled,
+                                            observed_scale, observed_zp), **_observer_options(self, "observer"))
             self.scale.copy_(torch.where(static, observed_scale, self.scale.clamp(min=self.eps)))
             self.zero_point.copy_(torch.where(static, observed_zp.to(self.zero_point.dtype), self.zero_point))
             if obs.qscheme in _SYMMETRIC:
                 self.zero_point.copy_(torch.where(fake_quant, torch.zeros_like(self.zero_point), self.zero_point))
-        grad_factor = 1.0 / (X.numel() * self.quant_max) ** 0.5 if self.use_grad_scaling else 1.0
+        grad_factor = lsq_grad_factor(X.numel(), self.quant_max) if self.use_grad_scaling else 1.0
         if self.is_per_channel:
             y = fake_quantize_learnable_per_channel_affine(X, self.scale, self.zero_point, self.ch_axis,
                                                            self.quant_min, self.quant_max, grad_factor)

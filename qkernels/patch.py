@@ -5,8 +5,8 @@
 ``torch._fake_quantize_learnable_per_channel_affine`` and ``torch.fused_moving_avg_obs_fake_quant`` with
 qkernels' drop-ins, so code that looks them up at call time (torch.ao's FakeQuantize,
 FusedMovingAvgObsFakeQuantize and _LearnableFakeQuantize modules do) runs on qkernels. Names bound earlier
-with ``from torch import ...``, TorchScript and C++ callers are not affected. ``unpatch_torch()`` restores the originals; ``patched_torch()``
-is the context-manager form. Patching twice is a no-op.
+with ``from torch import ...``, TorchScript and C++ callers are not affected. ``unpatch_torch()`` restores
+the originals; ``patched_torch()`` is the context-manager form. Patching twice is a no-op.
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ from conftest import (
     interpreted,
     make_input,
     run,
-    special_values,
 )
 
 ALL_DTYPES = KERNEL_DTYPES + [torch.float64]

@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 import qkernels
 from qkernels.reference import fake_quant_learnable as lref
 
-from conftest import DEVICES, KERNEL_DTYPES, assert_bitwise_equal, backends_for, flavour_of, interpreted, \
-    make_input, run
+from conftest import DEVICES, KERNEL_DTYPES, assert_bitwise_equal, backends_for, flavour_of, interpreted, make_input
 
 CASES = [(dev, be) for dev in DEVICES for be in backends_for(dev)]
 RANGES = [(-128, 127), (0, 255), (-8, 7), (0, 15), (-1, 0), (-32768, 32767)]

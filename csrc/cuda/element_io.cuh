@@ -6,6 +6,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
 #include "qkernels/fake_quant_kernels.h"
 
 namespace qkernels {
@@ -36,6 +38,9 @@ struct alignas(16) Vec {
   static constexpr int kSize = 16 / sizeof(T);
   T v[kSize];
 };
+
+// Whether a host pointer allows 16-byte vector accesses.
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 // Calls fn(T{}) with the element type of dtype; returns fn's cudaError_t value.
 template <typename Fn>

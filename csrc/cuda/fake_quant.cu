@@ -183,7 +183,6 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(BackwardParams p) {
   }
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 // The mask moves in chunks of V bytes, so its alignment must match.
 bool aligned_n(const void* p, int n) { return p == nullptr || (reinterpret_cast<uintptr_t>(p) % n) == 0; }
 

@@ -34,7 +34,6 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int64_t kMaxGrid = 0x7fffffff;  // gridDim.x limit; larger launches loop
 
-
 template <typename T>
 __device__ __forceinline__ void load_vec(const T* __restrict__ p, float (&out)[Vec<T>::kSize]) {
   const Vec<T> t = *reinterpret_cast<const Vec<T>*>(p);
@@ -170,8 +169,6 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
 }
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 dim3 grid_for(int64_t blocks) { return dim3(static_cast<unsigned>(blocks < kMaxGrid ? blocks : kMaxGrid)); }
 

@@ -87,23 +87,26 @@ bool flag_on(const at::Tensor& flag) {
 void fused_observer_update_cpu(const at::Tensor& x, const at::Tensor& observer_on, const at::Tensor& fake_quant_on,
                                at::Tensor& running_min, at::Tensor& running_max, at::Tensor& scale,
                                at::Tensor& zero_point, double averaging_const, int64_t quant_min, int64_t quant_max,
-                               int64_t inner, bool symmetric, int64_t mode, double eps, int64_t symmetric_zero_point,
+                               int64_t ch_axis, bool symmetric, int64_t mode, double eps, int64_t symmetric_zero_point,
                                bool small_scale_floor) {
-  const ObserverParams p = glue::observer_params(x, running_min, running_max, scale, zero_point, averaging_const,
+  // ch_axis < 0: per tensor. The kernel walks storage order, so a non-dense x is read from a dense copy.
+  const at::Tensor xd = x.is_non_overlapping_and_dense() ? x : x.contiguous();
+  const int64_t inner = ch_axis < 0 ? xd.numel() : glue::inner_stride(xd, ch_axis);
+  const ObserverParams p = glue::observer_params(xd, running_min, running_max, scale, zero_point, averaging_const,
                                                  quant_min, quant_max, inner, symmetric, mode, eps,
                                                  symmetric_zero_point, small_scale_floor);
   const bool observe = flag_on(observer_on);
   const bool recompute = p.mode == QParamsMode::Fused ? flag_on(fake_quant_on) : observe;
   std::vector<float> lo(p.channels, INFINITY), hi(p.channels, -INFINITY);
-  if (observe && x.numel() > 0) {
+  if (observe && xd.numel() > 0) {
     std::mutex fold;
     const auto combine = [&](const float* l, const float* h) {
       const std::lock_guard<std::mutex> lock(fold);
       for (int64_t c = 0; c < p.channels; ++c) lo[c] = nan_min(lo[c], l[c]), hi[c] = nan_max(hi[c], h[c]);
     };
-    const int64_t size = x.element_size();
+    const int64_t size = xd.element_size();
     if (p.channels == 1) {  // one run: split it into element ranges
-      at::parallel_for(0, x.numel(), kGrain, [&](int64_t b, int64_t e) {
+      at::parallel_for(0, xd.numel(), kGrain, [&](int64_t b, int64_t e) {
         ObserverParams q = p;
         q.x = static_cast<const char*>(p.x) + b * size;
         q.outer = 1;
@@ -137,7 +140,7 @@ TORCH_LIBRARY_FRAGMENT(qkernels, m) {
   // CPU only so far: the CUDA and Triton observer kernels are still to come.
   m.def("_fused_observer_update_cpu(Tensor x, Tensor observer_on, Tensor fake_quant_on, Tensor(a!) running_min, "
         "Tensor(b!) running_max, Tensor(c!) scale, Tensor(d!) zero_point, float averaging_const, int quant_min, "
-        "int quant_max, int inner, bool symmetric, int mode, float eps, int symmetric_zero_point, "
+        "int quant_max, int ch_axis, bool symmetric, int mode, float eps, int symmetric_zero_point, "
         "bool small_scale_floor) -> ()");
 }
 

@@ -188,8 +188,13 @@ inline LearnableBackwardParams learnable_backward_params(const at::Tensor& dy, c
   return p;
 }
 
-// Fused observer: x in storage order as [outer, channels, inner], channels = running_min.numel(); float32
-// running stats and scale, int32 or int64 zero point, all contiguous with `channels` elements.
+// Elements laid out inside `axis` in a dense tensor's storage (its stride; all of them for a size-1 axis).
+inline int64_t inner_stride(const at::Tensor& t, int64_t axis) {
+  return t.size(axis) > 1 ? t.stride(axis) : t.numel() / std::max<int64_t>(1, t.size(axis));
+}
+
+// Fused observer: x (dense) in storage order as [outer, channels, inner], channels = running_min.numel();
+// float32 running stats and scale, int32 or int64 zero point, all contiguous with `channels` elements.
 inline ObserverParams observer_params(const at::Tensor& x, at::Tensor& running_min, at::Tensor& running_max,
                                       at::Tensor& scale, at::Tensor& zero_point, double averaging_const,
                                       int64_t quant_min, int64_t quant_max, int64_t inner, bool symmetric,

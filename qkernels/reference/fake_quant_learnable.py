@@ -201,13 +201,12 @@ def backward_elements_broadcast(
         below = (qf < quant_min) | torch.isnan(qf)
         above = qf > quant_max
         level = torch.where(below | above, torch.zeros_like(qf), qf)
-    elif flavour == "cpu":
-        v = _fma_f32(xf, inv, zb) if use_fma else xf * inv + zb
-        q = _to_int64_x86(torch.round(v))
-        below, above = q < quant_min, q > quant_max
-        level = torch.where(below | above, torch.zeros_like(q), q).float()
     else:
-        q = _to_int64_cuda(torch.round(xf * inv)) + zb.to(torch.int64)  # int64 addition wraps, as on the device
+        if flavour == "cpu":
+            v = _fma_f32(xf, inv, zb) if use_fma else xf * inv + zb
+            q = _to_int64_x86(torch.round(v))
+        else:  # int64 addition wraps, as on the device
+            q = _to_int64_cuda(torch.round(xf * inv)) + zb.to(torch.int64)
         below, above = q < quant_min, q > quant_max
         level = torch.where(below | above, torch.zeros_like(q), q).float()
     inside = ~(below | above)
