@@ -24,7 +24,12 @@ if MODE not in ("auto", "none", "cpu", "cuda"):
     sys.exit(f"QKERNELS_BUILD must be auto, none, cpu or cuda, got {MODE!r}")
 
 CPU_SOURCES = ["csrc/cpu/fake_quant.cpp", "csrc/cpu/fake_quant_avx2.cpp", "csrc/ops/fake_quant_cpu.cpp"]
-CUDA_SOURCES = ["csrc/cuda/fake_quant.cu", "csrc/cuda/fake_quant_learnable.cu", "csrc/ops/fake_quant_cuda.cpp"]
+CUDA_SOURCES = [
+    "csrc/cuda/fake_quant.cu",
+    "csrc/cuda/fake_quant_learnable.cu",
+    "csrc/cuda/fused_observer.cu",
+    "csrc/ops/fake_quant_cuda.cpp",
+]
 INCLUDE = [os.path.join(ROOT, "csrc", "include")]
 # IEEE arithmetic exactly as written: no contraction into FMA, no fast-math (bit-exactness with aten);
 # -fno-trapping-math only lets the vectorizer compute both sides of a select (no flag is ever read).

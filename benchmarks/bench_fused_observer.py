@@ -3,7 +3,8 @@
 One training step of ``fused_moving_avg_obs_fake_quant`` with the observer and fake quant on: ``aten``
 (``torch.fused_moving_avg_obs_fake_quant``, float32 only), ``compile`` (torch.compile of the qkernels
 reference step, ``qkernels.reference.fused_observer``) and ``qkernels`` on each backend usable on the device
-(on CPU tensors the observer update is a C++ kernel; on CUDA ones, PyTorch ops in this release). Ops:
+(the observer update: the C++ kernel on CPU tensors, the CUDA or Triton kernels on CUDA ones, PyTorch
+ops on the reference backend). Ops:
 ``per_tensor`` (x 1-D) and ``per_channel`` (x [256, n/256], ch_axis 0). Modes: fwd (no grad) and fwdbwd
 (x requires grad, ``y.backward(dy)``).
 

@@ -3,7 +3,8 @@
 Every backend module offers the same launchers, writing into preallocated outputs that share x's dense
 layout: ``per_tensor``, ``per_channel`` and ``backward`` (contract: qkernels/ops.py; ``enabled`` is None or a
 one-element int32 tensor; a mask is None, bool in x's layout, or packed uint8), and ``learnable_forward`` /
-``learnable_backward`` (contract: qkernels/learnable.py and csrc/include/qkernels/fake_quant_learnable_kernels.h).
+``learnable_backward`` (contract: qkernels/learnable.py and csrc/include/qkernels/fake_quant_learnable_kernels.h),
+and ``fused_observer_update`` (contract: qkernels/fused_observer.py).
 """
 
 from __future__ import annotations
@@ -56,9 +57,18 @@ def learnable_forward(x, out, scale, zero_point, dims, quant_min, quant_max, fla
 
 
 def learnable_backward(dy, x, dx, scale, zero_point, dims, quant_min, quant_max, grad_factor, flavour, rule,
-                       use_fma, need_qgrads):
-    partials = _op("learnable_backward", x.device)(
+                       use_fma, need_qgrads, ds_dtype, dz_dtype):
+    grads = _op("learnable_backward", x.device)(
         dy, x, dx, scale, zero_point, *dims, quant_min, quant_max, grad_factor, FLAVOURS[flavour], rule, use_fma,
-        need_qgrads,
+        need_qgrads, ds_dtype, dz_dtype,
     )
-    return partials if need_qgrads else None
+    return grads if need_qgrads else None
+
+
+def fused_observer_update(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
+                          averaging_const, quant_min, quant_max, ch_axis, inner, symmetric, mode, eps,
+                          symmetric_zero_point, flavour):
+    _op("observer_update", x.device)(
+        x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const, quant_min,
+        quant_max, inner, symmetric, mode, eps, symmetric_zero_point, FLAVOURS[flavour],
+    )

@@ -6,6 +6,7 @@ import torch
 
 from .reference import fake_quant as ref
 from .reference import fake_quant_learnable as lref
+from .reference import fused_observer as oref
 
 _RULES = {0: "torch", 1: "torch", 2: "consistent"}
 
@@ -53,7 +54,7 @@ def learnable_forward(x, out, scale, zero_point, dims, quant_min, quant_max, fla
 
 
 def learnable_backward(dy, x, dx, scale, zero_point, dims, quant_min, quant_max, grad_factor, flavour, rule,
-                       use_fma, need_qgrads):
+                       use_fma, need_qgrads, ds_dtype, dz_dtype):
     B, _, C, _ = dims
     dy4, x4 = _views(dims, dy, x)
     g, ds, dz = lref.backward_elements_broadcast(
@@ -63,4 +64,30 @@ def learnable_backward(dy, x, dx, scale, zero_point, dims, quant_min, quant_max,
     ref.storage_view(dx).copy_(g.flatten())
     if not need_qgrads:
         return None
-    return torch.stack([ds, dz]).sum((2, 4), dtype=torch.float64).float().view(2, B, 1, C)
+    partials = torch.stack([ds, dz]).sum((2, 4), dtype=torch.float64).float().view(2, B, 1, C)
+    return lref.reduce_partials(partials, ds_dtype, dz_dtype)
+
+
+def fused_observer_update(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
+                          averaging_const, quant_min, quant_max, ch_axis, inner, symmetric, mode, eps,
+                          symmetric_zero_point, flavour):
+    """The spec's update as PyTorch ops on x's device, flags read there (no host sync): the min/max
+    reduction therefore runs even while the observer is off."""
+    xf = x.detach().float()
+    if ch_axis >= 0:
+        cur_min, cur_max = torch.aminmax(oref.channel_rows(xf, ch_axis), dim=1)
+    else:
+        cur_min, cur_max = torch.aminmax(xf)
+    observe = oref.flag_on_device(observer_on)
+    for running, cur in ((running_min, cur_min), (running_max, cur_max)):
+        running.copy_(torch.where(observe, oref.update_running(running, cur.view(running.shape), averaging_const,
+                                                               flavour), running))
+    if mode == 0:
+        s, z = oref.choose_qparams_fused(running_min, running_max, quant_min, quant_max, symmetric, flavour)
+        recompute = oref.flag_on_device(fake_quant_on)
+    else:
+        s, z = oref.choose_qparams_observer(running_min, running_max, quant_min, quant_max, symmetric, eps=eps,
+                                            symmetric_zero_point=symmetric_zero_point)
+        recompute = observe
+    scale.copy_(torch.where(recompute, s.view(scale.shape), scale))
+    zero_point.copy_(torch.where(recompute, z.view(zero_point.shape).to(zero_point.dtype), zero_point))

@@ -111,7 +111,7 @@ _MODULES = {
     "cpu": "qkernels._backend_native",
     "cuda": "qkernels._backend_native",
 }
-FAMILIES = ("fake_quant", "fake_quant_learnable")
+FAMILIES = ("fake_quant", "fake_quant_learnable", "fused_observer")
 
 
 def _module(name: str, family: str):

@@ -17,10 +17,14 @@ Two registered ops make it up, so that compile/export see a functional, differen
 * then the fake-quant ops of ``qkernels.ops`` with the tensor qparams and the ``fake_quant_on`` flag (per
   tensor: the tensor-qparams op's own flag; per channel: the per-channel op, then ``where(on, y, x)``).
 
-On CPU tensors the update is one C++ kernel (qkernels._C): the min/max pass over x runs only while the
-observer is on (CPU flags are read on the host, which costs no sync). CUDA tensors and the reference backend
-run it as PyTorch ops on the device (no host sync; the reduction then runs even while the observer is off);
-CUDA and Triton kernels are to come.
+The update runs on the backend ``qkernels.backends`` picks (family ``fused_observer``): the C++ kernel for CPU
+tensors (flags read on the host, which is no sync; no pass over x while the observer is off), the CUDA or
+Triton kernels for CUDA tensors (a min/max pass whose CTAs/programs read the observer flag on the device and
+skip x while it is off, then one per-channel step that folds the partial results and writes the state), or
+PyTorch ops on the device (reference; its reduction runs even while the observer is off). Flags are read
+the same way everywhere, nonzero after truncation toward zero (torch's CUDA op counts only exactly 1 as on;
+the flags torch.ao's modules keep are 0 or 1, where the two readings agree). On CUDA tensors the moving
+average is one FMA, as nvcc compiles aten's CUDA kernel (``qkernels.reference.fused_observer.update_running``).
 
 Per-channel running stats that start empty (torch.ao's per-channel observers) are sized on the first eager
 call, as torch does; under compile or export they must already have ``x.size(ch_axis)`` elements.
@@ -37,19 +41,17 @@ from .ops import (
     _check_range,
     _fail,
     _fake_quantize_per_tensor_affine_cachemask_tensor_qparams,
+    _inner_stride,
     fake_quantize_per_channel_affine_cachemask,
 )
-from .reference.fused_observer import (
-    QPARAMS_MODES,
-    channel_rows,
-    choose_qparams_fused,
-    choose_qparams_observer,
-    update_running,
-)
+from .reference.fused_observer import QPARAMS_MODES, flag_on_device
 
 __all__ = ["fused_moving_avg_obs_fake_quant", "observer_update"]
 
 _F32_EPS = torch.finfo(torch.float32).eps
+# flag dtypes the kernels read (csrc/include/qkernels/fused_observer_kernels.h, FlagType)
+_FLAG_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64, torch.float16, torch.bfloat16,
+                torch.float32, torch.float64)
 
 
 def _check(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, quant_min, quant_max,
@@ -63,8 +65,9 @@ def _check(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_
         if t.device != x.device:
             _fail(f"{op}: `{name}` must be on the same device as `input` ({x.device}), got {t.device}")
     for name, t in (("observer_on", observer_on), ("fake_quant_on", fake_quant_on)):
-        if t.numel() != 1 or t.dtype == torch.bool or t.is_complex():
-            _fail(f"{op}: `{name}` must be a one-element integer or float tensor, got {t.dtype} {tuple(t.shape)}")
+        if t.numel() != 1 or t.dtype not in _FLAG_DTYPES:
+            _fail(f"{op}: `{name}` must be a one-element tensor of a signed integer type, uint8 or a floating type, "
+                  f"got {t.dtype} {tuple(t.shape)}")
     for name, t in (("running_min", running_min), ("running_max", running_max), ("scale", scale)):
         if t.dtype != torch.float32:
             _fail(f"{op}: `{name}` must be float32, got {t.dtype}")
@@ -90,10 +93,14 @@ def _check_ch_axis(x: Tensor, ch_axis: int):
               f"{x.dim()}-D input, got {ch_axis}")
 
 
-def _flag(t: Tensor) -> Tensor:
-    """0-dim bool on t's device: nonzero after truncation toward zero (as torch's CPU op reads it)."""
-    t = t.detach().reshape(())
-    return (t.trunc() if t.is_floating_point() else t) != 0
+def _is_dense(x: Tensor) -> bool:
+    """Whether x's elements fill its storage span exactly once (any dimension order)."""
+    expected = 1
+    for size, stride in sorted(((sz, st) for sz, st in zip(x.shape, x.stride()) if sz != 1), key=lambda d: d[1]):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 def _update_impl(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const,
@@ -102,49 +109,20 @@ def _update_impl(x, observer_on, fake_quant_on, running_min, running_max, scale,
            ch_axis, per_row, qparams)
     if x.numel() == 0:
         return
-    if _runs_native(x, quant_min, quant_max):
-        torch.ops.qkernels._fused_observer_update_cpu(
-            x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const, quant_min,
-            quant_max, ch_axis % x.dim() if per_row else -1, symmetric, QPARAMS_MODES.index(qparams), eps,
-            symmetric_zero_point, True)
-        return
-    _update_with_torch_ops(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
-                           averaging_const, quant_min, quant_max, ch_axis, per_row, symmetric, qparams, eps,
-                           symmetric_zero_point)
-
-
-def _runs_native(x: Tensor, quant_min: int, quant_max: int) -> bool:
-    """Whether the C++ observer kernel runs this call: CPU tensors on the cpu backend (auto or by name)."""
-    if x.device.type != "cpu" or backends.requested() not in ("auto", "cpu"):
-        return False
-    return backends.availability("cpu", "cpu") is None and backends.kernel_support(x, quant_min, quant_max) is None
-
-
-def _update_with_torch_ops(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
-                           averaging_const, quant_min, quant_max, ch_axis, per_row, symmetric, qparams, eps,
-                           symmetric_zero_point):
-    """The update as PyTorch ops on x's device, without a host sync (the reference backend and CUDA tensors,
-    until their kernels exist): the min/max reduction runs even while the observer is off."""
-    xf = x.detach().float()
-    if per_row:
-        cur_min, cur_max = torch.aminmax(channel_rows(xf, ch_axis), dim=1)
-    else:
-        cur_min, cur_max = torch.aminmax(xf)
-    observe = _flag(observer_on)
-    running_min.copy_(torch.where(observe, update_running(running_min, cur_min.view(running_min.shape),
-                                                          averaging_const), running_min))
-    running_max.copy_(torch.where(observe, update_running(running_max, cur_max.view(running_max.shape),
-                                                          averaging_const), running_max))
-    if qparams == "fused":
-        s, z = choose_qparams_fused(running_min, running_max, quant_min, quant_max, symmetric,
-                                    "cuda" if x.is_cuda else "cpu")
-        recompute = _flag(fake_quant_on)
-    else:
-        s, z = choose_qparams_observer(running_min, running_max, quant_min, quant_max, symmetric, eps=eps,
-                                       symmetric_zero_point=symmetric_zero_point)
-        recompute = observe
-    scale.copy_(torch.where(recompute, s.view(scale.shape), scale))
-    zero_point.copy_(torch.where(recompute, z.view(zero_point.shape).to(zero_point.dtype), zero_point))
+    # The kernels walk x in storage order as [outer, channels, inner] and update contiguous state.
+    x = x.detach()
+    if not _is_dense(x):
+        x = x.contiguous()
+    axis = ch_axis % x.dim() if per_row else -1
+    inner = _inner_stride(x, axis) if per_row else x.numel()
+    state = (running_min, running_max, scale, zero_point)
+    work = [t if t.is_contiguous() else t.contiguous() for t in state]
+    backends.select(x, quant_min, quant_max, "fused_observer").fused_observer_update(
+        x, observer_on, fake_quant_on, *work, float(averaging_const), quant_min, quant_max, axis, inner, symmetric,
+        QPARAMS_MODES.index(qparams), float(eps), symmetric_zero_point, "cuda" if x.is_cuda else "cpu")
+    for t, w in zip(state, work):
+        if w is not t:
+            t.copy_(w)
 
 
 def _update_fake(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const,
@@ -231,4 +209,4 @@ def fused_moving_avg_obs_fake_quant(
             input, scale, zero_point, fake_quant_on, quant_min, quant_max, need_mask)[0]
     y, _ = fake_quantize_per_channel_affine_cachemask(input, scale, zero_point.to(torch.int32), ch_axis, quant_min,
                                                       quant_max, need_mask)
-    return torch.where(_flag(fake_quant_on), y, input)
+    return torch.where(flag_on_device(fake_quant_on), y, input)

@@ -140,8 +140,9 @@ def _layout(x: Tensor, axis: Optional[int], group_size: Optional[int]):
 
 
 def _flat_qparams(scale: Tensor, zero_point: Tensor):
-    """Both as contiguous 1-D float32 (no copy, and no call into torch's conversion, when they already are)."""
-    return tuple(t.detach().reshape(-1) if t.dtype == torch.float32 and t.is_contiguous()
+    """Both as contiguous float32 (the launchers read them as flat [B * C] arrays): as they are when they
+    already are (no call into torch, which costs more than a small kernel), else converted copies."""
+    return tuple(t if t.dtype == torch.float32 and t.is_contiguous()
                  else t.detach().reshape(-1).to(torch.float32).contiguous() for t in (scale, zero_point))
 
 
@@ -198,18 +199,16 @@ def _backward_checked(grad, self, scale, zero_point, axis, group_size, quant_min
         rule = _RULE_TORCH_PER_TENSOR if axis is None else _RULE_TORCH
     s, z = _flat_qparams(scale, zero_point)
     flavour = _flavour(x)
-    partials = backends.select(x, quant_min, quant_max, _FAMILY).learnable_backward(
+    grad_dtypes = [t.dtype if t.is_floating_point() else torch.float32 for t in (scale, zero_point)]
+    grads = backends.select(x, quant_min, quant_max, _FAMILY).learnable_backward(
         dy, x, dx, s, z, dims, quant_min, quant_max, grad_factor, flavour, rule, uses_fma(flavour, torch.float32),
-        need_qgrads)
+        need_qgrads, *grad_dtypes)
     if not need_qgrads:
         return dx, _qgrad_like(scale, False), _qgrad_like(zero_point, False)
-    # [2, B, P, C] -> [2, B, C]: the partials are few, and summing them in float64 keeps the result close to
-    # exact; one reduction serves both gradients (each launch costs host time on a GPU). The casts copy, so
-    # the two outputs do not alias each other.
-    sums = partials.sum(2, dtype=torch.float64)
-    grads = [sums[i].to(t.dtype if t.is_floating_point() else torch.float32, copy=True).view(t.shape)
-             for i, t in enumerate((scale, zero_point))]
-    return dx, grads[0], grads[1]
+    # The launcher sums its fixed-order partials in float64 and rounds once to each gradient's dtype (for the
+    # native backends inside the C++ op: no further launches from Python).
+    ds, dz = (g if g.shape == t.shape else g.view(t.shape) for g, t in zip(grads, (scale, zero_point)))
+    return dx, ds, dz
 
 
 def _backward_fake(grad, self, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor,

@@ -170,6 +170,35 @@ def test_half_precision_against_float32_reference(device, backend, dtype):
 
 
 @pytest.mark.parametrize("device,backend", CASES)
+@pytest.mark.parametrize("scale_dtype,zp_dtype", [(torch.float64, torch.float64), (torch.float16, torch.int32),
+                                                  (torch.bfloat16, torch.float32)])
+def test_qparam_grads_take_the_qparams_dtypes(device, backend, scale_dtype, zp_dtype):
+    """dscale has scale's dtype and dzero_point zero_point's (an integer zero point gets none): the float32
+    partials' float64 sum rounded once to that dtype, i.e. the float32-qparams gradient up to that rounding
+    (tolerance: one ulp of the gradient's dtype; float64 gets the float32 gradient's own rounding)."""
+    scale, zp = qparams((8,), -8, 7, 5, device)
+    x, dy = inputs(5, (8, 33), scale, zp, 0, None, -8, 7, torch.float32, device)
+    s, z = scale.to(scale_dtype), zp.round().to(zp_dtype)
+    _, _, ds32, dz32 = forward_backward(backend, x, s.float(), z.float(), dy, 0, None, -8, 7, 1.0)
+    y, dx, ds, dz = forward_backward(backend, x, s, z, dy, 0, None, -8, 7, 1.0) if zp_dtype.is_floating_point else (
+        _with_integer_zero_point(backend, x, s, z, dy))
+    assert ds.dtype == scale_dtype and (dz is None or dz.dtype == zp_dtype)
+    rtol = {torch.float64: 2 ** -23, torch.float16: 2 ** -10, torch.bfloat16: 2 ** -7}[scale_dtype]
+    torch.testing.assert_close(ds.double(), ds32.double(), rtol=rtol, atol=0)
+    if dz is not None:
+        torch.testing.assert_close(dz.double(), dz32.double(), rtol=2 ** -23, atol=0)
+
+
+def _with_integer_zero_point(backend, x, s, z, dy):
+    """An integer zero point cannot require grad: only x and scale get gradients."""
+    xs, ss = x.detach().clone().requires_grad_(), s.detach().clone().requires_grad_()
+    with qkernels.use_backend(backend):
+        y = learnable(xs, ss, z, 0, None, -8, 7, 1.0, "torch")
+        y.backward(dy)
+    return y.detach(), xs.grad, ss.grad, None
+
+
+@pytest.mark.parametrize("device,backend", CASES)
 def test_per_group_of_whole_rows_is_per_channel(device, backend):
     """Groups spanning a whole row of a 2-D tensor are per-channel quantizers along axis 0."""
     scale, zp = qparams((6,), -8, 7, 9, device)

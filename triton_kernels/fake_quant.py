@@ -21,10 +21,14 @@ _INT64_MAX = 2**63 - 1
 
 @triton.jit
 def _round_half_even(v):
-    # |v| < 2^23: adding +-2^23 lands where the float spacing is 1, so the FPU rounds half to even.
-    two23 = 8388608.0
-    m = tl.where(v < 0, -two23, two23)
-    return tl.where(tl.abs(v) < two23, (v + m) - m, v)
+    # |v| < 2^p (p = 23 for float32, 52 for float64): adding +-2^p lands where the spacing is 1, so the FPU
+    # rounds half to even; larger values are integers already.
+    if tl.constexpr(v.dtype.is_fp64()):
+        big = 4503599627370496.0
+    else:
+        big = 8388608.0
+    m = tl.where(v < 0, -big, big)
+    return tl.where(tl.abs(v) < big, (v + m) - m, v)
 
 
 @triton.jit

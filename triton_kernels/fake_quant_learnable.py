@@ -41,6 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..reference.fake_quant_learnable import reduce_partials
 from .fake_quant import _clamp_nan_low, _flat, _round_half_even
 
 __all__ = ["learnable_forward", "learnable_backward"]
@@ -305,18 +306,19 @@ def learnable_forward(x, out, scale, zero_point, dims, quant_min, quant_max, fla
 
 
 def learnable_backward(dy, x, dx, scale, zero_point, dims, quant_min, quant_max, grad_factor, flavour, rule,
-                       use_fma, need_qgrads):
-    """Writes dx = dy * inside (dy, x, dx: one dtype and dense layout) and, if need_qgrads, returns float32
-    partials of shape [2, B, P, C] (ds, then dz) whose sums over dim 2 are dscale and dzero_point per
-    quantizer (P >= 1 depends only on dims); otherwise None. rule: 0 TorchPerTensor, 1 Torch, 2 Consistent.
-    flavour is ignored, as in learnable_forward."""
+                       use_fma, need_qgrads, ds_dtype, dz_dtype):
+    """Writes dx = dy * inside (dy, x, dx: one dtype and dense layout) and, if need_qgrads, returns
+    (dscale, dzero_point) per quantizer in ds_dtype / dz_dtype, reduced from float32 partials [2, B, P, C]
+    (P >= 1 depends only on dims) by ``reduce_partials``; otherwise None. rule: 0 TorchPerTensor, 1 Torch,
+    2 Consistent. flavour is ignored, as in learnable_forward."""
     B, _, C, _ = dims
     if x.numel() == 0:
-        return torch.zeros((2, B, 1, C), dtype=torch.float32, device=x.device) if need_qgrads else None
+        partials = torch.zeros((2, B, 1, C), dtype=torch.float32, device=x.device)
+        return reduce_partials(partials, ds_dtype, dz_dtype) if need_qgrads else None
     plan = _plan(dims)
     partials = torch.empty((2, B, plan[4], C), dtype=torch.float32, device=x.device) if need_qgrads else None
     ds, dz = (partials[0], partials[1]) if need_qgrads else (None, None)
     _launch(plan, x, dy, dx, scale, zero_point, ds, dz, quant_min, quant_max, grad_factor,
             FORWARD=False, FLOAT_LEVEL=rule == _CONSISTENT, RULE=int(rule), USE_FMA=bool(use_fma),
             NEED_Q=bool(need_qgrads))
-    return partials
+    return reduce_partials(partials, ds_dtype, dz_dtype) if need_qgrads else None

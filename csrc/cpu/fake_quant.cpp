@@ -108,24 +108,5 @@ void fused_observer_minmax(const ObserverParams& p, int64_t row_begin, int64_t r
   QK_CPU_DISPATCH(fused_observer_minmax, p, row_begin, row_end, lo, hi);
 }
 
-void fused_observer_finish(const ObserverParams& p, const float* cur_min, const float* cur_max, bool observe,
-                           bool recompute) {
-  for (int64_t c = 0; c < p.channels; ++c) {
-    if (observe) {
-      p.running_min[c] = moving_average(p.running_min[c], cur_min[c], p.averaging_const);
-      p.running_max[c] = moving_average(p.running_max[c], cur_max[c], p.averaging_const);
-    }
-    if (!recompute) continue;
-    const QParams q = p.mode == QParamsMode::Fused
-                          ? choose_qparams_fused(p.running_min[c], p.running_max[c], p.quant_min, p.quant_max,
-                                                 p.symmetric, p.small_scale_floor)
-                          : choose_qparams_observer(p.running_min[c], p.running_max[c], p.quant_min, p.quant_max,
-                                                    p.symmetric, p.eps, p.symmetric_zero_point);
-    p.scale[c] = q.scale;
-    if (p.zero_point_i32) p.zero_point_i32[c] = q.zero_point;
-    if (p.zero_point_i64) p.zero_point_i64[c] = q.zero_point;
-  }
-}
-
 }  // namespace cpu
 }  // namespace qkernels

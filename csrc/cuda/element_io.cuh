@@ -39,6 +39,22 @@ struct alignas(16) Vec {
   T v[kSize];
 };
 
+// One 16-byte vector of T at p (16-byte aligned), widened to float / narrowed from float.
+template <typename T>
+__device__ __forceinline__ void load_vec(const T* __restrict__ p, float (&out)[Vec<T>::kSize]) {
+  const Vec<T> t = *reinterpret_cast<const Vec<T>*>(p);
+#pragma unroll
+  for (int j = 0; j < Vec<T>::kSize; ++j) out[j] = to_float(t.v[j]);
+}
+
+template <typename T>
+__device__ __forceinline__ void store_vec(T* __restrict__ p, const float (&in)[Vec<T>::kSize]) {
+  Vec<T> t;
+#pragma unroll
+  for (int j = 0; j < Vec<T>::kSize; ++j) t.v[j] = from_float<T>(in[j]);
+  *reinterpret_cast<Vec<T>*>(p) = t;
+}
+
 // Whether a host pointer allows 16-byte vector accesses.
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 

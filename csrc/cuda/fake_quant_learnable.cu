@@ -34,21 +34,6 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int64_t kMaxGrid = 0x7fffffff;  // gridDim.x limit; larger launches loop
 
-template <typename T>
-__device__ __forceinline__ void load_vec(const T* __restrict__ p, float (&out)[Vec<T>::kSize]) {
-  const Vec<T> t = *reinterpret_cast<const Vec<T>*>(p);
-#pragma unroll
-  for (int j = 0; j < Vec<T>::kSize; ++j) out[j] = to_float(t.v[j]);
-}
-
-template <typename T>
-__device__ __forceinline__ void store_vec(T* __restrict__ p, const float (&in)[Vec<T>::kSize]) {
-  Vec<T> t;
-#pragma unroll
-  for (int j = 0; j < Vec<T>::kSize; ++j) t.v[j] = from_float<T>(in[j]);
-  *reinterpret_cast<Vec<T>*>(p) = t;
-}
-
 // Forward math of one element. Q holds one quantizer's qparams: __frcp_rn is the IEEE reciprocal, equal to
 // the 1.0f / s aten computes, and cheaper; the zero point is rounded and clamped as aten's learnable forward
 // does, then used as the integer zero point of the per-tensor or per-channel fake quantization.

@@ -62,12 +62,34 @@ void learnable_forward_cpu(const at::Tensor& x, at::Tensor& out, const at::Tenso
   at::parallel_for(0, dims.numel(), kGrain, [&](int64_t b, int64_t e) { cpu::fake_quant_learnable_forward(p, b, e); });
 }
 
-at::Tensor learnable_backward_cpu(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx,
-                                                          const at::Tensor& scale, const at::Tensor& zero_point,
-                                                          int64_t B, int64_t O, int64_t C, int64_t I,
-                                                          int64_t quant_min, int64_t quant_max, double grad_factor,
-                                                          int64_t flavour, int64_t rule, bool use_fma,
-                                                          bool need_qgrads) {
+// glue::reduce_partials as one host loop: aten's float64 sum and casts cost far more than these few sums.
+// The sum runs over P in order; double -> dtype as aten's casts convert.
+std::tuple<at::Tensor, at::Tensor> reduce_partials_cpu(const at::Tensor& partials, at::ScalarType ds_dtype,
+                                                       at::ScalarType dz_dtype) {
+  if (partials.dim() != 4) return glue::reduce_partials(partials, ds_dtype, dz_dtype);
+  const int64_t B = partials.size(1), P = partials.size(2), C = partials.size(3);
+  const float* src = partials.const_data_ptr<float>();
+  at::Tensor grads[2] = {at::empty({B * C}, partials.options().dtype(ds_dtype)),
+                         at::empty({B * C}, partials.options().dtype(dz_dtype))};
+  for (int64_t g = 0; g < 2; ++g) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grads[g].scalar_type(), "reduce_partials", [&] {
+      scalar_t* dst = grads[g].data_ptr<scalar_t>();
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t c = 0; c < C; ++c) {
+          double acc = 0.0;
+          for (int64_t k = 0; k < P; ++k) acc += src[((g * B + b) * P + k) * C + c];
+          dst[b * C + c] = static_cast<scalar_t>(acc);
+        }
+      }
+    });
+  }
+  return {grads[0], grads[1]};
+}
+
+std::tuple<at::Tensor, at::Tensor> learnable_backward_cpu(
+    const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, const at::Tensor& scale, const at::Tensor& zero_point,
+    int64_t B, int64_t O, int64_t C, int64_t I, int64_t quant_min, int64_t quant_max, double grad_factor,
+    int64_t flavour, int64_t rule, bool use_fma, bool need_qgrads, at::ScalarType ds_dtype, at::ScalarType dz_dtype) {
   const LearnableDims dims = glue::learnable_dims(x, scale, zero_point, B, O, C, I);
   at::Tensor partials;
   const LearnableBackwardParams p =
@@ -75,38 +97,31 @@ at::Tensor learnable_backward_cpu(const at::Tensor& dy, const at::Tensor& x, at:
                                       rule, use_fma, need_qgrads, kLearnableItem, partials);
   at::parallel_for(0, cpu::learnable_backward_items(p), 1,
                    [&](int64_t b, int64_t e) { cpu::fake_quant_learnable_backward(p, b, e); });
-  return partials;
-}
-
-// A flag tensor on the CPU: nonzero after truncation toward zero (torch's CPU op reads .item().toInt()).
-bool flag_on(const at::Tensor& flag) {
-  TORCH_CHECK(flag.numel() == 1, "qkernels: observer flags have one element");
-  return std::trunc(flag.item<double>()) != 0.0;
+  return reduce_partials_cpu(partials, ds_dtype, dz_dtype);
 }
 
 void fused_observer_update_cpu(const at::Tensor& x, const at::Tensor& observer_on, const at::Tensor& fake_quant_on,
                                at::Tensor& running_min, at::Tensor& running_max, at::Tensor& scale,
                                at::Tensor& zero_point, double averaging_const, int64_t quant_min, int64_t quant_max,
-                               int64_t ch_axis, bool symmetric, int64_t mode, double eps, int64_t symmetric_zero_point,
-                               bool small_scale_floor) {
-  // ch_axis < 0: per tensor. The kernel walks storage order, so a non-dense x is read from a dense copy.
-  const at::Tensor xd = x.is_non_overlapping_and_dense() ? x : x.contiguous();
-  const int64_t inner = ch_axis < 0 ? xd.numel() : glue::inner_stride(xd, ch_axis);
-  const ObserverParams p = glue::observer_params(xd, running_min, running_max, scale, zero_point, averaging_const,
-                                                 quant_min, quant_max, inner, symmetric, mode, eps,
-                                                 symmetric_zero_point, small_scale_floor);
-  const bool observe = flag_on(observer_on);
-  const bool recompute = p.mode == QParamsMode::Fused ? flag_on(fake_quant_on) : observe;
+                               int64_t inner, bool symmetric, int64_t mode, double eps, int64_t symmetric_zero_point,
+                               int64_t flavour) {
+  const ObserverParams p = glue::observer_params(x, observer_on, fake_quant_on, running_min, running_max, scale,
+                                                 zero_point, averaging_const, quant_min, quant_max, inner, symmetric,
+                                                 mode, eps, symmetric_zero_point, flavour);
+  // CPU tensors: the flags are read on the host, which is no device sync, and the pass over x is skipped
+  // while the observer is off.
+  const bool observe = flag_is_on(p.observer_on);
+  const bool recompute = observer_recomputes(p, observe);
   std::vector<float> lo(p.channels, INFINITY), hi(p.channels, -INFINITY);
-  if (observe && xd.numel() > 0) {
+  if (observe && x.numel() > 0) {
     std::mutex fold;
     const auto combine = [&](const float* l, const float* h) {
       const std::lock_guard<std::mutex> lock(fold);
       for (int64_t c = 0; c < p.channels; ++c) lo[c] = nan_min(lo[c], l[c]), hi[c] = nan_max(hi[c], h[c]);
     };
-    const int64_t size = xd.element_size();
+    const int64_t size = x.element_size();
     if (p.channels == 1) {  // one run: split it into element ranges
-      at::parallel_for(0, xd.numel(), kGrain, [&](int64_t b, int64_t e) {
+      at::parallel_for(0, x.numel(), kGrain, [&](int64_t b, int64_t e) {
         ObserverParams q = p;
         q.x = static_cast<const char*>(p.x) + b * size;
         q.outer = 1;
@@ -130,19 +145,12 @@ void fused_observer_update_cpu(const at::Tensor& x, const at::Tensor& observer_o
       });
     }
   }
-  cpu::fused_observer_finish(p, lo.data(), hi.data(), observe, recompute);
+  for (int64_t c = 0; c < p.channels; ++c) observer_finish_channel(p, c, lo[c], hi[c], observe, recompute);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(qkernels, m) {
-  QKERNELS_FAKE_QUANT_SCHEMAS(m, "cpu");
-  // CPU only so far: the CUDA and Triton observer kernels are still to come.
-  m.def("_fused_observer_update_cpu(Tensor x, Tensor observer_on, Tensor fake_quant_on, Tensor(a!) running_min, "
-        "Tensor(b!) running_max, Tensor(c!) scale, Tensor(d!) zero_point, float averaging_const, int quant_min, "
-        "int quant_max, int ch_axis, bool symmetric, int mode, float eps, int symmetric_zero_point, "
-        "bool small_scale_floor) -> ()");
-}
+TORCH_LIBRARY_FRAGMENT(qkernels, m) { QKERNELS_FAKE_QUANT_SCHEMAS(m, "cpu"); }
 
 TORCH_LIBRARY_IMPL(qkernels, CPU, m) {
   m.impl("_fake_quant_per_tensor_cpu", &per_tensor_cpu);
@@ -150,7 +158,7 @@ TORCH_LIBRARY_IMPL(qkernels, CPU, m) {
   m.impl("_fake_quant_backward_cpu", &backward_cpu);
   m.impl("_fake_quant_learnable_forward_cpu", &learnable_forward_cpu);
   m.impl("_fake_quant_learnable_backward_cpu", &learnable_backward_cpu);
-  m.impl("_fused_observer_update_cpu", &fused_observer_update_cpu);
+  m.impl("_fake_quant_observer_update_cpu", &fused_observer_update_cpu);
 }
 
 }  // namespace qkernels

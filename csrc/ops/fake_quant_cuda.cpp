@@ -1,4 +1,4 @@
-// Private CUDA ops qkernels::_fake_quant_*_cuda: thin torch glue over csrc/cuda/fake_quant*.cu.
+// Private CUDA ops qkernels::_fake_quant_*_cuda: thin torch glue over csrc/cuda/*.cu.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime.h>
@@ -60,12 +60,10 @@ void learnable_forward_cuda(const at::Tensor& x, at::Tensor& out, const at::Tens
   check_launch(cuda::fake_quant_learnable_forward(p, current_stream()));
 }
 
-at::Tensor learnable_backward_cuda(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx,
-                                                           const at::Tensor& scale, const at::Tensor& zero_point,
-                                                           int64_t B, int64_t O, int64_t C, int64_t I,
-                                                           int64_t quant_min, int64_t quant_max, double grad_factor,
-                                                           int64_t flavour, int64_t rule, bool use_fma,
-                                                           bool need_qgrads) {
+std::tuple<at::Tensor, at::Tensor> learnable_backward_cuda(
+    const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, const at::Tensor& scale, const at::Tensor& zero_point,
+    int64_t B, int64_t O, int64_t C, int64_t I, int64_t quant_min, int64_t quant_max, double grad_factor,
+    int64_t flavour, int64_t rule, bool use_fma, bool need_qgrads, at::ScalarType ds_dtype, at::ScalarType dz_dtype) {
   check_cuda_flavour(flavour);
   const c10::cuda::CUDAGuard guard(x.device());
   const LearnableDims dims = glue::learnable_dims(x, scale, zero_point, B, O, C, I);
@@ -74,7 +72,23 @@ at::Tensor learnable_backward_cuda(const at::Tensor& dy, const at::Tensor& x, at
       glue::learnable_backward_params(dy, x, dx, scale, zero_point, dims, quant_min, quant_max, grad_factor, flavour,
                                       rule, use_fma, need_qgrads, kLearnableItem, partials);
   check_launch(cuda::fake_quant_learnable_backward(p, current_stream()));
-  return partials;
+  return glue::reduce_partials(partials, ds_dtype, dz_dtype);
+}
+
+void fused_observer_update_cuda(const at::Tensor& x, const at::Tensor& observer_on, const at::Tensor& fake_quant_on,
+                                at::Tensor& running_min, at::Tensor& running_max, at::Tensor& scale,
+                                at::Tensor& zero_point, double averaging_const, int64_t quant_min, int64_t quant_max,
+                                int64_t inner, bool symmetric, int64_t mode, double eps, int64_t symmetric_zero_point,
+                                int64_t flavour) {
+  check_cuda_flavour(flavour);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const ObserverParams p = glue::observer_params(x, observer_on, fake_quant_on, running_min, running_max, scale,
+                                                 zero_point, averaging_const, quant_min, quant_max, inner, symmetric,
+                                                 mode, eps, symmetric_zero_point, flavour);
+  if (x.numel() == 0) return;
+  // Scratch for the min/max partials, from the caching allocator.
+  at::Tensor partials = at::empty({2 * p.channels * cuda::fused_observer_parts(p)}, x.options().dtype(at::kFloat));
+  check_launch(cuda::fused_observer_update(p, partials.data_ptr<float>(), current_stream()));
 }
 
 }  // namespace
@@ -87,6 +101,7 @@ TORCH_LIBRARY_IMPL(qkernels, CUDA, m) {
   m.impl("_fake_quant_backward_cuda", &backward_cuda);
   m.impl("_fake_quant_learnable_forward_cuda", &learnable_forward_cuda);
   m.impl("_fake_quant_learnable_backward_cuda", &learnable_backward_cuda);
+  m.impl("_fake_quant_observer_update_cuda", &fused_observer_update_cuda);
 }
 
 }  // namespace qkernels

@@ -156,7 +156,7 @@ inline LearnableForwardParams learnable_forward_params(const at::Tensor& x, at::
 }
 
 // Also allocates the partial sums: one float32 tensor [2, B, P, C] (ds, then dz; empty when the qparams need
-// no gradient), so that one reduction and one cast give both gradients.
+// no gradient), so that one reduction gives both gradients (reduce_partials).
 inline LearnableBackwardParams learnable_backward_params(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx,
                                                          const at::Tensor& scale, const at::Tensor& zero_point,
                                                          const LearnableDims& dims, int64_t quant_min,
@@ -188,6 +188,15 @@ inline LearnableBackwardParams learnable_backward_params(const at::Tensor& dy, c
   return p;
 }
 
+// (dscale, dzero_point) from the [2, B, P, C] partials: each summed over P in float64 and rounded once to
+// its dtype, 1-D [B * C], in storages of their own; empty tensors when the partials are (no qparam grads).
+inline std::tuple<at::Tensor, at::Tensor> reduce_partials(const at::Tensor& partials, at::ScalarType ds_dtype,
+                                                          at::ScalarType dz_dtype) {
+  if (partials.dim() != 4) return {partials.new_empty({0}, ds_dtype), partials.new_empty({0}, dz_dtype)};
+  const at::Tensor sums = partials.sum(2, /*keepdim=*/false, at::kDouble);
+  return {sums[0].reshape(-1).to(ds_dtype, false, /*copy=*/true), sums[1].reshape(-1).to(dz_dtype, false, true)};
+}
+
 // Elements laid out inside `axis` in a dense tensor's storage (its stride; all of them for a size-1 axis).
 inline int64_t inner_stride(const at::Tensor& t, int64_t axis) {
   return t.size(axis) > 1 ? t.stride(axis) : t.numel() / std::max<int64_t>(1, t.size(axis));
@@ -195,20 +204,41 @@ inline int64_t inner_stride(const at::Tensor& t, int64_t axis) {
 
 // Fused observer: x (dense) in storage order as [outer, channels, inner], channels = running_min.numel();
 // float32 running stats and scale, int32 or int64 zero point, all contiguous with `channels` elements.
-inline ObserverParams observer_params(const at::Tensor& x, at::Tensor& running_min, at::Tensor& running_max,
-                                      at::Tensor& scale, at::Tensor& zero_point, double averaging_const,
-                                      int64_t quant_min, int64_t quant_max, int64_t inner, bool symmetric,
-                                      int64_t mode, double eps, int64_t symmetric_zero_point,
-                                      bool small_scale_floor) {
+inline Flag flag_of(const at::Tensor& t, const at::Tensor& x) {
+  TORCH_CHECK(t.numel() == 1 && t.device() == x.device(), "qkernels: an observer flag has one element on x's device");
+  FlagType type;
+  switch (t.scalar_type()) {
+    case at::kChar: type = FlagType::Int8; break;
+    case at::kByte: type = FlagType::UInt8; break;
+    case at::kShort: type = FlagType::Int16; break;
+    case at::kInt: type = FlagType::Int32; break;
+    case at::kLong: type = FlagType::Int64; break;
+    case at::kHalf: type = FlagType::Float16; break;
+    case at::kBFloat16: type = FlagType::BFloat16; break;
+    case at::kFloat: type = FlagType::Float32; break;
+    case at::kDouble: type = FlagType::Float64; break;
+    default: TORCH_CHECK(false, "qkernels: unsupported observer flag dtype ", t.scalar_type());
+  }
+  return {t.data_ptr(), type};
+}
+
+// x dense, viewed in storage order as [outer, channels, inner] with channels = running_min.numel().
+inline ObserverParams observer_params(const at::Tensor& x, const at::Tensor& observer_on,
+                                      const at::Tensor& fake_quant_on, at::Tensor& running_min,
+                                      at::Tensor& running_max, at::Tensor& scale, at::Tensor& zero_point,
+                                      double averaging_const, int64_t quant_min, int64_t quant_max, int64_t inner,
+                                      bool symmetric, int64_t mode, double eps, int64_t symmetric_zero_point,
+                                      int64_t flavour) {
   const int64_t channels = running_min.numel();
   TORCH_CHECK(x.is_non_overlapping_and_dense() && channels > 0 && inner > 0 && x.numel() % (channels * inner) == 0,
               "qkernels: observer x must be dense and split into [outer, channels, inner]");
   for (const at::Tensor* t : {&running_min, &running_max, &scale}) {
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == channels,
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == channels &&
+                    t->device() == x.device(),
                 "qkernels: observer running stats and scale must be contiguous float32 with one value per channel");
   }
   TORCH_CHECK((zero_point.scalar_type() == at::kInt || zero_point.scalar_type() == at::kLong) &&
-                  zero_point.is_contiguous() && zero_point.numel() == channels,
+                  zero_point.is_contiguous() && zero_point.numel() == channels && zero_point.device() == x.device(),
               "qkernels: observer zero point must be contiguous int32 or int64 with one value per channel");
   TORCH_CHECK(mode == 0 || mode == 1, "qkernels: observer qparams mode must be 0 (fused) or 1 (observer)");
   ObserverParams p{};
@@ -217,6 +247,8 @@ inline ObserverParams observer_params(const at::Tensor& x, at::Tensor& running_m
   p.channels = channels;
   p.inner = inner;
   p.x = x.data_ptr();
+  p.observer_on = flag_of(observer_on, x);
+  p.fake_quant_on = flag_of(fake_quant_on, x);
   p.running_min = running_min.data_ptr<float>();
   p.running_max = running_max.data_ptr<float>();
   p.scale = scale.data_ptr<float>();
@@ -229,7 +261,7 @@ inline ObserverParams observer_params(const at::Tensor& x, at::Tensor& running_m
   p.mode = static_cast<QParamsMode>(mode);
   p.eps = static_cast<float>(eps);
   p.symmetric_zero_point = static_cast<int32_t>(symmetric_zero_point);
-  p.small_scale_floor = small_scale_floor;
+  p.flavour = static_cast<Flavour>(flavour);
   return p;
 }
 
@@ -247,8 +279,12 @@ inline ObserverParams observer_params(const at::Tensor& x, at::Tensor& running_m
         "int quant_max, int flavour, bool per_tensor) -> ()");                                                      \
   m.def("_fake_quant_learnable_backward_" suffix                                                                \
         "(Tensor dy, Tensor x, Tensor(a!) dx, Tensor scale, Tensor zero_point, int B, int O, int C, int I, "       \
-        "int quant_min, int quant_max, float grad_factor, int flavour, int rule, bool use_fma, bool need_qgrads) " \
-        "-> Tensor")
+        "int quant_min, int quant_max, float grad_factor, int flavour, int rule, bool use_fma, bool need_qgrads, " \
+        "ScalarType ds_dtype, ScalarType dz_dtype) -> (Tensor, Tensor)");                                                                                             \
+  m.def("_fake_quant_observer_update_" suffix                                                                        \
+        "(Tensor x, Tensor observer_on, Tensor fake_quant_on, Tensor(a!) running_min, Tensor(b!) running_max, "    \
+        "Tensor(c!) scale, Tensor(d!) zero_point, float averaging_const, int quant_min, int quant_max, int inner, " \
+        "bool symmetric, int mode, float eps, int symmetric_zero_point, int flavour) -> ()")
 
 }  // namespace glue
 }  // namespace qkernels

@@ -68,6 +68,7 @@ __all__ = [
     "learnable_backward_elements",
     "backward_elements_broadcast",
     "learnable_backward",
+    "reduce_partials",
 ]
 
 ZERO_POINT_ROUNDINGS = ("torch", "consistent")
@@ -246,3 +247,12 @@ def learnable_backward(
         reduce_to_qparam(ds, axis, group_size, scale.shape),
         reduce_to_qparam(dz, axis, group_size, zero_point.shape),
     )
+
+
+def reduce_partials(partials: torch.Tensor, scale_grad_dtype: torch.dtype, zero_point_grad_dtype: torch.dtype
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dscale, dzero_point) from the kernels' float32 partial sums [2, B, P, C] (ds, then dz): each summed
+    over P in float64 and rounded once to its dtype, 1-D [B * C], in storages of their own."""
+    sums = partials.sum(2, dtype=torch.float64)
+    return (sums[0].reshape(-1).to(scale_grad_dtype, copy=True),
+            sums[1].reshape(-1).to(zero_point_grad_dtype, copy=True))

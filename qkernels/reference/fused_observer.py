@@ -4,8 +4,9 @@
 One step, with ``c = averaging_const`` (float32) and flags read as "on" when nonzero:
 
 1. Observer (``observer_on``): the current min/max of x (per tensor, or per channel along ``ch_axis``) update
-   the running ones in place, ``r = isinf(r) ? cur : r + c * (cur - r)`` in float32 with two roundings,
-   element by element (so a never-observed ``(+inf, -inf)`` channel takes the current values).
+   the running ones in place, ``r = isinf(r) ? cur : r + c * (cur - r)`` in float32, element by element
+   (so a never-observed ``(+inf, -inf)`` channel takes the current values): two roundings on the CPU, one
+   FMA ``fma(c, cur - r, r)`` in flavour "cuda" (see ``update_running``).
 2. Qparams, written into ``scale``/``zero_point``:
    ``qparams="fused"`` (torch's fused op): recomputed whenever ``fake_quant_on``, even with the observer off
    (overwriting manually set buffers), with FBGEMM's ``ChooseQuantizationParams`` (float and double
@@ -30,6 +31,9 @@ FBGEMM ``ChooseQuantizationParams(min, max, qmin, qmax, preserve_sparsity=symmet
     symmetric and min < 0 < max: z0 = (qmin + qmax) / 2
     zero_point = qmin if z0 < qmin, qmax if z0 > qmax, else int32(rne(z0))
 
+The min/max of a channel that holds both -0.0 and +0.0 may be either zero (torch.aminmax's answer depends on
+the order it folds in, and so do the kernels'); the qparams do not depend on the sign.
+
 Shapes: running_min/max float32, 0-dim or [1] per tensor, [C] per channel (an empty [0] buffer is resized
 and filled with +-inf first, as torch does); scale float32 and zero_point int32 of the same length.
 """
@@ -38,13 +42,14 @@ from __future__ import annotations
 
 import torch
 
-from .fake_quant import default_flavour, fake_quant_per_channel, fake_quant_per_tensor
+from .fake_quant import _fma_f32, default_flavour, fake_quant_per_channel, fake_quant_per_tensor
 
 __all__ = [
     "QPARAMS_MODES",
     "SMALL_SCALE",
     "update_running",
     "channel_rows",
+    "flag_on_device",
     "flag_is_on",
     "choose_qparams_fused",
     "choose_qparams_observer",
@@ -56,10 +61,15 @@ SMALL_SCALE = float(torch.tensor(6.1e-5, dtype=torch.float32))  # FBGEMM's SMALL
 _F32_EPS = torch.finfo(torch.float32).eps
 
 
-def update_running(running: torch.Tensor, cur: torch.Tensor, averaging_const: float) -> torch.Tensor:
-    """``isinf(r) ? cur : r + c * (cur - r)`` in float32 (two roundings, no FMA)."""
+def update_running(running: torch.Tensor, cur: torch.Tensor, averaging_const: float,
+                   flavour: str = "cpu") -> torch.Tensor:
+    """``isinf(r) ? cur : r + c * (cur - r)`` in float32: two roundings (flavour "cpu", aten's CPU op), or
+    ``fma(c, cur - r, r)`` (flavour "cuda": aten's CUDA kernel, whose expression nvcc contracts into an FMA
+    under its default ``--fmad=true``)."""
     c = torch.tensor(averaging_const, dtype=torch.float32, device=running.device)
-    return torch.where(torch.isinf(running), cur, running + c * (cur - running))
+    d = cur - running
+    avg = _fma_f32(c, d, running) if flavour == "cuda" else running + c * d
+    return torch.where(torch.isinf(running), cur, avg)
 
 
 def _small_scale_floor(scale, mn, mx, quant_min, quant_max):
@@ -128,6 +138,12 @@ def channel_rows(x: torch.Tensor, ch_axis: int) -> torch.Tensor:
     return x.movedim(ch_axis, 0).reshape(x.size(ch_axis), -1)
 
 
+def flag_on_device(flag: torch.Tensor) -> torch.Tensor:
+    """0-dim bool on the flag's device: nonzero after truncation toward zero (no host sync)."""
+    t = flag.detach().reshape(())
+    return (t.trunc() if t.is_floating_point() else t) != 0
+
+
 def flag_is_on(flag) -> bool:
     """A bool, or a one-element tensor that is nonzero after truncation toward zero (torch's CPU reading)."""
     if not isinstance(flag, torch.Tensor):
@@ -175,8 +191,8 @@ def fused_moving_avg_obs_fake_quant(
             cur_min, cur_max = torch.aminmax(channel_rows(x.detach().float(), ch_axis), dim=1)
         else:
             cur_min, cur_max = torch.aminmax(x.detach().float())
-        running_min.copy_(update_running(running_min, cur_min.reshape(running_min.shape), averaging_const))
-        running_max.copy_(update_running(running_max, cur_max.reshape(running_max.shape), averaging_const))
+        running_min.copy_(update_running(running_min, cur_min.reshape(running_min.shape), averaging_const, flavour))
+        running_max.copy_(update_running(running_max, cur_max.reshape(running_max.shape), averaging_const, flavour))
     if qparams == "fused" and flag_is_on(fake_quant_on):
         s, z = choose_qparams_fused(running_min, running_max, quant_min, quant_max, symmetric_quant, flavour)
         scale.copy_(s.reshape(scale.shape))

@@ -10,9 +10,12 @@
 
 namespace qkernels {
 
-// isinf(r) ? cur : r + c * (cur - r), two roundings (the CPU kernels are built without FP contraction).
-QK_HOST_DEVICE float moving_average(float running, float cur, float c) {
-  return std::isinf(running) ? cur : running + c * (cur - running);
+// isinf(r) ? cur : r + c * (cur - r): two roundings as aten's CPU op computes it, or (contracted) one FMA
+// fma(c, cur - r, r), as nvcc compiles aten's CUDA kernel by default (--fmad=true).
+QK_HOST_DEVICE float moving_average(float running, float cur, float c, bool contracted) {
+  if (std::isinf(running)) return cur;
+  const float d = cur - running;
+  return contracted ? fmaf(c, d, running) : running + c * d;
 }
 
 // min / max that return NaN when either side is NaN (torch.aminmax, torch.minimum).
