@@ -4,7 +4,8 @@ Every backend module offers the same launchers, writing into preallocated output
 layout: ``per_tensor``, ``per_channel`` and ``backward`` (contract: qkernels/ops.py; ``enabled`` is None or a
 one-element int32 tensor; a mask is None, bool in x's layout, or packed uint8), and ``learnable_forward`` /
 ``learnable_backward`` (contract: qkernels/learnable.py and csrc/include/qkernels/fake_quant_learnable_kernels.h),
-and ``fused_observer_update`` (contract: qkernels/fused_observer.py).
+and ``fused_observer_update`` (contract: qkernels/fused_observer.py). Only the native backends also offer
+``straight_through`` (csrc/ops/straight_through.h), the eager autograd node of the fake-quant ops in C++.
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ def per_channel(x, out, mask, scale, zero_point, axis, inner, quant_min, quant_m
 
 def backward(grad, mask, out):
     _op("backward", grad.device)(grad, mask, out)
+
+
+def straight_through(x, out, mask):
+    """out (computed by per_tensor/per_channel, mask written) with a C++ autograd node from x: dx = dy * mask
+    by the backward kernel, without a call back into Python (plain eager tensors only)."""
+    return _op("straight_through", x.device)(x, out, mask)
 
 
 def learnable_forward(x, out, scale, zero_point, dims, quant_min, quant_max, flavour, per_tensor):

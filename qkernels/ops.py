@@ -445,6 +445,12 @@ def _call(impl, op, input, args, tensors, scale, zero_point) -> Tensor:
     if not _plain_eager(*tensors):
         return op(input, *args, need, need and _PACK_MASKS)[0]
     _check_qparams_not_differentiable(scale, zero_point)
-    if need:
+    if not need:
+        return impl(input, *args, False, False)[0]
+    # The native backends' autograd node runs the backward in C++ (the backward kernel's backend choice,
+    # as in _backward_impl); the others go through the Python autograd.Function.
+    attach = getattr(backends.select(input, 0, 0), "straight_through", None)
+    if attach is None:
         return _StraightThrough.apply(impl, input, _PACK_MASKS, *args)
-    return impl(input, *args, False, False)[0]
+    out, mask = impl(input, *args, True, _PACK_MASKS)
+    return attach(input, out, mask)

@@ -534,6 +534,25 @@ def test_packed_masks_context_keeps_one_bit_per_element(device, backend):
     assert all(t.numel() == (x0.numel() + 7) // 8 for t in masks[2:])
 
 
+@pytest.mark.parametrize("device,backend", CASES)
+def test_eager_backward_runs_in_cpp_on_native_backends(device, backend, monkeypatch):
+    """Plain eager calls on the cpu/cuda backends get a C++ autograd node (no call back into Python in
+    backward); the other backends use the Python autograd.Function. Same gradients as aten either way."""
+    from qkernels import ops
+
+    calls = []
+    python_backward = ops._backward_impl
+    monkeypatch.setattr(ops, "_backward_impl", lambda *a: calls.append(1) or python_backward(*a))
+    x = make_input(5, (6, 40), 0.1, 3, 0, 255, torch.float32, device).requires_grad_()
+    xa = x.detach().clone().requires_grad_()
+    dy = torch.randn(40, 6, device=device).t()  # another layout than the output's
+    with qkernels.use_backend(backend):
+        qkernels.fake_quantize_per_tensor_affine(x, 0.1, 3, 0, 255).backward(dy)
+    torch.fake_quantize_per_tensor_affine(xa, 0.1, 3, 0, 255).backward(dy)
+    assert len(calls) == (0 if backend in ("cpu", "cuda") else 1)
+    assert_bitwise_equal(x.grad, xa.grad)
+
+
 def test_reference_float64_float_zero_point_matches_aten_cpu():
     """float64 inputs with a float zero point: aten's CPU kernel narrows x * inv + z to float before lrintf."""
     g = torch.Generator().manual_seed(53)

@@ -174,6 +174,26 @@ def test_op_any_axis_and_dtype_against_reference(backend, dtype, layout, ch_axis
         assert all(torch.equal(a, b) for a, b in zip(our_state, ref_state)), f"step {step}: state"
 
 
+@pytest.mark.parametrize("backend", backends_for("cpu"))
+def test_op_non_dense_input_and_strided_state(backend):
+    """A non-dense x (read through a dense copy) and state tensors that are strided views (updated in place
+    through contiguous work copies) give the reference's results."""
+    buf = torch.zeros(6, 4)  # columns 0..3: running_min, running_max, scale, zero_point (as float) views
+    our_state = [buf[:, 0].fill_(math.inf), buf[:, 1].fill_(-math.inf), buf[:, 2].fill_(1.0),
+                 torch.zeros(6, 2, dtype=torch.int32)[:, 0]]
+    ref_state = [t.clone() for t in our_state]
+    assert not any(t.is_contiguous() for t in our_state)
+    for step, (observe, fake_quant) in enumerate(FLAGS):
+        x = step_input(step, (5, 12, 7))[:, ::2]  # [5, 6, 7], not dense
+        flags = torch.tensor([observe]), torch.tensor([fake_quant])
+        with qkernels.use_backend(backend):
+            got = qkernels.fused_moving_avg_obs_fake_quant(x, *flags, *our_state, 0.1, -128, 127, 1, True, False)
+        want = ref.fused_moving_avg_obs_fake_quant(x, *flags, *ref_state, 0.1, -128, 127, 1, True, False)
+        assert torch.equal(got, want), f"step {step}"
+        assert all(torch.equal(a, b) for a, b in zip(our_state, ref_state)), f"step {step}: state"
+    assert torch.equal(buf[:, 0], our_state[0]) and not math.isinf(buf[0, 0].item())  # written through the view
+
+
 def test_op_gradient_is_the_straight_through_mask():
     state = fresh_state(False)
     x = step_input(1).requires_grad_()

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "fake_quant_glue.h"
+#include "straight_through.h"
 
 namespace qkernels {
 namespace {
@@ -150,7 +151,14 @@ void fused_observer_update_cpu(const at::Tensor& x, const at::Tensor& observer_o
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(qkernels, m) { QKERNELS_FAKE_QUANT_SCHEMAS(m, "cpu"); }
+TORCH_LIBRARY_FRAGMENT(qkernels, m) {
+  QKERNELS_FAKE_QUANT_SCHEMAS(m, "cpu");
+  QKERNELS_STRAIGHT_THROUGH_SCHEMA(m, "cpu");
+}
+
+TORCH_LIBRARY_IMPL(qkernels, CompositeImplicitAutograd, m) {
+  m.impl("_fake_quant_straight_through_cpu", &glue::straight_through<&backward_cpu>);
+}
 
 TORCH_LIBRARY_IMPL(qkernels, CPU, m) {
   m.impl("_fake_quant_per_tensor_cpu", &per_tensor_cpu);

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include "fake_quant_glue.h"
+#include "straight_through.h"
 
 namespace qkernels {
 namespace {
@@ -93,7 +94,14 @@ void fused_observer_update_cuda(const at::Tensor& x, const at::Tensor& observer_
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(qkernels, m) { QKERNELS_FAKE_QUANT_SCHEMAS(m, "cuda"); }
+TORCH_LIBRARY_FRAGMENT(qkernels, m) {
+  QKERNELS_FAKE_QUANT_SCHEMAS(m, "cuda");
+  QKERNELS_STRAIGHT_THROUGH_SCHEMA(m, "cuda");
+}
+
+TORCH_LIBRARY_IMPL(qkernels, CompositeImplicitAutograd, m) {
+  m.impl("_fake_quant_straight_through_cuda", &glue::straight_through<&backward_cuda>);
+}
 
 TORCH_LIBRARY_IMPL(qkernels, CUDA, m) {
   m.impl("_fake_quant_per_tensor_cuda", &per_tensor_cuda);
