@@ -5,7 +5,7 @@ layout: ``per_tensor``, ``per_channel`` and ``backward`` (contract: qkernels/ops
 one-element int32 tensor; a mask is None, bool in x's layout, or packed uint8), and ``learnable_forward`` /
 ``learnable_backward`` (contract: qkernels/learnable.py and csrc/include/qkernels/fake_quant_learnable_kernels.h),
 and ``fused_observer_update`` (contract: qkernels/fused_observer.py). Only the native backends also offer
-``straight_through`` (csrc/ops/straight_through.h), the eager autograd node of the fake-quant ops in C++.
+``straight_through`` and ``learnable_attach`` (csrc/ops/eager_autograd.h): eager autograd nodes in C++.
 """
 
 from __future__ import annotations
@@ -56,6 +56,16 @@ def straight_through(x, out, mask):
     """out (computed by per_tensor/per_channel, mask written) with a C++ autograd node from x: dx = dy * mask
     by the backward kernel, without a call back into Python (plain eager tensors only)."""
     return _op("straight_through", x.device)(x, out, mask)
+
+
+def learnable_attach(x, scale, zero_point, out, xk, s, z, dims, quant_min, quant_max, grad_factor, flavour, rule,
+                     use_fma, ds_dtype, dz_dtype):
+    """out (computed by learnable_forward on xk, s, z) with a C++ autograd node from x, scale and zero_point
+    that runs learnable_backward (plain eager tensors only)."""
+    return _op("learnable_attach", x.device)(
+        x, scale, zero_point, out, xk, s, z, *dims, quant_min, quant_max, grad_factor, FLAVOURS[flavour], rule,
+        use_fma, ds_dtype, dz_dtype,
+    )
 
 
 def learnable_forward(x, out, scale, zero_point, dims, quant_min, quant_max, flavour, per_tensor):

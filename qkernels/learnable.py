@@ -155,13 +155,19 @@ def _flavour(x: Tensor) -> str:
 # ----------------------------------------------------------------------------------------------------------
 def _forward_impl(self, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor=1.0,
                   zero_point_rounding="torch"):
+    return _forward_run(self, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor,
+                        zero_point_rounding)[0]
+
+
+def _forward_run(self, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor, zero_point_rounding):
+    """The checked forward: (out, x in the kernels' layout, dims, flat float32 scale, zero point)."""
     _check(self, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor, zero_point_rounding)
     x, out, dims = _layout(self, axis, group_size)
+    s, z = _flat_qparams(scale, zero_point)
     if x.numel():
-        s, z = _flat_qparams(scale, zero_point)
         backends.select(x, quant_min, quant_max, _FAMILY).learnable_forward(
             x, out, s, z, dims, quant_min, quant_max, _flavour(x), axis is None)
-    return out
+    return out, x, dims, s, z
 
 
 def _forward_fake(self, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor=1.0,
@@ -185,6 +191,17 @@ def _backward_impl(grad, self, scale, zero_point, axis, group_size, quant_min, q
                              zero_point_rounding, need_qgrads)
 
 
+def _rule(axis, zero_point_rounding: str) -> int:
+    """The kernels' backward zero-point rule (qkernels::ZpRule)."""
+    if zero_point_rounding == "consistent":
+        return _RULE_CONSISTENT
+    return _RULE_TORCH_PER_TENSOR if axis is None else _RULE_TORCH
+
+
+def _grad_dtypes(scale: Tensor, zero_point: Tensor):
+    return [t.dtype if t.is_floating_point() else torch.float32 for t in (scale, zero_point)]
+
+
 def _backward_checked(grad, self, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor,
                       zero_point_rounding, need_qgrads):
     """The backward on arguments the forward call already checked (autograd hands over dy of x's shape)."""
@@ -193,16 +210,11 @@ def _backward_checked(grad, self, scale, zero_point, axis, group_size, quant_min
         return dx, _qgrad_like(scale, need_qgrads), _qgrad_like(zero_point, need_qgrads)
     dy = grad if grad.stride() == x.stride() and grad.dtype == x.dtype else (
         torch.empty_like(x).copy_(grad))
-    if zero_point_rounding == "consistent":
-        rule = _RULE_CONSISTENT
-    else:
-        rule = _RULE_TORCH_PER_TENSOR if axis is None else _RULE_TORCH
     s, z = _flat_qparams(scale, zero_point)
     flavour = _flavour(x)
-    grad_dtypes = [t.dtype if t.is_floating_point() else torch.float32 for t in (scale, zero_point)]
     grads = backends.select(x, quant_min, quant_max, _FAMILY).learnable_backward(
-        dy, x, dx, s, z, dims, quant_min, quant_max, grad_factor, flavour, rule, uses_fma(flavour, torch.float32),
-        need_qgrads, *grad_dtypes)
+        dy, x, dx, s, z, dims, quant_min, quant_max, grad_factor, flavour, _rule(axis, zero_point_rounding),
+        uses_fma(flavour, torch.float32), need_qgrads, *_grad_dtypes(scale, zero_point))
     if not need_qgrads:
         return dx, _qgrad_like(scale, False), _qgrad_like(zero_point, False)
     # The launcher sums its fixed-order partials in float64 and rounds once to each gradient's dtype (for the
@@ -275,12 +287,22 @@ class _Learnable(torch.autograd.Function):
         return _grads(ctx, grad_out, _backward_checked) + (None,) * len(ctx.args)
 
 
-def _call(x, scale, zero_point, *args) -> Tensor:
+def _call(x, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor, zero_point_rounding) -> Tensor:
+    args = (axis, group_size, quant_min, quant_max, grad_factor, zero_point_rounding)
     if not _plain_eager(x, scale, zero_point):
         return fake_quantize_learnable(x, scale, zero_point, *args)
-    if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or zero_point.requires_grad):
+    if not (torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or zero_point.requires_grad)):
+        return _forward_impl(x, scale, zero_point, *args)
+    # The native backends' autograd node runs the backward in C++; the others (and empty inputs) go through
+    # the Python autograd.Function.
+    attach = getattr(backends.select(x, quant_min, quant_max, _FAMILY), "learnable_attach", None)
+    if attach is None or x.numel() == 0:
         return _Learnable.apply(x, scale, zero_point, *args)
-    return _forward_impl(x, scale, zero_point, *args)
+    with torch.no_grad():  # the kernels' inputs carry no history; the node below connects out to x
+        out, xk, dims, s, z = _forward_run(x, scale, zero_point, *args)
+    flavour = _flavour(xk)
+    return attach(x, scale, zero_point, out, xk, s, z, dims, quant_min, quant_max, grad_factor, flavour,
+                  _rule(axis, zero_point_rounding), uses_fma(flavour, torch.float32), *_grad_dtypes(scale, zero_point))
 
 
 # ----------------------------------------------------------------------------------------------------------

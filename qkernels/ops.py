@@ -452,5 +452,6 @@ def _call(impl, op, input, args, tensors, scale, zero_point) -> Tensor:
     attach = getattr(backends.select(input, 0, 0), "straight_through", None)
     if attach is None:
         return _StraightThrough.apply(impl, input, _PACK_MASKS, *args)
-    out, mask = impl(input, *args, True, _PACK_MASKS)
+    with torch.no_grad():  # the kernels' inputs carry no history; the node connects out to input
+        out, mask = impl(input, *args, True, _PACK_MASKS)
     return attach(input, out, mask)

@@ -198,6 +198,41 @@ def _with_integer_zero_point(backend, x, s, z, dy):
     return y.detach(), xs.grad, ss.grad, None
 
 
+@pytest.mark.parametrize("device,backend", [(d, b) for d, b in CASES if b in ("cpu", "cuda")])
+@pytest.mark.parametrize("needs", [(True, True, True), (True, False, False), (False, True, False),
+                                   (False, False, True), (False, True, True)], ids=str)
+def test_eager_backward_runs_in_cpp_on_native_backends(device, backend, needs, monkeypatch):
+    """Plain eager calls on the cpu/cuda backends get a C++ autograd node (no call back into Python in
+    backward) that gives the Python autograd path's gradients bit for bit, for any subset of inputs that
+    need a gradient and an incoming gradient of another layout."""
+    from qkernels import _backend_native
+    from qkernels import learnable as learnable_module
+
+    calls = []
+    python_backward = learnable_module._backward_checked
+    monkeypatch.setattr(learnable_module, "_backward_checked", lambda *a: calls.append(1) or python_backward(*a))
+    scale, zp = qparams((8,), -8, 7, 5, device)
+    x, dy = inputs(5, (8, 33), scale, zp, 0, None, -8, 7, torch.float32, device)
+    dy = dy.t().contiguous().t()
+
+    def run():
+        xs, ss, zs = (t.detach().clone().requires_grad_(n) for t, n in zip((x, scale, zp), needs))
+        with qkernels.use_backend(backend):
+            y = learnable(xs, ss, zs, 0, None, -8, 7, 0.5)
+            y.backward(dy)
+        return y.detach(), xs.grad, ss.grad, zs.grad
+
+    fast = run()
+    assert not calls
+    monkeypatch.delattr(_backend_native, "learnable_attach")
+    slow = run()
+    assert calls
+    for a, b, what in zip(fast, slow, ("y", "dx", "dscale", "dzero_point")):
+        assert (a is None) == (b is None), what
+        if a is not None:
+            assert_bitwise_equal(a, b, what=what)
+
+
 @pytest.mark.parametrize("device,backend", CASES)
 def test_per_group_of_whole_rows_is_per_channel(device, backend):
     """Groups spanning a whole row of a 2-D tensor are per-channel quantizers along axis 0."""

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "fake_quant_glue.h"
-#include "straight_through.h"
+#include "eager_autograd.h"
 
 namespace qkernels {
 namespace {
@@ -153,11 +153,11 @@ void fused_observer_update_cpu(const at::Tensor& x, const at::Tensor& observer_o
 
 TORCH_LIBRARY_FRAGMENT(qkernels, m) {
   QKERNELS_FAKE_QUANT_SCHEMAS(m, "cpu");
-  QKERNELS_STRAIGHT_THROUGH_SCHEMA(m, "cpu");
+  QKERNELS_EAGER_AUTOGRAD_SCHEMAS(m, "cpu");
 }
 
 TORCH_LIBRARY_IMPL(qkernels, CompositeImplicitAutograd, m) {
-  m.impl("_fake_quant_straight_through_cpu", &glue::straight_through<&backward_cpu>);
+  QKERNELS_EAGER_AUTOGRAD_IMPLS(m, "cpu", backward_cpu, learnable_backward_cpu);
 }
 
 TORCH_LIBRARY_IMPL(qkernels, CPU, m) {

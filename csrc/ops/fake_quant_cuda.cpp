@@ -4,7 +4,7 @@
 #include <cuda_runtime.h>
 
 #include "fake_quant_glue.h"
-#include "straight_through.h"
+#include "eager_autograd.h"
 
 namespace qkernels {
 namespace {
@@ -96,11 +96,11 @@ void fused_observer_update_cuda(const at::Tensor& x, const at::Tensor& observer_
 
 TORCH_LIBRARY_FRAGMENT(qkernels, m) {
   QKERNELS_FAKE_QUANT_SCHEMAS(m, "cuda");
-  QKERNELS_STRAIGHT_THROUGH_SCHEMA(m, "cuda");
+  QKERNELS_EAGER_AUTOGRAD_SCHEMAS(m, "cuda");
 }
 
 TORCH_LIBRARY_IMPL(qkernels, CompositeImplicitAutograd, m) {
-  m.impl("_fake_quant_straight_through_cuda", &glue::straight_through<&backward_cuda>);
+  QKERNELS_EAGER_AUTOGRAD_IMPLS(m, "cuda", backward_cuda, learnable_backward_cuda);
 }
 
 TORCH_LIBRARY_IMPL(qkernels, CUDA, m) {

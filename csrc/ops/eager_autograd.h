@@ -1,0 +1,150 @@
+// Autograd nodes in C++ for direct eager calls of the ops (qkernels/ops.py and qkernels/learnable.py, `_call`):
+// the forward has already run (Python checks the arguments and launches the kernels); these ops attach to its
+// output an autograd node whose backward runs the device's backward kernel, so that backward runs in C++
+// without a call back into Python.
+//
+//   _fake_quant_straight_through_<device>(Tensor x, Tensor(a) out, Tensor mask) -> Tensor(a)
+//     dx = dy * mask;
+//   _fake_quant_learnable_attach_<device>(Tensor x, Tensor scale, Tensor zero_point, Tensor(a) out, ...) -> Tensor(a)
+//     the learnable backward (dx, dscale, dzero_point), qparam gradients only for the inputs that need them.
+//
+// Each returns out itself, now with the op's inputs as its autograd inputs. Registered as
+// CompositeImplicitAutograd, and only ever called on plain tensors in eager mode (compile and export use the
+// registered public ops, whose autograd is defined in Python). No double backward: the nodes' backward is not
+// itself differentiable.
+#pragma once
+
+#include <torch/autograd.h>
+
+#include <tuple>
+#include <vector>
+
+#include "fake_quant_glue.h"
+
+namespace qkernels {
+namespace glue {
+
+// Out and mask of a forward call, passed to the autograd function as one non-tensor argument so that out
+// is not taken for an input returned as is.
+struct ForwardResult {
+  at::Tensor out, mask;
+};
+
+// Backward: writes dy * mask into its last argument (the device's _fake_quant_backward kernel).
+using BackwardKernel = void (*)(const at::Tensor& grad, const at::Tensor& mask, at::Tensor& out);
+
+template <BackwardKernel kBackward>
+struct StraightThrough : torch::autograd::Function<StraightThrough<kBackward>> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& /*x*/,
+                            const ForwardResult& result) {
+    ctx->save_for_backward({result.mask});
+    ctx->saved_data["strides"] = result.out.strides().vec();  // packed mask bits follow out's storage order
+    return result.out;
+  }
+
+  // As qkernels/ops.py's _grad_input and _backward_impl: dy in out's layout for a packed mask, aten's
+  // broadcasting product where a bool mask's layout differs from dy's.
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const at::Tensor mask = ctx->get_saved_variables()[0];
+    at::Tensor grad = grads[0];
+    if (!grad.defined()) return {at::Tensor(), at::Tensor()};  // (x, the ForwardResult argument)
+    const std::vector<int64_t> strides = ctx->saved_data["strides"].toIntVector();
+    const bool packed = mask.scalar_type() == at::kByte;
+    if (packed && grad.strides() != at::IntArrayRef(strides)) {
+      grad = at::empty_strided(grad.sizes(), strides, grad.options()).copy_(grad);
+    }
+    if (!packed && (grad.strides() != mask.strides() || grad.sizes() != mask.sizes())) {
+      return {grad * mask.view(grad.sizes()), at::Tensor()};
+    }
+    at::Tensor dx = at::empty_like(grad);
+    if (grad.numel() > 0) kBackward(grad, mask, dx);
+    return {dx, at::Tensor()};
+  }
+};
+
+template <BackwardKernel kBackward>
+at::Tensor straight_through(const at::Tensor& x, const at::Tensor& out, const at::Tensor& mask) {
+  return StraightThrough<kBackward>::apply(x, ForwardResult{out, mask});
+}
+
+// The learnable forward's launch arguments that the backward reuses: x and the float32 qparams as the kernels
+// read them (x in its dense layout, possibly a copy), the [B, O, C, I] view and the scalar arguments.
+struct LearnableForward {
+  at::Tensor out, x, scale, zero_point;
+  int64_t B, O, C, I, quant_min, quant_max;
+  double grad_factor;
+  int64_t flavour, rule;
+  bool use_fma;
+  at::ScalarType ds_dtype, dz_dtype;
+};
+
+// The device's learnable backward op (returns dscale and dzero_point per quantizer, 1-D, or empty tensors).
+using LearnableBackwardKernel = std::tuple<at::Tensor, at::Tensor> (*)(
+    const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, const at::Tensor& scale, const at::Tensor& zero_point,
+    int64_t B, int64_t O, int64_t C, int64_t I, int64_t quant_min, int64_t quant_max, double grad_factor,
+    int64_t flavour, int64_t rule, bool use_fma, bool need_qgrads, at::ScalarType ds_dtype, at::ScalarType dz_dtype);
+
+template <LearnableBackwardKernel kBackward>
+struct LearnableNode : torch::autograd::Function<LearnableNode<kBackward>> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& /*x*/, const at::Tensor& scale,
+                            const at::Tensor& zero_point, const LearnableForward& f) {
+    ctx->save_for_backward({f.x, f.scale, f.zero_point});
+    auto& d = ctx->saved_data;
+    d["dims"] = std::vector<int64_t>{f.B, f.O, f.C, f.I, f.quant_min, f.quant_max, f.flavour, f.rule};
+    d["grad_factor"] = f.grad_factor;
+    d["use_fma"] = f.use_fma;
+    d["dtypes"] = std::vector<int64_t>{static_cast<int64_t>(f.ds_dtype), static_cast<int64_t>(f.dz_dtype)};
+    d["scale_sizes"] = scale.sizes().vec();
+    d["zero_point_sizes"] = zero_point.sizes().vec();
+    return f.out;
+  }
+
+  // As qkernels/learnable.py's _backward_checked: dy in x's kernel layout and dtype, the qparam work only
+  // when scale or zero_point needs a gradient.
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& x = saved[0];
+    at::Tensor dy = grads[0];
+    if (!dy.defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    if (dy.strides() != x.strides() || dy.scalar_type() != x.scalar_type()) dy = at::empty_like(x).copy_(dy);
+    const auto& d = ctx->saved_data;
+    const std::vector<int64_t> v = d.at("dims").toIntVector(), dtypes = d.at("dtypes").toIntVector();
+    const bool need_qgrads = ctx->needs_input_grad(1) || ctx->needs_input_grad(2);
+    at::Tensor dx = at::empty_like(x);
+    auto grads_q = kBackward(dy, x, dx, saved[1], saved[2], v[0], v[1], v[2], v[3], v[4], v[5],
+                             d.at("grad_factor").toDouble(), v[6], v[7], d.at("use_fma").toBool(), need_qgrads,
+                             static_cast<at::ScalarType>(dtypes[0]), static_cast<at::ScalarType>(dtypes[1]));
+    return {ctx->needs_input_grad(0) ? dx : at::Tensor(),
+            ctx->needs_input_grad(1) ? std::get<0>(grads_q).view(d.at("scale_sizes").toIntVector()) : at::Tensor(),
+            ctx->needs_input_grad(2) ? std::get<1>(grads_q).view(d.at("zero_point_sizes").toIntVector())
+                                     : at::Tensor(),
+            at::Tensor()};  // the LearnableForward argument
+  }
+};
+
+template <LearnableBackwardKernel kBackward>
+at::Tensor learnable_attach(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
+                            const at::Tensor& out, const at::Tensor& xk, const at::Tensor& s, const at::Tensor& z,
+                            int64_t B, int64_t O, int64_t C, int64_t I, int64_t quant_min, int64_t quant_max,
+                            double grad_factor, int64_t flavour, int64_t rule, bool use_fma, at::ScalarType ds_dtype,
+                            at::ScalarType dz_dtype) {
+  return LearnableNode<kBackward>::apply(x, scale, zero_point,
+                                         LearnableForward{out, xk, s, z, B, O, C, I, quant_min, quant_max, grad_factor,
+                                                          flavour, rule, use_fma, ds_dtype, dz_dtype});
+}
+
+}  // namespace glue
+}  // namespace qkernels
+
+#define QKERNELS_EAGER_AUTOGRAD_SCHEMAS(m, suffix)                                                                 \
+  m.def("_fake_quant_straight_through_" suffix "(Tensor x, Tensor(a) out, Tensor mask) -> Tensor(a)");            \
+  m.def("_fake_quant_learnable_attach_" suffix                                                                    \
+        "(Tensor x, Tensor scale, Tensor zero_point, Tensor(a) out, Tensor xk, Tensor s, Tensor z, int B, int O, " \
+        "int C, int I, int quant_min, int quant_max, float grad_factor, int flavour, int rule, bool use_fma, "      \
+        "ScalarType ds_dtype, ScalarType dz_dtype) -> Tensor(a)")
+
+#define QKERNELS_EAGER_AUTOGRAD_IMPLS(m, suffix, backward, learnable_backward)                          \
+  m.impl("_fake_quant_straight_through_" suffix, &glue::straight_through<&backward>);                  \
+  m.impl("_fake_quant_learnable_attach_" suffix, &glue::learnable_attach<&learnable_backward>)
