@@ -1,4 +1,4 @@
-"""Backend ``cpu``/``cuda``: the csrc kernels through their private ops (qkernels::_fake_quant_*_{cpu,cuda}).
+"""Backend ``cpu``/``cuda``: the csrc kernels through their private ops (qkernels::_<family>_*_{cpu,cuda}).
 
 Every backend module offers the same launchers, writing into preallocated outputs that share x's dense
 layout: ``per_tensor``, ``per_channel`` and ``backward`` (contract: qkernels/ops.py; ``enabled`` is None or a
@@ -21,13 +21,13 @@ _ops: dict = {}
 def _op(name: str, device: torch.device):
     key = (name, device.type)
     if key not in _ops:
-        _ops[key] = getattr(torch.ops.qkernels, f"_fake_quant_{name}_{'cuda' if device.type == 'cuda' else 'cpu'}")
+        _ops[key] = getattr(torch.ops.qkernels, f"_{name}_{'cuda' if device.type == 'cuda' else 'cpu'}")
     return _ops[key]
 
 
 def per_tensor(x, out, mask, scale, zero_point, enabled, quant_min, quant_max, flavour):
     tensors = isinstance(scale, torch.Tensor)
-    _op("per_tensor", x.device)(
+    _op("fake_quant_per_tensor", x.device)(
         x,
         out,
         mask,
@@ -43,39 +43,39 @@ def per_tensor(x, out, mask, scale, zero_point, enabled, quant_min, quant_max, f
 
 
 def per_channel(x, out, mask, scale, zero_point, axis, inner, quant_min, quant_max, flavour, use_fma):
-    _op("per_channel", x.device)(
+    _op("fake_quant_per_channel", x.device)(
         x, out, mask, scale, zero_point, inner, quant_min, quant_max, FLAVOURS[flavour], use_fma
     )
 
 
 def backward(grad, mask, out):
-    _op("backward", grad.device)(grad, mask, out)
+    _op("fake_quant_backward", grad.device)(grad, mask, out)
 
 
 def straight_through(x, out, mask):
     """out (computed by per_tensor/per_channel, mask written) with a C++ autograd node from x: dx = dy * mask
     by the backward kernel, without a call back into Python (plain eager tensors only)."""
-    return _op("straight_through", x.device)(x, out, mask)
+    return _op("fake_quant_straight_through", x.device)(x, out, mask)
 
 
 def learnable_attach(x, scale, zero_point, out, xk, s, z, dims, quant_min, quant_max, grad_factor, flavour, rule,
                      use_fma, ds_dtype, dz_dtype):
     """out (computed by learnable_forward on xk, s, z) with a C++ autograd node from x, scale and zero_point
     that runs learnable_backward (plain eager tensors only)."""
-    return _op("learnable_attach", x.device)(
+    return _op("fake_quant_learnable_attach", x.device)(
         x, scale, zero_point, out, xk, s, z, *dims, quant_min, quant_max, grad_factor, FLAVOURS[flavour], rule,
         use_fma, ds_dtype, dz_dtype,
     )
 
 
 def learnable_forward(x, out, scale, zero_point, dims, quant_min, quant_max, flavour, per_tensor):
-    _op("learnable_forward", x.device)(x, out, scale, zero_point, *dims, quant_min, quant_max, FLAVOURS[flavour],
-                                       per_tensor)
+    _op("fake_quant_learnable_forward", x.device)(x, out, scale, zero_point, *dims, quant_min, quant_max,
+                                                  FLAVOURS[flavour], per_tensor)
 
 
 def learnable_backward(dy, x, dx, scale, zero_point, dims, quant_min, quant_max, grad_factor, flavour, rule,
                        use_fma, need_qgrads, ds_dtype, dz_dtype):
-    grads = _op("learnable_backward", x.device)(
+    grads = _op("fake_quant_learnable_backward", x.device)(
         dy, x, dx, scale, zero_point, *dims, quant_min, quant_max, grad_factor, FLAVOURS[flavour], rule, use_fma,
         need_qgrads, ds_dtype, dz_dtype,
     )
@@ -85,7 +85,7 @@ def learnable_backward(dy, x, dx, scale, zero_point, dims, quant_min, quant_max,
 def fused_observer_update(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
                           averaging_const, quant_min, quant_max, ch_axis, inner, symmetric, mode, eps,
                           symmetric_zero_point, flavour):
-    _op("observer_update", x.device)(
+    _op("fused_observer_update", x.device)(
         x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const, quant_min,
         quant_max, inner, symmetric, mode, eps, symmetric_zero_point, FLAVOURS[flavour],
     )

@@ -24,7 +24,8 @@ skip x while it is off, then one per-channel step that folds the partial results
 PyTorch ops on the device (reference; its reduction runs even while the observer is off). Flags are read
 the same way everywhere, nonzero after truncation toward zero (torch's CUDA op counts only exactly 1 as on;
 the flags torch.ao's modules keep are 0 or 1, where the two readings agree). On CUDA tensors the moving
-average is one FMA, as nvcc compiles aten's CUDA kernel (``qkernels.reference.fused_observer.update_running``).
+average is one FMA, as nvcc compiles aten's CUDA kernel under its default ``--fmad=true`` (an assumption until
+``test_op_matches_torch_fused_op_on_cuda`` runs on a GPU; ``qkernels.reference.fused_observer.update_running``).
 
 Per-channel running stats that start empty (torch.ao's per-channel observers) are sized on the first eager
 call, as torch does; under compile or export they must already have ``x.size(ch_axis)`` elements.
@@ -49,13 +50,14 @@ from .reference.fused_observer import QPARAMS_MODES, flag_on_device
 __all__ = ["fused_moving_avg_obs_fake_quant", "observer_update"]
 
 _F32_EPS = torch.finfo(torch.float32).eps
-# flag dtypes the kernels read (csrc/include/qkernels/fused_observer_kernels.h, FlagType)
-_FLAG_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64, torch.float16, torch.bfloat16,
-                torch.float32, torch.float64)
+# flag dtypes the kernels read (csrc/include/qkernels/fused_observer_kernels.h, FlagType): the real ones
+_FLAG_DTYPES = (torch.bool, torch.int8, torch.uint8, torch.int16, torch.uint16, torch.int32, torch.uint32,
+                torch.int64, torch.uint64, torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _check(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, quant_min, quant_max,
-           ch_axis, per_row, qparams):
+           ch_axis, per_row, qparams, sized=True):
+    """Every argument check; with sized=False all but the state's sizes (before sizing empty state)."""
     op = "fused_moving_avg_obs_fake_quant"
     _check_input(op, x)
     for name, t in (("observer_on", observer_on), ("fake_quant_on", fake_quant_on), ("running_min", running_min),
@@ -66,8 +68,8 @@ def _check(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_
             _fail(f"{op}: `{name}` must be on the same device as `input` ({x.device}), got {t.device}")
     for name, t in (("observer_on", observer_on), ("fake_quant_on", fake_quant_on)):
         if t.numel() != 1 or t.dtype not in _FLAG_DTYPES:
-            _fail(f"{op}: `{name}` must be a one-element tensor of a signed integer type, uint8 or a floating type, "
-                  f"got {t.dtype} {tuple(t.shape)}")
+            _fail(f"{op}: `{name}` must be a one-element bool, integer or floating-point tensor (not complex or "
+                  f"float8), got {t.dtype} {tuple(t.shape)}")
     for name, t in (("running_min", running_min), ("running_max", running_max), ("scale", scale)):
         if t.dtype != torch.float32:
             _fail(f"{op}: `{name}` must be float32, got {t.dtype}")
@@ -78,6 +80,8 @@ def _check(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_
         _fail(f"{op}: `qparams` must be one of {QPARAMS_MODES}, got {qparams!r}")
     if per_row:
         _check_ch_axis(x, ch_axis)
+    if not sized:
+        return
     want = x.size(ch_axis) if per_row else 1
     for name, t in (("running_min", running_min), ("running_max", running_max), ("scale", scale),
                     ("zero_point", zero_point)):
@@ -146,10 +150,9 @@ _fused_observer_update = torch.ops.qkernels._fused_observer_update
 def _size_per_channel_state(x, ch_axis, running_min, running_max, scale, zero_point):
     """torch.ao's per-channel buffers start as stats [0] and qparams [1]: the first eager call sizes them to [C],
     stats at (+inf, -inf), as torch's op does (its qparams stay uninitialised; here 1.0 and 0). Under compile
-    or export they must be sized already; wrong non-empty sizes are left to the update op's check."""
+    or export they must be sized already; wrong non-empty sizes are left to the update op's check. Called only
+    when some size differs, after the other argument checks."""
     channels = x.size(ch_axis)
-    if all(t.numel() == channels for t in (running_min, running_max, scale, zero_point)):
-        return
     if torch.compiler.is_compiling():
         _fail("fused_moving_avg_obs_fake_quant: size the per-channel running stats and qparams to "
               f"`input.size(ch_axis)` ({channels}) before compiling")
@@ -170,7 +173,10 @@ def observer_update(input, observer_on, fake_quant_on, running_min, running_max,
     in place; sizes empty per-channel state on the first eager call."""
     if per_row_fake_quant:
         _check_ch_axis(input, ch_axis)
-        _size_per_channel_state(input, ch_axis, running_min, running_max, scale, zero_point)
+        if not all(t.numel() == input.size(ch_axis) for t in (running_min, running_max, scale, zero_point)):
+            _check(input, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, quant_min,
+                   quant_max, ch_axis, True, qparams, sized=False)  # fail before resizing anything
+            _size_per_channel_state(input, ch_axis, running_min, running_max, scale, zero_point)
     _fused_observer_update(input, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
                            float(averaging_const), quant_min, quant_max, ch_axis, bool(per_row_fake_quant),
                            bool(symmetric_quant), qparams, float(eps), int(symmetric_zero_point))

@@ -162,6 +162,10 @@ def _forward_impl(self, scale, zero_point, axis, group_size, quant_min, quant_ma
 def _forward_run(self, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor, zero_point_rounding):
     """The checked forward: (out, x in the kernels' layout, dims, flat float32 scale, zero point)."""
     _check(self, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor, zero_point_rounding)
+    return _forward_launch(self, scale, zero_point, axis, group_size, quant_min, quant_max)
+
+
+def _forward_launch(self, scale, zero_point, axis, group_size, quant_min, quant_max):
     x, out, dims = _layout(self, axis, group_size)
     s, z = _flat_qparams(scale, zero_point)
     if x.numel():
@@ -295,11 +299,12 @@ def _call(x, scale, zero_point, axis, group_size, quant_min, quant_max, grad_fac
         return _forward_impl(x, scale, zero_point, *args)
     # The native backends' autograd node runs the backward in C++; the others (and empty inputs) go through
     # the Python autograd.Function.
+    _check(x, scale, zero_point, *args)
     attach = getattr(backends.select(x, quant_min, quant_max, _FAMILY), "learnable_attach", None)
     if attach is None or x.numel() == 0:
         return _Learnable.apply(x, scale, zero_point, *args)
     with torch.no_grad():  # the kernels' inputs carry no history; the node below connects out to x
-        out, xk, dims, s, z = _forward_run(x, scale, zero_point, *args)
+        out, xk, dims, s, z = _forward_launch(x, scale, zero_point, axis, group_size, quant_min, quant_max)
     flavour = _flavour(xk)
     return attach(x, scale, zero_point, out, xk, s, z, dims, quant_min, quant_max, grad_factor, flavour,
                   _rule(axis, zero_point_rounding), uses_fma(flavour, torch.float32), *_grad_dtypes(scale, zero_point))

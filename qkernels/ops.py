@@ -386,7 +386,9 @@ class _StraightThrough(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        grad_x = _grad_input(ctx, grad_out, _backward_impl) if ctx.needs_input_grad[1] else None
+        # create_graph: the registered backward op, which is differentiable; else its implementation directly
+        backward = fake_quantize_cachemask_backward if torch.is_grad_enabled() else _backward_impl
+        grad_x = _grad_input(ctx, grad_out, backward) if ctx.needs_input_grad[1] else None
         return (None, grad_x, None) + (None,) * (ctx.num_inputs - 1)
 
 
@@ -447,8 +449,9 @@ def _call(impl, op, input, args, tensors, scale, zero_point) -> Tensor:
     _check_qparams_not_differentiable(scale, zero_point)
     if not need:
         return impl(input, *args, False, False)[0]
-    # The native backends' autograd node runs the backward in C++ (the backward kernel's backend choice,
-    # as in _backward_impl); the others go through the Python autograd.Function.
+    # The native backends' autograd node runs the backward in C++; the others go through the Python
+    # autograd.Function. (The node's backend is the one _backward_impl would choose, but chosen now: a
+    # use_backend block around the backward call alone does not change it.)
     attach = getattr(backends.select(input, 0, 0), "straight_through", None)
     if attach is None:
         return _StraightThrough.apply(impl, input, _PACK_MASKS, *args)

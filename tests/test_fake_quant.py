@@ -553,6 +553,23 @@ def test_eager_backward_runs_in_cpp_on_native_backends(device, backend, monkeypa
     assert_bitwise_equal(x.grad, xa.grad)
 
 
+@pytest.mark.parametrize("device,backend", CASES)
+@pytest.mark.parametrize("packed", [False, True])
+def test_double_backward_matches_aten(device, backend, packed):
+    """create_graph=True: dx = dy * mask stays differentiable (a gradient penalty sees it), as with aten."""
+    x0 = make_input(9, (5, 16), 0.1, 3, 0, 255, torch.float32, device, specials=False)
+    grads = []
+    for fq in (torch.fake_quantize_per_tensor_affine, qkernels.fake_quantize_per_tensor_affine):
+        x = x0.clone().requires_grad_()
+        with qkernels.use_backend(backend), qkernels.packed_masks(packed):
+            y = fq(x, 0.1, 3, 0, 255)
+            (gx,) = torch.autograd.grad((y * y).sum(), x, create_graph=True)
+            (gx * x).sum().backward()
+        grads.append((gx.detach(), x.grad))
+    assert_bitwise_equal(grads[1][0], grads[0][0], what="first derivative")
+    assert_bitwise_equal(grads[1][1], grads[0][1], what="second-order term")
+
+
 def test_reference_float64_float_zero_point_matches_aten_cpu():
     """float64 inputs with a float zero point: aten's CPU kernel narrows x * inv + z to float before lrintf."""
     g = torch.Generator().manual_seed(53)

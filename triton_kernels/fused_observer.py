@@ -125,11 +125,12 @@ def _minmax_row_kernel(
 
 @triton.jit
 def _minmax_run_kernel(
-    x_ptr, lo_ptr, hi_ptr, obs_ptr, O, C, I, P, n_ib, rows, chunk,
+    x_ptr, lo_ptr, hi_ptr, obs_ptr, O, C, I, run_stride, P, n_ib, rows, chunk,
     INDEX_I32: tl.constexpr, ROWS_T: tl.constexpr, BLOCK_I: tl.constexpr,
 ):
     # Program pid = c * P + p, p = ob * n_ib + ib: runs [ob * rows, ob * rows + rows) and elements
-    # [ib * chunk, ib * chunk + chunk) of I of channel c, the runs C * I apart; it writes partial pid.
+    # [ib * chunk, ib * chunk + chunk) of I of channel c, the runs run_stride = C * I apart (passed in, so that
+    # it is 64-bit whenever it exceeds int32); it writes partial pid.
     pid = tl.program_id(0)
     if not INDEX_I32:
         pid = pid.to(tl.int64)
@@ -150,7 +151,7 @@ def _minmax_run_kernel(
         for i in range(i_begin, i_end, BLOCK_I):
             ci = i + tl.arange(0, BLOCK_I)[None, :]
             m = (ro < o_end) & (ci < i_end)
-            v = tl.load(x_ptr + base + ro * (C * I) + ci, mask=m, other=0.0).to(tl.float32)
+            v = tl.load(x_ptr + base + ro * run_stride + ci, mask=m, other=0.0).to(tl.float32)
             lo, hi = _fold(lo, hi, v, v, m)
     mn, mx = _reduce(lo, hi, None)
     tl.store(lo_ptr + pid, mn)
@@ -298,8 +299,8 @@ def _plan(O, C, I):
     rows = rows_t * max(1, target // (rows_t * padded))
     n_ib = triton.cdiv(I, chunk)
     P = triton.cdiv(O, rows) * n_ib
-    return (_minmax_run_kernel, (C * P,), (O, C, I, P, n_ib, rows, chunk), dict(ROWS_T=rows_t, BLOCK_I=block_i),
-            P)
+    return (_minmax_run_kernel, (C * P,), (O, C, I, C * I, P, n_ib, rows, chunk),
+            dict(ROWS_T=rows_t, BLOCK_I=block_i), P)
 
 
 def fused_observer_update(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
@@ -307,8 +308,8 @@ def fused_observer_update(x, observer_on, fake_quant_on, running_min, running_ma
                           symmetric_zero_point, flavour):
     """Launcher (contract: ``qkernels._backend_reference.fused_observer_update``). x: dense fp32/fp16/bf16,
     numel > 0, walked in storage order as [O, C, inner] with C = running_min.numel() (ch_axis, -1 per
-    tensor, is implied by C and inner); observer_on / fake_quant_on: one-element tensors on x's device (int8,
-    uint8, int16, int32, int64, float16, bfloat16, float32, float64), read by the kernels; running_min/max,
+    tensor, is implied by C and inner: only the reference launcher uses it); observer_on / fake_quant_on:
+    one-element tensors on x's device (bool, any integer or float type), read by the kernels; running_min/max,
     scale: contiguous float32 [C]; zero_point: contiguous int32 or int64 [C]; mode 0 fused, 1 observer;
     flavour "cpu" (two-rounding moving average, 6.1e-5 floor) or "cuda" (FMA, no floor)."""
     C = running_min.numel()

@@ -10,8 +10,8 @@
 //
 // Each returns out itself, now with the op's inputs as its autograd inputs. Registered as
 // CompositeImplicitAutograd, and only ever called on plain tensors in eager mode (compile and export use the
-// registered public ops, whose autograd is defined in Python). No double backward: the nodes' backward is not
-// itself differentiable.
+// registered public ops, whose autograd is defined in Python). Double backward: the straight-through node
+// then calls the registered backward op (differentiable); the learnable one raises, as aten's does.
 #pragma once
 
 #include <torch/autograd.h>
@@ -53,6 +53,12 @@ struct StraightThrough : torch::autograd::Function<StraightThrough<kBackward>> {
     const bool packed = mask.scalar_type() == at::kByte;
     if (packed && grad.strides() != at::IntArrayRef(strides)) {
       grad = at::empty_strided(grad.sizes(), strides, grad.options()).copy_(grad);
+    }
+    if (at::GradMode::is_enabled()) {  // create_graph: the registered backward op, whose autograd is defined
+      static const auto op = c10::Dispatcher::singleton()
+                                  .findSchemaOrThrow("qkernels::fake_quantize_cachemask_backward", "")
+                                  .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
+      return {op.call(grad, mask), at::Tensor()};
     }
     if (!packed && (grad.strides() != mask.strides() || grad.sizes() != mask.sizes())) {
       return {grad * mask.view(grad.sizes()), at::Tensor()};

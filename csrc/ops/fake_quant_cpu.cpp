@@ -63,7 +63,8 @@ void learnable_forward_cpu(const at::Tensor& x, at::Tensor& out, const at::Tenso
   at::parallel_for(0, dims.numel(), kGrain, [&](int64_t b, int64_t e) { cpu::fake_quant_learnable_forward(p, b, e); });
 }
 
-// glue::reduce_partials as one host loop: aten's float64 sum and casts cost far more than these few sums.
+// glue::reduce_partials (the rule of qkernels.reference.fake_quant_learnable.reduce_partials) as one host loop:
+// aten's float64 sum and casts cost far more than these few sums.
 // The sum runs over P in order; double -> dtype as aten's casts convert.
 std::tuple<at::Tensor, at::Tensor> reduce_partials_cpu(const at::Tensor& partials, at::ScalarType ds_dtype,
                                                        at::ScalarType dz_dtype) {
@@ -166,7 +167,7 @@ TORCH_LIBRARY_IMPL(qkernels, CPU, m) {
   m.impl("_fake_quant_backward_cpu", &backward_cpu);
   m.impl("_fake_quant_learnable_forward_cpu", &learnable_forward_cpu);
   m.impl("_fake_quant_learnable_backward_cpu", &learnable_backward_cpu);
-  m.impl("_fake_quant_observer_update_cpu", &fused_observer_update_cpu);
+  m.impl("_fused_observer_update_cpu", &fused_observer_update_cpu);
 }
 
 }  // namespace qkernels

@@ -109,7 +109,7 @@ TORCH_LIBRARY_IMPL(qkernels, CUDA, m) {
   m.impl("_fake_quant_backward_cuda", &backward_cuda);
   m.impl("_fake_quant_learnable_forward_cuda", &learnable_forward_cuda);
   m.impl("_fake_quant_learnable_backward_cuda", &learnable_backward_cuda);
-  m.impl("_fake_quant_observer_update_cuda", &fused_observer_update_cuda);
+  m.impl("_fused_observer_update_cuda", &fused_observer_update_cuda);
 }
 
 }  // namespace qkernels

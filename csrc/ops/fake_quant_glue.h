@@ -197,22 +197,22 @@ inline std::tuple<at::Tensor, at::Tensor> reduce_partials(const at::Tensor& part
   return {sums[0].reshape(-1).to(ds_dtype, false, /*copy=*/true), sums[1].reshape(-1).to(dz_dtype, false, true)};
 }
 
-// Elements laid out inside `axis` in a dense tensor's storage (its stride; all of them for a size-1 axis).
-inline int64_t inner_stride(const at::Tensor& t, int64_t axis) {
-  return t.size(axis) > 1 ? t.stride(axis) : t.numel() / std::max<int64_t>(1, t.size(axis));
-}
-
 // Fused observer: x (dense) in storage order as [outer, channels, inner], channels = running_min.numel();
 // float32 running stats and scale, int32 or int64 zero point, all contiguous with `channels` elements.
 inline Flag flag_of(const at::Tensor& t, const at::Tensor& x) {
   TORCH_CHECK(t.numel() == 1 && t.device() == x.device(), "qkernels: an observer flag has one element on x's device");
   FlagType type;
   switch (t.scalar_type()) {
-    case at::kChar: type = FlagType::Int8; break;
-    case at::kByte: type = FlagType::UInt8; break;
-    case at::kShort: type = FlagType::Int16; break;
-    case at::kInt: type = FlagType::Int32; break;
-    case at::kLong: type = FlagType::Int64; break;
+    // Integer flags are read as bit patterns (on = nonzero), so signedness does not matter; a bool is a byte.
+    case at::kBool:
+    case at::kChar:
+    case at::kByte: type = FlagType::Int8; break;
+    case at::kShort:
+    case at::kUInt16: type = FlagType::Int16; break;
+    case at::kInt:
+    case at::kUInt32: type = FlagType::Int32; break;
+    case at::kLong:
+    case at::kUInt64: type = FlagType::Int64; break;
     case at::kHalf: type = FlagType::Float16; break;
     case at::kBFloat16: type = FlagType::BFloat16; break;
     case at::kFloat: type = FlagType::Float32; break;
@@ -281,7 +281,7 @@ inline ObserverParams observer_params(const at::Tensor& x, const at::Tensor& obs
         "(Tensor dy, Tensor x, Tensor(a!) dx, Tensor scale, Tensor zero_point, int B, int O, int C, int I, "       \
         "int quant_min, int quant_max, float grad_factor, int flavour, int rule, bool use_fma, bool need_qgrads, " \
         "ScalarType ds_dtype, ScalarType dz_dtype) -> (Tensor, Tensor)");                                                                                             \
-  m.def("_fake_quant_observer_update_" suffix                                                                        \
+  m.def("_fused_observer_update_" suffix                                                                        \
         "(Tensor x, Tensor observer_on, Tensor fake_quant_on, Tensor(a!) running_min, Tensor(b!) running_max, "    \
         "Tensor(c!) scale, Tensor(d!) zero_point, float averaging_const, int quant_min, int quant_max, int inner, " \
         "bool symmetric, int mode, float eps, int symmetric_zero_point, int flavour) -> ()")

@@ -65,7 +65,8 @@ def update_running(running: torch.Tensor, cur: torch.Tensor, averaging_const: fl
                    flavour: str = "cpu") -> torch.Tensor:
     """``isinf(r) ? cur : r + c * (cur - r)`` in float32: two roundings (flavour "cpu", aten's CPU op), or
     ``fma(c, cur - r, r)`` (flavour "cuda": aten's CUDA kernel, whose expression nvcc contracts into an FMA
-    under its default ``--fmad=true``)."""
+    under its default ``--fmad=true``; assumed from the source and the build flags until
+    test_op_matches_torch_fused_op_on_cuda has run on a GPU)."""
     c = torch.tensor(averaging_const, dtype=torch.float32, device=running.device)
     d = cur - running
     avg = _fma_f32(c, d, running) if flavour == "cuda" else running + c * d

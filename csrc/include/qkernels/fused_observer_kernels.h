@@ -12,7 +12,8 @@ namespace qkernels {
 enum class QParamsMode : int { Fused = 0, Observer = 1 };
 
 // A one-element flag tensor, read where it lives (the CUDA kernels read it on the device: no host sync).
-enum class FlagType : int { Int8, UInt8, Int16, Int32, Int64, Float16, BFloat16, Float32, Float64 };
+// Integer types by width (their bits are compared with zero, so signedness and bool need no type of their own).
+enum class FlagType : int { Int8, Int16, Int32, Int64, Float16, BFloat16, Float32, Float64 };
 struct Flag {
   const void* ptr;
   FlagType type;
@@ -24,7 +25,6 @@ struct Flag {
 QK_HOST_DEVICE bool flag_is_on(const Flag& f) {
   switch (f.type) {
     case FlagType::Int8:
-    case FlagType::UInt8:
       return *static_cast<const uint8_t*>(f.ptr) != 0;
     case FlagType::Int16:
       return *static_cast<const uint16_t*>(f.ptr) != 0;
