@@ -5,8 +5,9 @@ One training step of ``fused_moving_avg_obs_fake_quant`` with the observer and f
 reference step, ``qkernels.reference.fused_observer``) and ``qkernels`` on each backend usable on the device
 (the observer update: the C++ kernel on CPU tensors, the CUDA or Triton kernels on CUDA ones, PyTorch
 ops on the reference backend). Ops:
-``per_tensor`` (x 1-D) and ``per_channel`` (x [256, n/256], ch_axis 0). Modes: fwd (no grad) and fwdbwd
-(x requires grad, ``y.backward(dy)``).
+``per_tensor`` (x 1-D), ``per_channel`` (x [256, n/256], ch_axis 0) and ``per_channel_inner`` (the same
+shape with the channel innermost in storage, as an activation in channels-last layout: the kernels' row
+mode). Modes: fwd (no grad) and fwdbwd (x requires grad, ``y.backward(dy)``).
 
 Bytes per element (b = element size), the minimum: fwd reads x for the stats and for the fake quant and
 writes y = 3b (a fused kernel could read x once: 2b); fwdbwd adds dy and dx = 5b. Copy bandwidth and timing
@@ -35,12 +36,12 @@ from common import (
 )
 
 QMIN, QMAX, CHANNELS, AVERAGING = 0, 255, 256, 0.01
-OPS = ("per_tensor", "per_channel")
+OPS = ("per_tensor", "per_channel", "per_channel_inner")
 
 
 def make_state(op: str, device: torch.device):
     """Fresh running stats and qparams, sized (per channel) as after the first step."""
-    n = CHANNELS if op == "per_channel" else 1
+    n = 1 if op == "per_tensor" else CHANNELS
     running = [torch.full((n,), math.inf, device=device), torch.full((n,), -math.inf, device=device)]
     if op == "per_tensor":
         running = [t.reshape(()) for t in running]
@@ -50,13 +51,18 @@ def make_state(op: str, device: torch.device):
 def make_case(op: str, numel: int, dtype: torch.dtype, device: torch.device):
     """(x, fn(impl) -> step function of x) for this op; impl is torch's op, qkernels' or the reference."""
     torch.manual_seed(0)
-    shape = (numel,) if op == "per_tensor" else (CHANNELS, numel // CHANNELS)
-    x = torch.randn(shape, device=device).to(dtype)
+    if op == "per_tensor":
+        x = torch.randn(numel, device=device)
+    elif op == "per_channel":
+        x = torch.randn(CHANNELS, numel // CHANNELS, device=device)
+    else:  # [C, n/C] with strides (1, C); .to keeps them
+        x = torch.randn(numel // CHANNELS, CHANNELS, device=device).t()
+    x = x.to(dtype)
     on = torch.ones(1, dtype=torch.long, device=device)
 
     def bind(impl):
         state = make_state(op, device)
-        return lambda t: impl(t, on, on, *state, AVERAGING, QMIN, QMAX, 0, op == "per_channel", False)
+        return lambda t: impl(t, on, on, *state, AVERAGING, QMIN, QMAX, 0, op != "per_tensor", False)
 
     return x, bind
 

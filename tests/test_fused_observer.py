@@ -194,6 +194,26 @@ def test_op_non_dense_input_and_strided_state(backend):
     assert torch.equal(buf[:, 0], our_state[0]) and not math.isinf(buf[0, 0].item())  # written through the view
 
 
+@pytest.mark.parametrize("backend", backends_for("cpu"))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_op_channel_innermost_with_nan_and_inf(backend, dtype):
+    """The channel innermost in storage (the kernels' row mode: 8-channel vectors plus a tail at C = 13),
+    with NaN and infinities in some channels: the observer step against the reference (the NaN channel's
+    zero point, INT32_MIN, is one the fake-quant step then rejects on CPU tensors, see the README)."""
+    our_state, ref_state = fresh_state(True), fresh_state(True)
+    for step, (observe, fake_quant) in enumerate(FLAGS):
+        x = step_input(step, (37, 13)).to(dtype)
+        x[3, 2], x[5, 9], x[7, 12] = math.nan, math.inf, -math.inf
+        x = x.t()  # [13, 37], channel 0's elements 13 apart, channels adjacent
+        flags = torch.tensor([observe]), torch.tensor([fake_quant])
+        with qkernels.use_backend(backend):
+            qkernels.fused_observer.observer_update(x, *flags, *our_state, 0.1, 0, 255, 0, True, False)
+        with torch.no_grad():
+            ref.fused_moving_avg_obs_fake_quant(x, *flags, *ref_state, 0.1, 0, 255, 0, True, False)
+        for a, b in zip(our_state, ref_state):
+            assert_bitwise_equal(a, b, what=f"step {step}")
+
+
 def test_op_gradient_is_the_straight_through_mask():
     state = fresh_state(False)
     x = step_input(1).requires_grad_()

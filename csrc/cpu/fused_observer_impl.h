@@ -40,10 +40,39 @@ void minmax_run(const T* __restrict__ x, int64_t n, float& lo, float& hi) {
   for (int j = 0; j < 8; ++j) lo = nan_min(lo, l[j]), hi = nan_max(hi, h[j]);
 }
 
+// inner == 1 (the channel innermost in storage, e.g. a channels-last activation): each row holds one value
+// per channel, so the row is folded into lo/hi[channels] 8 channels at a time.
+template <typename T>
+void minmax_columns(const T* __restrict__ row, int64_t channels, float* __restrict__ lo, float* __restrict__ hi) {
+  int64_t c = 0;
+  for (; c + 8 <= channels; c += 8) {
+    alignas(32) float buf[8];
+    for (int k = 0; k < 8; ++k) buf[k] = to_float(row[c + k]);
+    Floats8 v, l, h;
+    std::memcpy(&v, buf, sizeof(v));
+    std::memcpy(&l, lo + c, sizeof(l));
+    std::memcpy(&h, hi + c, sizeof(h));
+    const Ints8 nan = v != v;
+    l = ((v < l) | nan) ? v : l;
+    h = ((v > h) | nan) ? v : h;
+    std::memcpy(lo + c, &l, sizeof(l));
+    std::memcpy(hi + c, &h, sizeof(h));
+  }
+  for (; c < channels; ++c) {
+    const float v = to_float(row[c]);
+    lo[c] = nan_min(lo[c], v);
+    hi[c] = nan_max(hi[c], v);
+  }
+}
+
 // Min/max of rows [row_begin, row_end) of x viewed as [outer, channels, inner], folded into lo/hi[channels].
 template <typename T>
 void minmax_rows(const ObserverParams& p, int64_t row_begin, int64_t row_end, float* lo, float* hi) {
   const T* x = static_cast<const T*>(p.x);
+  if (p.inner == 1) {
+    for (int64_t o = row_begin; o < row_end; ++o) minmax_columns<T>(x + o * p.channels, p.channels, lo, hi);
+    return;
+  }
   for (int64_t o = row_begin; o < row_end; ++o) {
     for (int64_t c = 0; c < p.channels; ++c) {
       minmax_run<T>(x + (o * p.channels + c) * p.inner, p.inner, lo[c], hi[c]);
