@@ -38,14 +38,17 @@ from torch import Tensor
 
 from . import backends
 from .ops import (
+    _call,
     _check_input,
     _check_range,
     _fail,
     _fake_quantize_per_tensor_affine_cachemask_tensor_qparams,
     _inner_stride,
-    fake_quantize_per_channel_affine_cachemask,
+    _per_tensor_tensor_impl,
+    _plain_eager,
+    fake_quantize_per_channel_affine,
 )
-from .reference.fused_observer import QPARAMS_MODES, flag_on_device
+from .reference.fused_observer import QPARAMS_MODES, flag_is_on, flag_on_device
 
 __all__ = ["fused_moving_avg_obs_fake_quant", "observer_update"]
 
@@ -209,10 +212,17 @@ def fused_moving_avg_obs_fake_quant(
     observer_update(input, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
                     averaging_const, quant_min, quant_max, ch_axis, per_row_fake_quant, symmetric_quant,
                     qparams=qparams, eps=eps, symmetric_zero_point=symmetric_zero_point)
-    need_mask = torch.is_grad_enabled() and input.requires_grad
+    # The fake-quant ops through their public entry (ops._call): in plain eager mode their implementations
+    # directly, with the C++ autograd node on the native backends; otherwise the registered ops.
     if not per_row_fake_quant:
-        return _fake_quantize_per_tensor_affine_cachemask_tensor_qparams(
-            input, scale, zero_point, fake_quant_on, quant_min, quant_max, need_mask)[0]
-    y, _ = fake_quantize_per_channel_affine_cachemask(input, scale, zero_point.to(torch.int32), ch_axis, quant_min,
-                                                      quant_max, need_mask)
-    return torch.where(flag_on_device(fake_quant_on), y, input)
+        return _call(_per_tensor_tensor_impl, _fake_quantize_per_tensor_affine_cachemask_tensor_qparams, input,
+                     (scale, zero_point, fake_quant_on, quant_min, quant_max), (input, scale, zero_point, fake_quant_on),
+                     scale, zero_point)
+    # The per-channel op has no enable flag. On CPU tensors in plain eager mode the flag is read on the host
+    # (no sync), which skips the fake quantization while it is off and aten's where, whose broadcast of a
+    # 0-dim condition costs several times a copy forward and again backward; elsewhere where(on, y, x).
+    host_flag = not input.is_cuda and _plain_eager(input, fake_quant_on)
+    if host_flag and not flag_is_on(fake_quant_on):
+        return input.clone()
+    y = fake_quantize_per_channel_affine(input, scale, zero_point.to(torch.int32), ch_axis, quant_min, quant_max)
+    return y if host_flag else torch.where(flag_on_device(fake_quant_on), y, input)

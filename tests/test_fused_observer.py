@@ -223,6 +223,23 @@ def test_op_gradient_is_the_straight_through_mask():
     assert torch.equal(x.grad, ((q >= 0) & (q <= 15)).float())
 
 
+@pytest.mark.parametrize("backend", backends_for("cpu"))
+@pytest.mark.parametrize("per_row", [False, True])
+def test_op_gradients_match_torch_with_fake_quant_on_and_off(backend, per_row):
+    """dx is dy * mask while fake quantization is on and dy while it is off, as torch's op gives."""
+    torch_state, our_state = fresh_state(per_row), fresh_state(per_row)
+    for step, (observe, fake_quant) in enumerate(FLAGS):
+        x = step_input(step)
+        dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(step))
+        flags = torch.tensor([observe]), torch.tensor([fake_quant])
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        torch.fused_moving_avg_obs_fake_quant(xa, *flags, *torch_state, 0.1, 0, 255, 0, per_row, False).backward(dy)
+        with qkernels.use_backend(backend):
+            y = qkernels.fused_moving_avg_obs_fake_quant(xb, *flags, *our_state, 0.1, 0, 255, 0, per_row, False)
+            y.backward(dy)
+        assert torch.equal(xb.grad, xa.grad), f"step {step}"
+
+
 def test_compile_fullgraph_matches_eager():
     def step(x, observe, fake_quant, *state):
         return qkernels.fused_moving_avg_obs_fake_quant(x, observe, fake_quant, *state, 0.1, -128, 127, 1, True, True)
