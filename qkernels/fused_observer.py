@@ -6,7 +6,8 @@ zero_point, averaging_const, quant_min, quant_max, ch_axis, per_row_fake_quant=F
 ``qkernels.reference.fused_observer`` (``qparams="fused"``: torch's fused op, ``"observer"``: the unfused
 torch.ao observer). Unlike torch's op it takes fp32, fp16 and bf16 ``x`` (stats and qparams in fp32), any
 ``ch_axis``, and reads the flags where they live (nonzero after truncation toward zero = on): no host
-sync for CUDA tensors, and no data-dependent Python branch anywhere.
+sync for CUDA tensors, and no data-dependent Python branch under compile/export or on CUDA tensors (on
+CPU tensors in eager mode the per-channel fake-quant flag is read on the host, ``ops._host_flag``).
 
 Two registered ops make it up, so that compile/export see a functional, differentiable fake-quant step:
 
@@ -44,11 +45,11 @@ from .ops import (
     _fail,
     _fake_quantize_per_tensor_affine_cachemask_tensor_qparams,
     _inner_stride,
+    _host_flag,
     _per_tensor_tensor_impl,
-    _plain_eager,
     fake_quantize_per_channel_affine,
 )
-from .reference.fused_observer import QPARAMS_MODES, flag_is_on, flag_on_device
+from .reference.fused_observer import QPARAMS_MODES, flag_on_device
 
 __all__ = ["fused_moving_avg_obs_fake_quant", "observer_update"]
 
@@ -218,11 +219,10 @@ def fused_moving_avg_obs_fake_quant(
         return _call(_per_tensor_tensor_impl, _fake_quantize_per_tensor_affine_cachemask_tensor_qparams, input,
                      (scale, zero_point, fake_quant_on, quant_min, quant_max), (input, scale, zero_point, fake_quant_on),
                      scale, zero_point)
-    # The per-channel op has no enable flag. On CPU tensors in plain eager mode the flag is read on the host
-    # (no sync), which skips the fake quantization while it is off and aten's where, whose broadcast of a
-    # 0-dim condition costs several times a copy forward and again backward; elsewhere where(on, y, x).
-    host_flag = not input.is_cuda and _plain_eager(input, fake_quant_on)
-    if host_flag and not flag_is_on(fake_quant_on):
+    # The per-channel op has no enable flag: read on the host where that is free (skipping the fake
+    # quantization while it is off), else where(on, y, x).
+    on = _host_flag(fake_quant_on, input)
+    if on is False:
         return input.clone()
     y = fake_quantize_per_channel_affine(input, scale, zero_point.to(torch.int32), ch_axis, quant_min, quant_max)
-    return y if host_flag else torch.where(flag_on_device(fake_quant_on), y, input)
+    return y if on else torch.where(flag_on_device(fake_quant_on), y, input)

@@ -5,8 +5,10 @@
 arguments, methods (``enable_fake_quant``, ``disable_observer``, ``with_args``, ``calculate_qparams``, ...),
 buffers, parameters and state-dict keys, dtypes and shapes, so checkpoints load both ways and
 ``isinstance`` checks in torch.ao keep working. Only ``forward`` is new: it is defined here, outside
-``torch.ao`` (which Dynamo does not trace), and it has no Python branch on buffer values: the enable flags
-are read on the device by the ops (``qkernels.fused_moving_avg_obs_fake_quant`` and the learnable ops).
+``torch.ao`` (which Dynamo does not trace), and under compile/export or on CUDA tensors it has no Python
+branch on buffer values: the enable flags are read on the device by the ops
+(``qkernels.fused_moving_avg_obs_fake_quant`` and the learnable ops). On CPU tensors in eager mode the
+fake-quant flag is read on the host (``ops._host_flag``: no sync there, and no costly ``where``).
 
 Observers: ``MovingAverageMinMaxObserver`` and ``MovingAveragePerChannelMinMaxObserver`` (what torch.ao's
 default QAT qconfigs use); other observers, float qparams and dynamic quantization raise at construction.
@@ -25,6 +27,7 @@ from torch.ao.quantization._learnable_fake_quantize import _LearnableFakeQuantiz
 from torch.ao.quantization.observer import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
 
 from .fused_observer import fused_moving_avg_obs_fake_quant, observer_update
+from .ops import _host_flag
 from .learnable import (
     fake_quantize_learnable_per_channel_affine,
     fake_quantize_learnable_per_tensor_affine,
@@ -135,6 +138,9 @@ class LearnableFakeQuantize(_LearnableFakeQuantize):
             self.zero_point.copy_(torch.where(static, observed_zp.to(self.zero_point.dtype), self.zero_point))
             if obs.qscheme in _SYMMETRIC:
                 self.zero_point.copy_(torch.where(fake_quant, torch.zeros_like(self.zero_point), self.zero_point))
+        on = _host_flag(self.fake_quant_enabled, X)
+        if on is False:  # torch.ao returns X itself
+            return X
         grad_factor = lsq_grad_factor(X.numel(), self.quant_max) if self.use_grad_scaling else 1.0
         if self.is_per_channel:
             y = fake_quantize_learnable_per_channel_affine(X, self.scale, self.zero_point, self.ch_axis,
@@ -142,4 +148,4 @@ class LearnableFakeQuantize(_LearnableFakeQuantize):
         else:
             y = fake_quantize_learnable_per_tensor_affine(X, self.scale, self.zero_point, self.quant_min,
                                                           self.quant_max, grad_factor)
-        return torch.where(fake_quant, y, X)
+        return y if on else torch.where(fake_quant, y, X)

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from . import backends
 from .reference.fake_quant import uses_fma
+from .reference.fused_observer import flag_is_on
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -372,6 +373,15 @@ def _plain_eager(*tensors) -> bool:
         and torch._C._len_torch_dispatch_stack() == 0
         and all(type(t) is Tensor for t in tensors)
     )
+
+
+def _host_flag(flag: Tensor, x: Tensor) -> Optional[bool]:
+    """A one-element enable flag's value (nonzero after truncation toward zero) where reading it costs no device
+    sync and no graph break: CPU tensors in plain eager mode. Else None: select with where(flag, y, x), whose
+    broadcast of a 0-dim condition costs aten several times a copy on CPU tensors, forward and backward."""
+    if x.is_cuda or not _plain_eager(x, flag):
+        return None
+    return flag_is_on(flag)
 
 
 class _StraightThrough(torch.autograd.Function):
