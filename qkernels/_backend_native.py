@@ -4,13 +4,16 @@ Every backend module offers the same launchers, writing into preallocated output
 layout: ``per_tensor``, ``per_channel`` and ``backward`` (contract: qkernels/ops.py; ``enabled`` is None or a
 one-element int32 tensor; a mask is None, bool in x's layout, or packed uint8), and ``learnable_forward`` /
 ``learnable_backward`` (contract: qkernels/learnable.py and csrc/include/qkernels/fake_quant_learnable_kernels.h),
-and ``fused_observer_update`` (contract: qkernels/fused_observer.py). Only the native backends also offer
-``straight_through`` and ``learnable_attach`` (csrc/ops/eager_autograd.h): eager autograd nodes in C++.
+and ``fused_observer_update`` (contract: qkernels/fused_observer.py). Only the native backends also offer the
+eager forwards ``per_tensor_eager``, ``per_tensor_tensor_eager``, ``per_channel_eager`` and ``learnable_attach``
+(csrc/ops/eager_autograd.h): allocation and launch in one C++ call, with autograd nodes in C++.
 """
 
 from __future__ import annotations
 
 import torch
+
+from .reference.fake_quant import uses_fma
 
 FLAVOURS = {"cpu": 0, "cuda": 1}
 
@@ -23,6 +26,18 @@ def _op(name: str, device: torch.device):
     if key not in _ops:
         _ops[key] = getattr(torch.ops.qkernels, f"_{name}_{'cuda' if device.type == 'cuda' else 'cpu'}")
     return _ops[key]
+
+
+def _eager_op(name: str, x: torch.Tensor):
+    """_op for the eager forwards, keyed on x.is_cuda: building x.device costs more than the rest of the lookup
+    (the backend choice has already matched x's device to cpu or cuda)."""
+    op = _eager_ops.get((name, x.is_cuda))
+    if op is None:
+        op = _eager_ops[(name, x.is_cuda)] = _op(name, x.device)
+    return op
+
+
+_eager_ops: dict = {}
 
 
 def per_tensor(x, out, mask, scale, zero_point, enabled, quant_min, quant_max, flavour):
@@ -52,10 +67,22 @@ def backward(grad, mask, out):
     _op("fake_quant_backward", grad.device)(grad, mask, out)
 
 
-def straight_through(x, out, mask):
-    """out (computed by per_tensor/per_channel, mask written) with a C++ autograd node from x: dx = dy * mask
-    by the backward kernel, without a call back into Python (plain eager tensors only)."""
-    return _op("fake_quant_straight_through", x.device)(x, out, mask)
+# The public functions' eager forward in one C++ call (arguments checked in Python; qkernels/ops.py, `_call`):
+# allocation, the launch and, when requires_grad, the C++ straight-through node. Same arguments as the runs.
+def per_tensor_eager(x, scale, zero_point, quant_min, quant_max, requires_grad, pack_mask):
+    return _eager_op("fake_quant_per_tensor_eager", x)(
+        x, scale, zero_point, None, None, None, quant_min, quant_max, requires_grad, pack_mask)
+
+
+def per_tensor_tensor_eager(x, scale, zero_point, enabled, quant_min, quant_max, requires_grad, pack_mask):
+    return _eager_op("fake_quant_per_tensor_eager", x)(
+        x, 0.0, 0, scale, zero_point, enabled, quant_min, quant_max, requires_grad, pack_mask)
+
+
+def per_channel_eager(x, scale, zero_point, axis, quant_min, quant_max, requires_grad, pack_mask):
+    return _eager_op("fake_quant_per_channel_eager", x)(
+        x, scale, zero_point, axis, quant_min, quant_max, uses_fma("cuda" if x.is_cuda else "cpu", zero_point.dtype),
+        requires_grad, pack_mask)
 
 
 def learnable_attach(x, scale, zero_point, out, xk, s, z, dims, quant_min, quant_max, grad_factor, flavour, rule,

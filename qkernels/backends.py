@@ -29,8 +29,33 @@ MAX_KERNEL_QUANT_BOUND = 1 << 22
 _override: contextvars.ContextVar[str | None] = contextvars.ContextVar("qkernels_backend", default=None)
 
 
+def _environment_reader(name: str):
+    """A function returning os.environ's value of ``name`` (None when unset) at the cost of a dict lookup where
+    possible. ``os.environ.get`` raises and catches a KeyError for an unset variable: a microsecond, several in
+    the middle of an eager call, which is more than the kernel launch. CPython's ``os.environ`` keeps the encoded
+    variables in its ``_data`` dict, which every write through ``os.environ`` (and so ``monkeypatch.setenv``)
+    updates; without it, ``os.environ.get``."""
+    data, encode, decode = (getattr(os.environ, a, None) for a in ("_data", "encodekey", "decodevalue"))
+    if not (isinstance(data, dict) and callable(encode) and callable(decode)):
+        return lambda: os.environ.get(name)
+    key = encode(name)
+
+    def read():
+        value = data.get(key)
+        return None if value is None else decode(value)
+
+    return read
+
+
+_backend_variable = _environment_reader("QKERNELS_BACKEND")
+
+
 def requested() -> str:
-    name = _override.get() or os.environ.get("QKERNELS_BACKEND", "auto").strip().lower() or "auto"
+    return _requested(_override.get() or _backend_variable())
+
+
+def _requested(raw: str | None) -> str:
+    name = (raw or "auto").strip().lower() or "auto"
     if name not in BACKENDS:
         raise ValueError(f"QKERNELS_BACKEND must be one of {', '.join(BACKENDS)}, got {name!r}")
     return name
@@ -123,12 +148,15 @@ _selected: dict = {}
 
 def select(x: torch.Tensor, quant_min: int, quant_max: int, family: str = "fake_quant"):
     """The launcher module of op family ``family`` that runs this call (rules: the module docstring)."""
-    name = requested()
-    # Everything the choice depends on; a choice that raises is not cached, so it raises every time.
-    key = (name, family, x.device.type, x.dtype, max(abs(quant_min), abs(quant_max)) <= MAX_KERNEL_QUANT_BOUND)
+    raw = _override.get() or _backend_variable()
+    # Everything the choice depends on, read as cheaply as possible: this runs on every eager call, and costs
+    # more than the whole kernel launch once it is a few microseconds. A choice that raises is not cached, so it
+    # raises every time.
+    bound = MAX_KERNEL_QUANT_BOUND
+    key = (raw, family, x.device, x.dtype, -bound <= quant_min <= bound and -bound <= quant_max <= bound)
     module = _selected.get(key)
     if module is None:
-        module = _selected[key] = _module(_select(name, x, quant_min, quant_max), family)
+        module = _selected[key] = _module(_select(_requested(raw), x, quant_min, quant_max), family)
     return module
 
 

@@ -43,10 +43,9 @@ from .ops import (
     _check_input,
     _check_range,
     _fail,
-    _fake_quantize_per_tensor_affine_cachemask_tensor_qparams,
     _inner_stride,
     _host_flag,
-    _per_tensor_tensor_impl,
+    _PER_TENSOR_TENSOR,
     fake_quantize_per_channel_affine,
 )
 from .reference.fused_observer import QPARAMS_MODES, flag_on_device
@@ -216,9 +215,8 @@ def fused_moving_avg_obs_fake_quant(
     # The fake-quant ops through their public entry (ops._call): in plain eager mode their implementations
     # directly, with the C++ autograd node on the native backends; otherwise the registered ops.
     if not per_row_fake_quant:
-        return _call(_per_tensor_tensor_impl, _fake_quantize_per_tensor_affine_cachemask_tensor_qparams, input,
-                     (scale, zero_point, fake_quant_on, quant_min, quant_max), (input, scale, zero_point, fake_quant_on),
-                     scale, zero_point)
+        return _call(_PER_TENSOR_TENSOR, input, (scale, zero_point, fake_quant_on, quant_min, quant_max),
+                     (input, scale, zero_point, fake_quant_on), scale, zero_point)
     # The per-channel op has no enable flag: read on the host where that is free (skipping the fake
     # quantization while it is off), else where(on, y, x).
     on = _host_flag(fake_quant_on, input)

@@ -24,16 +24,17 @@ Qparams held in tensors are never read on the host for CUDA inputs (no device sy
 values run only for CPU tensors, or everywhere with ``QKERNELS_CHECK_VALUES=1``.
 
 The public functions (``fake_quantize_per_tensor_affine``, ``fake_quantize_per_channel_affine``) call the
-registered ops under ``torch.compile``, export, tensor subclasses or any torch-function/dispatch mode. In plain
-eager mode they call the same implementations directly, inside ``_StraightThrough`` (the registered ops'
-autograd code as an ``autograd.Function``), because the dispatcher's Python layers cost several times a
-small kernel.
+registered ops under ``torch.compile``, export, torch.func transforms, tensor subclasses or any
+torch-function/dispatch mode. In plain eager mode, where the dispatcher's Python layers would cost several
+times a small kernel, they check the arguments here and then make one C++ call on the cpu/cuda backends
+(allocation, launch and a C++ autograd node: csrc/ops/eager_autograd.h), or call the implementations' runs
+inside ``_StraightThrough`` (the registered ops' autograd code as an ``autograd.Function``) on the others.
 """
 
 import contextlib
 import math
 import os
-from typing import Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -69,18 +70,24 @@ def _check_scale_value(scale: float):
 
 def _values_checkable(t: Tensor) -> bool:
     """Whether reading t's values costs no device sync (or syncing was asked for), outside tracing."""
-    if torch.compiler.is_compiling() or isinstance(t, torch._subclasses.FakeTensor):
+    if torch.compiler.is_compiling() or (type(t) is not Tensor and isinstance(t, torch._subclasses.FakeTensor)):
         return False
     return t.device.type == "cpu" or os.environ.get("QKERNELS_CHECK_VALUES") == "1"
+
+
+# Up to this many values, reading them as Python numbers costs less than reducing them with tensor ops (about
+# 3 us for 16 values against 30 us).
+_FEW_VALUES = 256
 
 
 def _check_scale_tensor_values(scale: Tensor):
     if not _values_checkable(scale):
         return
-    if scale.numel() == 1:  # the common per-tensor case: a Python float is an order of magnitude cheaper
-        value = float(scale.detach().reshape(()))
-        if not (math.isfinite(value) and value > 0):
-            _fail(f"`scale` must be positive and finite, got {[value]}")
+    n = scale.numel()
+    if n <= _FEW_VALUES:
+        values = [scale.item()] if n == 1 else scale.detach().reshape(-1).tolist()
+        if not all(math.isfinite(v) and v > 0 for v in values):
+            _fail(f"`scale` must be positive and finite, got {values}")
         return
     s = scale.detach().float()
     if not bool(torch.all(torch.isfinite(s) & (s > 0))):
@@ -143,10 +150,14 @@ def _check_per_channel(x, scale, zero_point, axis, quant_min, quant_max):
               f"along axis {axis}")
     _check_range(quant_min, quant_max)
     if not zero_point.is_floating_point() and _values_checkable(zero_point) and zero_point.numel():
-        lo, hi = torch.aminmax(zero_point)
-        if lo.item() < quant_min or hi.item() > quant_max:
+        if zero_point.numel() <= _FEW_VALUES:
+            values = zero_point.tolist()
+            lo, hi = min(values), max(values)
+        else:
+            lo, hi = (v.item() for v in torch.aminmax(zero_point))
+        if lo < quant_min or hi > quant_max:
             _fail(f"`zero_point` must be between `quant_min` and `quant_max`, got values in "
-                  f"[{lo.item()}, {hi.item()}] outside [{quant_min}, {quant_max}].")
+                  f"[{lo}, {hi}] outside [{quant_min}, {quant_max}].")
     _check_scale_tensor_values(scale)
 
 
@@ -180,8 +191,14 @@ def _inner_stride(out: Tensor, axis: int) -> int:
 # ----------------------------------------------------------------------------------------------------------
 # Implementations (registered once for every device; the backend is chosen in qkernels.backends).
 # ----------------------------------------------------------------------------------------------------------
+# Each op's implementation is its checks, then its run (the public functions check once and call the run,
+# or the native backends' one-call eager forward of the same name with `_eager` appended).
 def _per_tensor_impl(self, scale, zero_point, quant_min, quant_max, need_mask=True, pack_mask=False):
     _check_per_tensor_scalar(self, scale, zero_point, quant_min, quant_max)
+    return _per_tensor_run(self, scale, zero_point, quant_min, quant_max, need_mask, pack_mask)
+
+
+def _per_tensor_run(self, scale, zero_point, quant_min, quant_max, need_mask, pack_mask):
     x, out, mask, kmask, flavour = _launch_args(self, need_mask, pack_mask)
     if x.numel():
         backends.select(x, quant_min, quant_max).per_tensor(
@@ -196,7 +213,8 @@ def _per_tensor_fake(self, scale, zero_point, quant_min, quant_max, need_mask=Tr
 
 def _device_qparams(scale: Tensor, zero_point: Tensor, enabled: Optional[Tensor]):
     """Tensor qparams as the kernels read them: float32 scale, int32 zero point (floats truncate toward zero,
-    as aten's CPU kernel does) and int32 flag (nonzero after truncation = on), all one element, no sync."""
+    as aten's CPU kernel does) and int32 flag (nonzero after truncation = on), all one element, no sync.
+    (The native eager forward converts them the same way in C++: csrc/ops/eager_autograd.h.)"""
     s = scale.detach().reshape(1).to(torch.float32)
     z = zero_point.detach().reshape(1)
     z = (z.trunc() if z.is_floating_point() else z).to(torch.int32)
@@ -210,6 +228,11 @@ def _device_qparams(scale: Tensor, zero_point: Tensor, enabled: Optional[Tensor]
 def _per_tensor_tensor_impl(self, scale, zero_point, fake_quant_enabled, quant_min, quant_max, need_mask=True,
                             pack_mask=False):
     _check_per_tensor_tensor(self, scale, zero_point, fake_quant_enabled, quant_min, quant_max)
+    return _per_tensor_tensor_run(self, scale, zero_point, fake_quant_enabled, quant_min, quant_max, need_mask,
+                                  pack_mask)
+
+
+def _per_tensor_tensor_run(self, scale, zero_point, fake_quant_enabled, quant_min, quant_max, need_mask, pack_mask):
     x, out, mask, kmask, flavour = _launch_args(self, need_mask, pack_mask)
     if x.numel():
         s, z, e = _device_qparams(scale, zero_point, fake_quant_enabled)
@@ -225,6 +248,10 @@ def _per_tensor_tensor_fake(self, scale, zero_point, fake_quant_enabled, quant_m
 
 def _per_channel_impl(self, scale, zero_point, axis, quant_min, quant_max, need_mask=True, pack_mask=False):
     _check_per_channel(self, scale, zero_point, axis, quant_min, quant_max)
+    return _per_channel_run(self, scale, zero_point, axis, quant_min, quant_max, need_mask, pack_mask)
+
+
+def _per_channel_run(self, scale, zero_point, axis, quant_min, quant_max, need_mask, pack_mask):
     x, out, mask, kmask, flavour = _launch_args(self, need_mask, pack_mask)
     if x.numel():
         axis = axis % x.dim()
@@ -364,15 +391,20 @@ def _needs_mask(x: Tensor) -> bool:
     return torch.is_grad_enabled() and x.requires_grad
 
 
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
 def _plain_eager(*tensors) -> bool:
     """Whether calling the implementations directly is indistinguishable from going through the dispatcher:
-    eager mode, no torch-function or dispatch mode active, plain tensors only."""
-    return (
-        not torch.compiler.is_compiling()
-        and not torch._C._is_torch_function_mode_enabled()
-        and torch._C._len_torch_dispatch_stack() == 0
-        and all(type(t) is Tensor for t in tensors)
-    )
+    eager mode, no torch-function or dispatch mode and no torch.func transform active, plain tensors only.
+    (Runs on every eager call: plain tests and a loop, no generator.)"""
+    if (torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled()
+            or torch._C._len_torch_dispatch_stack() or _functorch_active()):
+        return False
+    for t in tensors:
+        if type(t) is not Tensor:
+            return False
+    return True
 
 
 def _host_flag(flag: Tensor, x: Tensor) -> Optional[bool]:
@@ -385,12 +417,12 @@ def _host_flag(flag: Tensor, x: Tensor) -> Optional[bool]:
 
 
 class _StraightThrough(torch.autograd.Function):
-    """The registered ops' autograd (``_setup_context``/``_grad_input``) for direct eager calls of their
-    implementations: the dispatcher's Python layers cost more than a small kernel."""
+    """The registered ops' autograd (``_setup_context``/``_grad_input``) for direct eager calls of their runs
+    on the backends without a C++ eager forward (triton, reference)."""
 
     @staticmethod
-    def forward(ctx, impl, x, pack_mask, *args):
-        out, mask = impl(x, *args, True, pack_mask)
+    def forward(ctx, run, x, pack_mask, *args):
+        out, mask = run(x, *args, True, pack_mask)
         _setup_context(ctx, (x,) + args, (out, mask))
         return out
 
@@ -400,6 +432,25 @@ class _StraightThrough(torch.autograd.Function):
         backward = fake_quantize_cachemask_backward if torch.is_grad_enabled() else _backward_impl
         grad_x = _grad_input(ctx, grad_out, backward) if ctx.needs_input_grad[1] else None
         return (None, grad_x, None) + (None,) * (ctx.num_inputs - 1)
+
+
+class _Variant(NamedTuple):
+    """One public entry: its checks, its run on checked arguments (``(x, *args, need_mask, pack_mask) -> (out,
+    mask)``), its registered op, and the name of the native backends' eager forward (``(x, *args,
+    requires_grad, pack_mask) -> out``, with the C++ autograd node: csrc/ops/eager_autograd.h)."""
+
+    check: Callable
+    run: Callable
+    op: Callable
+    eager: str
+
+
+_PER_TENSOR = _Variant(_check_per_tensor_scalar, _per_tensor_run, fake_quantize_per_tensor_affine_cachemask,
+                       "per_tensor_eager")
+_PER_TENSOR_TENSOR = _Variant(_check_per_tensor_tensor, _per_tensor_tensor_run,
+                              _fake_quantize_per_tensor_affine_cachemask_tensor_qparams, "per_tensor_tensor_eager")
+_PER_CHANNEL = _Variant(_check_per_channel, _per_channel_run, fake_quantize_per_channel_affine_cachemask,
+                        "per_channel_eager")
 
 
 _PACK_MASKS = False
@@ -427,14 +478,10 @@ def fake_quantize_per_tensor_affine(input: Tensor, scale, zero_point, quant_min:
     if isinstance(scale, Tensor) or isinstance(zero_point, Tensor):
         if not (isinstance(scale, Tensor) and isinstance(zero_point, Tensor)):
             _fail("`scale` and `zero_point` must both be Tensors or both be numbers")
-        args = (scale, zero_point, None, quant_min, quant_max)
-        impl, op = _per_tensor_tensor_impl, _fake_quantize_per_tensor_affine_cachemask_tensor_qparams
-        tensors = (input, scale, zero_point)
-    else:
-        args = (float(scale), int(zero_point), quant_min, quant_max)
-        impl, op = _per_tensor_impl, fake_quantize_per_tensor_affine_cachemask
-        tensors = (input,)
-    return _call(impl, op, input, args, tensors, scale, zero_point)
+        return _call(_PER_TENSOR_TENSOR, input, (scale, zero_point, None, quant_min, quant_max),
+                     (input, scale, zero_point), scale, zero_point)
+    return _call(_PER_TENSOR, input, (float(scale), int(zero_point), quant_min, quant_max), (input,), scale,
+                 zero_point)
 
 
 def fake_quantize_per_channel_affine(
@@ -446,25 +493,23 @@ def fake_quantize_per_channel_affine(
     before (``round(x * inv + z)``), as in aten. The mask is written only when ``input`` requires grad
     (bit-packed inside ``packed_masks()``).
     """
-    args = (scale, zero_point, axis, quant_min, quant_max)
-    return _call(_per_channel_impl, fake_quantize_per_channel_affine_cachemask, input, args,
-                 (input, scale, zero_point), scale, zero_point)
+    return _call(_PER_CHANNEL, input, (scale, zero_point, axis, quant_min, quant_max), (input, scale, zero_point),
+                 scale, zero_point)
 
 
-def _call(impl, op, input, args, tensors, scale, zero_point) -> Tensor:
-    """The implementation directly in plain eager mode, else the registered op (compile, export, modes)."""
+def _call(variant: _Variant, input: Tensor, args: tuple, tensors: tuple, scale, zero_point) -> Tensor:
+    """The registered op under compile, export, modes and subclasses; in plain eager mode the checks, then one
+    C++ call on the native backends (allocation, launch, autograd node), else the run (under _StraightThrough
+    when a gradient is needed). ``args`` end with quant_min, quant_max."""
     need = _needs_mask(input)
+    pack = need and _PACK_MASKS
     if not _plain_eager(*tensors):
-        return op(input, *args, need, need and _PACK_MASKS)[0]
+        return variant.op(input, *args, need, pack)[0]
     _check_qparams_not_differentiable(scale, zero_point)
+    variant.check(input, *args)
+    eager = getattr(backends.select(input, args[-2], args[-1]), variant.eager, None)
+    if eager is not None:
+        return eager(input, *args, need, pack)
     if not need:
-        return impl(input, *args, False, False)[0]
-    # The native backends' autograd node runs the backward in C++; the others go through the Python
-    # autograd.Function. (The node's backend is the one _backward_impl would choose, but chosen now: a
-    # use_backend block around the backward call alone does not change it.)
-    attach = getattr(backends.select(input, 0, 0), "straight_through", None)
-    if attach is None:
-        return _StraightThrough.apply(impl, input, _PACK_MASKS, *args)
-    with torch.no_grad():  # the kernels' inputs carry no history; the node connects out to input
-        out, mask = impl(input, *args, True, _PACK_MASKS)
-    return attach(input, out, mask)
+        return variant.run(input, *args, False, False)[0]
+    return _StraightThrough.apply(variant.run, input, pack, *args)

@@ -535,22 +535,103 @@ def test_packed_masks_context_keeps_one_bit_per_element(device, backend):
 
 
 @pytest.mark.parametrize("device,backend", CASES)
-def test_eager_backward_runs_in_cpp_on_native_backends(device, backend, monkeypatch):
-    """Plain eager calls on the cpu/cuda backends get a C++ autograd node (no call back into Python in
-    backward); the other backends use the Python autograd.Function. Same gradients as aten either way."""
-    from qkernels import ops
+def test_eager_calls_run_in_cpp_on_native_backends(device, backend, monkeypatch):
+    """Plain eager calls on the cpu/cuda backends are one C++ call forward (allocation, launch, autograd node;
+    not the launchers the registered ops use) and run their backward without a call back into Python; the
+    other backends use the runs and the Python autograd.Function. Same gradients as aten either way."""
+    from qkernels import _backend_native, ops
 
     calls = []
-    python_backward = ops._backward_impl
-    monkeypatch.setattr(ops, "_backward_impl", lambda *a: calls.append(1) or python_backward(*a))
+    for module, name in ((ops, "_backward_impl"), (_backend_native, "per_tensor"), (_backend_native, "per_channel")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
     x = make_input(5, (6, 40), 0.1, 3, 0, 255, torch.float32, device).requires_grad_()
     xa = x.detach().clone().requires_grad_()
+    s = torch.rand(40, device=device) + 0.05
+    zp = torch.randint(0, 256, (40,), dtype=torch.int32, device=device)
     dy = torch.randn(40, 6, device=device).t()  # another layout than the output's
     with qkernels.use_backend(backend):
-        qkernels.fake_quantize_per_tensor_affine(x, 0.1, 3, 0, 255).backward(dy)
-    torch.fake_quantize_per_tensor_affine(xa, 0.1, 3, 0, 255).backward(dy)
-    assert len(calls) == (0 if backend in ("cpu", "cuda") else 1)
+        qkernels.fake_quantize_per_channel_affine(qkernels.fake_quantize_per_tensor_affine(x, 0.1, 3, 0, 255), s, zp,
+                                                  1, 0, 255).backward(dy)
+    torch.fake_quantize_per_channel_affine(torch.fake_quantize_per_tensor_affine(xa, 0.1, 3, 0, 255), s, zp, 1, 0,
+                                           255).backward(dy)
     assert_bitwise_equal(x.grad, xa.grad)
+    if backend in ("cpu", "cuda"):
+        assert calls == []
+        with qkernels.use_backend(backend):  # the registered ops still take the launchers
+            qkernels.fake_quantize_per_tensor_affine_cachemask(x.detach(), 0.1, 3, 0, 255)
+        assert calls == ["per_tensor"]
+    else:
+        assert calls.count("_backward_impl") == 2
+
+
+def _public_call_cases(x):
+    """(name, public call, the same through the registered cachemask op) over every qparam form."""
+    device = x.device
+    yield ("scalars", lambda t: qkernels.fake_quantize_per_tensor_affine(t, 0.1, 1, -128, 127),
+           lambda t, pack: qkernels.fake_quantize_per_tensor_affine_cachemask(t, 0.1, 1, -128, 127, True, pack))
+    for scale, zp in ((torch.tensor(0.1, dtype=torch.float64, device=device), torch.tensor([3.7], device=device)),
+                      (torch.tensor([0.1], device=device), torch.tensor(-2, dtype=torch.int64, device=device))):
+        yield (f"tensors {scale.dtype} {zp.dtype}",
+               lambda t, s=scale, z=zp: qkernels.fake_quantize_per_tensor_affine(t, s, z, -128, 127),
+               lambda t, pack, s=scale, z=zp: qkernels._fake_quantize_per_tensor_affine_cachemask_tensor_qparams(
+                   t, s, z, None, -128, 127, True, pack))
+    if x.dim() == 0:
+        return
+    g = torch.Generator().manual_seed(x.numel())
+    for axis in (-1, 0):
+        C = x.size(axis)
+        for scale_dtype, zp_dtype in ((torch.float32, torch.int32), (torch.bfloat16, torch.float32),
+                                      (torch.float32, torch.float16)):
+            scale = (torch.rand(C, generator=g) + 0.05).to(device, scale_dtype)
+            zp = torch.randint(-128, 128, (C,), generator=g).to(device, zp_dtype)
+            yield (f"per channel axis {axis} {scale_dtype} {zp_dtype}",
+                   lambda t, s=scale, z=zp, a=axis: qkernels.fake_quantize_per_channel_affine(t, s, z, a, -128, 127),
+                   lambda t, pack, s=scale, z=zp, a=axis: qkernels.fake_quantize_per_channel_affine_cachemask(
+                       t, s, z, a, -128, 127, True, pack))
+
+
+@pytest.mark.parametrize("device,backend", CASES)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+def test_public_functions_equal_the_registered_ops(device, backend, dtype):
+    """The public functions' eager path (on cpu/cuda one C++ call that allocates, converts tensor qparams,
+    launches and attaches the autograd node) gives the registered ops' outputs, strides and gradients, bit for
+    bit: every layout, qparam form and dtype, with and without grad, bool and packed masks."""
+    base = make_input(61, (2, 3, 5, 7), 0.1, 1, -128, 127, dtype, device)
+    layouts = {"contiguous": lambda t: t, "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last),
+               "transposed": lambda t: t.transpose(1, 3), "sliced": lambda t: t[:, 1:, ::2],
+               "empty": lambda t: t[:, :0], "zero_dim": lambda t: t[0, 0, 0, 0]}
+    for layout, view in layouts.items():
+        x = view(base)
+        dy = make_input(67, tuple(x.shape), 1.0, 0, -128, 127, dtype, device)  # contiguous: another layout
+        for name, public, registered in _public_call_cases(x):
+            what = f"{layout}, {name}"
+            with qkernels.use_backend(backend):
+                y_ref, mask = registered(x, False)
+                dx_ref = qkernels.fake_quantize_cachemask_backward(torch.empty_like(y_ref).copy_(dy), mask)
+                assert_bitwise_equal(public(x), y_ref, what=f"{what}, no grad")
+                for packed in (False, True):
+                    xg = view(base.detach().clone().requires_grad_())  # the layout's view of a leaf
+                    with qkernels.packed_masks(packed):
+                        y = public(xg)
+                    assert_bitwise_equal(y.detach(), y_ref, what=f"{what}, grad")
+                    (dx,) = torch.autograd.grad(y, xg, dy)
+                    # gradient values (their strides follow autograd's choices, not the op's contract)
+                    assert_bitwise_equal(dx.contiguous(), dx_ref.contiguous(), what=f"{what}, packed={packed}, dx")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_vmap_of_the_public_functions_matches_aten(device):
+    """Under torch.func transforms the public functions call the registered ops (the eager shortcut would hand
+    batched tensors to the kernels): vmap gives aten's results."""
+    x = make_input(71, (4, 6, 9), 0.1, 0, -128, 127, torch.float32, device)
+    s = torch.rand(9, device=device) + 0.05
+    zp = torch.randint(-128, 128, (9,), dtype=torch.int32, device=device)
+    y = torch.func.vmap(lambda t: qkernels.fake_quantize_per_channel_affine(
+        qkernels.fake_quantize_per_tensor_affine(t, 0.1, 2, -128, 127), s, zp, -1, -128, 127))(x)
+    ya = torch.fake_quantize_per_channel_affine(torch.fake_quantize_per_tensor_affine(x, 0.1, 2, -128, 127), s, zp,
+                                                2, -128, 127)
+    assert_bitwise_equal(y, ya)
 
 
 @pytest.mark.parametrize("device,backend", CASES)

@@ -1,21 +1,24 @@
-// Autograd nodes in C++ for direct eager calls of the ops (qkernels/ops.py and qkernels/learnable.py, `_call`):
-// the forward has already run (Python checks the arguments and launches the kernels); these ops attach to its
-// output an autograd node whose backward runs the device's backward kernel, so that backward runs in C++
-// without a call back into Python.
+// The eager path of the public functions in C++ (qkernels/ops.py and qkernels/learnable.py, `_call`), for plain
+// tensors in eager mode on the native backends; Python has checked the arguments. Compile and export use the
+// registered public ops instead, whose autograd is defined in Python.
 //
-//   _fake_quant_straight_through_<device>(Tensor x, Tensor(a) out, Tensor mask) -> Tensor(a)
-//     dx = dy * mask;
+//   _fake_quant_per_tensor_eager_<device>(Tensor x, float scale, int zero_point, Tensor? scale_t, ...) -> Tensor
+//   _fake_quant_per_channel_eager_<device>(Tensor x, Tensor scale, Tensor zero_point, int axis, ...) -> Tensor
+//     the whole forward in one call: outputs allocated (x's dense layout), qparams converted, the kernel launched
+//     and, when requires_grad, the straight-through node attached (dx = dy * mask by the backward kernel);
 //   _fake_quant_learnable_attach_<device>(Tensor x, Tensor scale, Tensor zero_point, Tensor(a) out, ...) -> Tensor(a)
-//     the learnable backward (dx, dscale, dzero_point), qparam gradients only for the inputs that need them.
+//     the learnable forward has run; attaches to out the learnable backward (dx, dscale, dzero_point), qparam
+//     gradients only for the inputs that need them, and returns out.
 //
-// Each returns out itself, now with the op's inputs as its autograd inputs. Registered as
-// CompositeImplicitAutograd, and only ever called on plain tensors in eager mode (compile and export use the
-// registered public ops, whose autograd is defined in Python). Double backward: the straight-through node
-// then calls the registered backward op (differentiable); the learnable one raises, as aten's does.
+// Backward then runs in C++ without a call back into Python. Registered as CompositeImplicitAutograd, so that
+// the nodes see the inputs' autograd state. Double backward: the straight-through node calls the registered
+// backward op (differentiable); the learnable one raises, as aten's does.
 #pragma once
 
 #include <torch/autograd.h>
 
+#include <algorithm>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -69,9 +72,96 @@ struct StraightThrough : torch::autograd::Function<StraightThrough<kBackward>> {
   }
 };
 
+// The device's forward launchers (the private ops _fake_quant_per_{tensor,channel}_<device>).
+using PerTensorKernel = void (*)(const at::Tensor& x, at::Tensor& out, const std::optional<at::Tensor>& mask,
+                                 double scale, int64_t zero_point, const std::optional<at::Tensor>& scale_t,
+                                 const std::optional<at::Tensor>& zero_point_t,
+                                 const std::optional<at::Tensor>& enabled_t, int64_t quant_min, int64_t quant_max,
+                                 int64_t flavour);
+using PerChannelKernel = void (*)(const at::Tensor& x, at::Tensor& out, const std::optional<at::Tensor>& mask,
+                                  const at::Tensor& scale, const at::Tensor& zero_point, int64_t inner,
+                                  int64_t quant_min, int64_t quant_max, int64_t flavour, bool use_fma);
+
+// As qkernels/ops.py's _launch_args: out (and a bool mask) in x's layout when x is dense, else contiguous as
+// empty_like makes them; the mask only when a gradient needs it (bit-packed on request); x in out's layout.
+struct EagerLaunch {
+  at::Tensor x, out, mask;
+  std::optional<at::Tensor> kernel_mask() const {
+    return mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt;
+  }
+};
+
+inline EagerLaunch eager_launch(const at::Tensor& x, bool need_mask, bool pack_mask) {
+  EagerLaunch l;
+  l.out = at::empty_like(x);
+  if (need_mask) {
+    l.mask = pack_mask ? at::empty({(x.numel() + 7) / 8}, x.options().dtype(at::kByte))
+                       : at::empty_like(x, x.options().dtype(at::kBool));
+  }
+  l.x = x.strides() == l.out.strides() ? x
+                                       : at::empty_strided(l.out.sizes(), l.out.strides(), x.options()).copy_(x);
+  return l;
+}
+
+// The output, with the straight-through node from x when a gradient is needed.
 template <BackwardKernel kBackward>
-at::Tensor straight_through(const at::Tensor& x, const at::Tensor& out, const at::Tensor& mask) {
-  return StraightThrough<kBackward>::apply(x, ForwardResult{out, mask});
+at::Tensor eager_result(const at::Tensor& x, const EagerLaunch& l) {
+  return l.mask.defined() ? StraightThrough<kBackward>::apply(x, ForwardResult{l.out, l.mask}) : l.out;
+}
+
+inline int64_t flavour_of(const at::Tensor& x) {
+  return static_cast<int64_t>(x.is_cuda() ? Flavour::Cuda : Flavour::Cpu);
+}
+
+// One-element tensor qparams as the kernels read them (any shape), as qkernels/ops.py's _device_qparams: float32
+// scale, int32 zero point and flag (a float one truncated toward zero first). No host read.
+inline std::optional<at::Tensor> int32_qparam(const std::optional<at::Tensor>& t) {
+  if (!t) return std::nullopt;
+  return (t->is_floating_point() ? t->trunc() : *t).to(at::kInt);
+}
+
+// The whole eager forward of the public functions (qkernels/ops.py, `_call`) on arguments Python has checked:
+// allocation, the launch and the autograd node, in one call from Python. requires_grad: write the mask and
+// attach the node (dx = dy * mask).
+template <PerTensorKernel kForward, BackwardKernel kBackward>
+at::Tensor per_tensor_eager(const at::Tensor& x, double scale, int64_t zero_point,
+                            const std::optional<at::Tensor>& scale_t, const std::optional<at::Tensor>& zero_point_t,
+                            const std::optional<at::Tensor>& enabled_t, int64_t quant_min, int64_t quant_max,
+                            bool requires_grad, bool pack_mask) {
+  EagerLaunch l;
+  {
+    const at::NoGradGuard no_grad;  // the kernels' inputs carry no history; the node connects out to x
+    l = eager_launch(x, requires_grad, pack_mask);
+    if (x.numel() > 0) {
+      const std::optional<at::Tensor> s =
+          scale_t ? std::optional<at::Tensor>(scale_t->to(at::kFloat)) : std::nullopt;
+      kForward(l.x, l.out, l.kernel_mask(), scale, zero_point, s, int32_qparam(zero_point_t),
+               int32_qparam(enabled_t), quant_min, quant_max, flavour_of(x));
+    }
+  }
+  return eager_result<kBackward>(x, l);
+}
+
+// Per channel: float32 scale, int32 or float32 zero point (as qkernels/ops.py's _per_channel_run); use_fma is
+// the spec's uses_fma for the zero point's original dtype.
+template <PerChannelKernel kForward, BackwardKernel kBackward>
+at::Tensor per_channel_eager(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point, int64_t axis,
+                             int64_t quant_min, int64_t quant_max, bool use_fma, bool requires_grad, bool pack_mask) {
+  EagerLaunch l;
+  {
+    const at::NoGradGuard no_grad;
+    l = eager_launch(x, requires_grad, pack_mask);
+    if (x.numel() > 0) {
+      axis = c10::maybe_wrap_dim(axis, x.dim());
+      const int64_t channels = l.out.size(axis);
+      // Elements between consecutive channels in out's storage (as ops.py's _inner_stride).
+      const int64_t inner = channels > 1 ? l.out.stride(axis) : std::max<int64_t>(1, l.out.numel() / channels);
+      const at::Tensor z = zero_point.is_floating_point() ? zero_point.to(at::kFloat) : zero_point;
+      kForward(l.x, l.out, l.kernel_mask(), scale.to(at::kFloat).contiguous(), z.contiguous(), inner, quant_min,
+               quant_max, flavour_of(x), use_fma);
+    }
+  }
+  return eager_result<kBackward>(x, l);
 }
 
 // The learnable forward's launch arguments that the backward reuses: x and the float32 qparams as the kernels
@@ -145,12 +235,18 @@ at::Tensor learnable_attach(const at::Tensor& x, const at::Tensor& scale, const 
 }  // namespace qkernels
 
 #define QKERNELS_EAGER_AUTOGRAD_SCHEMAS(m, suffix)                                                                 \
-  m.def("_fake_quant_straight_through_" suffix "(Tensor x, Tensor(a) out, Tensor mask) -> Tensor(a)");            \
+  m.def("_fake_quant_per_tensor_eager_" suffix                                                                    \
+        "(Tensor x, float scale, int zero_point, Tensor? scale_t, Tensor? zero_point_t, Tensor? enabled_t, "       \
+        "int quant_min, int quant_max, bool requires_grad, bool pack_mask) -> Tensor");                            \
+  m.def("_fake_quant_per_channel_eager_" suffix                                                                   \
+        "(Tensor x, Tensor scale, Tensor zero_point, int axis, int quant_min, int quant_max, bool use_fma, "       \
+        "bool requires_grad, bool pack_mask) -> Tensor");                                                          \
   m.def("_fake_quant_learnable_attach_" suffix                                                                    \
         "(Tensor x, Tensor scale, Tensor zero_point, Tensor(a) out, Tensor xk, Tensor s, Tensor z, int B, int O, " \
         "int C, int I, int quant_min, int quant_max, float grad_factor, int flavour, int rule, bool use_fma, "      \
         "ScalarType ds_dtype, ScalarType dz_dtype) -> Tensor(a)")
 
-#define QKERNELS_EAGER_AUTOGRAD_IMPLS(m, suffix, backward, learnable_backward)                          \
-  m.impl("_fake_quant_straight_through_" suffix, &glue::straight_through<&backward>);                  \
+#define QKERNELS_EAGER_AUTOGRAD_IMPLS(m, suffix, per_tensor, per_channel, backward, learnable_backward)     \
+  m.impl("_fake_quant_per_tensor_eager_" suffix, &glue::per_tensor_eager<&per_tensor, &backward>);        \
+  m.impl("_fake_quant_per_channel_eager_" suffix, &glue::per_channel_eager<&per_channel, &backward>);     \
   m.impl("_fake_quant_learnable_attach_" suffix, &glue::learnable_attach<&learnable_backward>)
