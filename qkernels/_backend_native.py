@@ -5,8 +5,9 @@ layout: ``per_tensor``, ``per_channel`` and ``backward`` (contract: qkernels/ops
 one-element int32 tensor; a mask is None, bool in x's layout, or packed uint8), and ``learnable_forward`` /
 ``learnable_backward`` (contract: qkernels/learnable.py and csrc/include/qkernels/fake_quant_learnable_kernels.h),
 and ``fused_observer_update`` (contract: qkernels/fused_observer.py). Only the native backends also offer the
-eager forwards ``per_tensor_eager``, ``per_tensor_tensor_eager``, ``per_channel_eager`` and ``learnable_attach``
-(csrc/ops/eager_autograd.h): allocation and launch in one C++ call, with autograd nodes in C++.
+eager forwards with autograd nodes in C++ (csrc/ops/eager_autograd.h): ``per_tensor_eager``,
+``per_tensor_tensor_eager`` and ``per_channel_eager`` (allocation, launch, node: one call), and
+``learnable_forward_attach`` (launch and node).
 """
 
 from __future__ import annotations
@@ -85,13 +86,13 @@ def per_channel_eager(x, scale, zero_point, axis, quant_min, quant_max, requires
         requires_grad, pack_mask)
 
 
-def learnable_attach(x, scale, zero_point, out, xk, s, z, dims, quant_min, quant_max, grad_factor, flavour, rule,
-                     use_fma, ds_dtype, dz_dtype):
-    """out (computed by learnable_forward on xk, s, z) with a C++ autograd node from x, scale and zero_point
-    that runs learnable_backward (plain eager tensors only)."""
-    return _op("fake_quant_learnable_attach", x.device)(
-        x, scale, zero_point, out, xk, s, z, *dims, quant_min, quant_max, grad_factor, FLAVOURS[flavour], rule,
-        use_fma, ds_dtype, dz_dtype,
+def learnable_forward_attach(x, scale, zero_point, out, xk, s, z, dims, quant_min, quant_max, grad_factor, rule,
+                             use_fma, per_tensor, ds_dtype, dz_dtype):
+    """learnable_forward (out from xk, s, z on qkernels/learnable.py's layout) and a C++ autograd node from x,
+    scale and zero_point that runs learnable_backward, in one call; returns out."""
+    return _eager_op("fake_quant_learnable_forward_attach", x)(
+        x, scale, zero_point, out, xk, s, z, *dims, quant_min, quant_max, grad_factor, rule, use_fma, per_tensor,
+        ds_dtype, dz_dtype,
     )
 
 

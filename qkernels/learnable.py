@@ -277,12 +277,12 @@ fake_quantize_learnable_backward = torch.ops.qkernels.fake_quantize_learnable_ba
 
 
 class _Learnable(torch.autograd.Function):
-    """The registered op's autograd for direct eager calls (the dispatcher's Python layers cost more than a
-    small kernel)."""
+    """The registered op's autograd for direct eager calls on checked arguments (the dispatcher's Python layers
+    cost more than a small kernel), on the backends without a C++ eager forward."""
 
     @staticmethod
     def forward(ctx, x, scale, zero_point, *args):
-        out = _forward_impl(x, scale, zero_point, *args)
+        out = _forward_launch(x, scale, zero_point, *args[:4])[0]
         _setup_context(ctx, (x, scale, zero_point) + args, out)
         return out
 
@@ -292,22 +292,24 @@ class _Learnable(torch.autograd.Function):
 
 
 def _call(x, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor, zero_point_rounding) -> Tensor:
+    """The registered op under compile, export, modes and subclasses; in plain eager mode the checks, then the
+    launch, which on the native backends is one C++ call with the C++ autograd node when a gradient is needed
+    (else under _Learnable)."""
     args = (axis, group_size, quant_min, quant_max, grad_factor, zero_point_rounding)
     if not _plain_eager(x, scale, zero_point):
         return fake_quantize_learnable(x, scale, zero_point, *args)
-    if not (torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or zero_point.requires_grad)):
-        return _forward_impl(x, scale, zero_point, *args)
-    # The native backends' autograd node runs the backward in C++; the others (and empty inputs) go through
-    # the Python autograd.Function.
     _check(x, scale, zero_point, *args)
-    attach = getattr(backends.select(x, quant_min, quant_max, _FAMILY), "learnable_attach", None)
+    if not (torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or zero_point.requires_grad)):
+        return _forward_launch(x, scale, zero_point, axis, group_size, quant_min, quant_max)[0]
+    attach = getattr(backends.select(x, quant_min, quant_max, _FAMILY), "learnable_forward_attach", None)
     if attach is None or x.numel() == 0:
         return _Learnable.apply(x, scale, zero_point, *args)
-    with torch.no_grad():  # the kernels' inputs carry no history; the node below connects out to x
-        out, xk, dims, s, z = _forward_launch(x, scale, zero_point, axis, group_size, quant_min, quant_max)
-    flavour = _flavour(xk)
-    return attach(x, scale, zero_point, out, xk, s, z, dims, quant_min, quant_max, grad_factor, flavour,
-                  _rule(axis, zero_point_rounding), uses_fma(flavour, torch.float32), *_grad_dtypes(scale, zero_point))
+    # The kernels' inputs carry no history (detached): the node connects out to x, scale and zero_point.
+    xk, out, dims = _layout(x.detach(), axis, group_size)
+    s, z = _flat_qparams(scale.detach(), zero_point.detach())
+    return attach(x, scale, zero_point, out, xk, s, z, dims, quant_min, quant_max, grad_factor,
+                  _rule(axis, zero_point_rounding), uses_fma(_flavour(x), torch.float32), axis is None,
+                  *_grad_dtypes(scale, zero_point))
 
 
 # ----------------------------------------------------------------------------------------------------------

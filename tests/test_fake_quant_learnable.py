@@ -224,13 +224,48 @@ def test_eager_backward_runs_in_cpp_on_native_backends(device, backend, needs, m
 
     fast = run()
     assert not calls
-    monkeypatch.delattr(_backend_native, "learnable_attach")
+    monkeypatch.delattr(_backend_native, "learnable_forward_attach")
     slow = run()
     assert calls
     for a, b, what in zip(fast, slow, ("y", "dx", "dscale", "dzero_point")):
         assert (a is None) == (b is None), what
         if a is not None:
             assert_bitwise_equal(a, b, what=what)
+
+
+@pytest.mark.parametrize("device,backend", CASES)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+def test_public_functions_equal_the_registered_op(device, backend, dtype):
+    """The public functions' eager path (on cpu/cuda one C++ call: launch and autograd node) gives the registered
+    op's outputs and gradients (its Python autograd), bit for bit: every layout (non-dense views of a leaf too),
+    per tensor, per channel, per group, with and without grad, for each subset of inputs needing a gradient."""
+    base = make_input(73, (2, 4, 6, 8), 0.1, 0, -8, 7, dtype, device)
+    layouts = {"contiguous": lambda t: t, "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last),
+               "transposed": lambda t: t.transpose(1, 3), "sliced": lambda t: t[:, :, ::2],
+               "empty": lambda t: t[:, :, :0], "one_dim": lambda t: t[0, 0, 0]}
+    for layout, view in layouts.items():
+        x = view(base)
+        dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(79)).to(device, dtype)
+        kinds = [(None, None, ())]
+        if x.dim() > 1:
+            kinds += [(1, None, (x.size(1),)), (-1, None, (x.size(-1),)), (-1, 2, x.shape[:-1] + (x.size(-1) // 2,))]
+        for axis, group_size, qshape in kinds:
+            scale, zp = qparams(qshape, -8, 7, 83, device)
+            args = (axis, group_size, -8, 7, 0.5, "torch")
+            for needs in ((False, False, False), (True, True, True), (True, False, False), (False, True, True)):
+                what = f"{layout}, axis={axis}, group_size={group_size}, needs={needs}"
+                results = []
+                registered = torch.ops.qkernels.fake_quantize_learnable
+                for call in (lambda *t: learnable(*t, *args[:5]), lambda *t: registered(*t, *args)):
+                    leaves = [t.detach().clone().requires_grad_(n) for t, n in zip((base, scale, zp), needs)]
+                    xs = view(leaves[0])
+                    with qkernels.use_backend(backend):
+                        y = call(xs, leaves[1], leaves[2])
+                        wrt = [t for t, n in zip((xs, leaves[1], leaves[2]), needs) if n]
+                        grads = torch.autograd.grad(y, wrt, dy) if wrt else ()
+                    results.append([y.detach()] + [g.contiguous() for g in grads])
+                for a, b in zip(*results):
+                    assert_bitwise_equal(a, b, what=what)
 
 
 @pytest.mark.parametrize("device,backend", CASES)

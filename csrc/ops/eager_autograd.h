@@ -6,9 +6,10 @@
 //   _fake_quant_per_channel_eager_<device>(Tensor x, Tensor scale, Tensor zero_point, int axis, ...) -> Tensor
 //     the whole forward in one call: outputs allocated (x's dense layout), qparams converted, the kernel launched
 //     and, when requires_grad, the straight-through node attached (dx = dy * mask by the backward kernel);
-//   _fake_quant_learnable_attach_<device>(Tensor x, Tensor scale, Tensor zero_point, Tensor(a) out, ...) -> Tensor(a)
-//     the learnable forward has run; attaches to out the learnable backward (dx, dscale, dzero_point), qparam
-//     gradients only for the inputs that need them, and returns out.
+//   _fake_quant_learnable_forward_attach_<device>(Tensor x, Tensor scale, Tensor zero_point, Tensor(a!) out, ...)
+//     -> Tensor(a!)
+//     the learnable forward on the layout Python prepared (out, x's dense copy, float32 qparams), then the
+//     learnable backward node (dx, dscale, dzero_point; qparam gradients only for the inputs that need them).
 //
 // Backward then runs in C++ without a call back into Python. Registered as CompositeImplicitAutograd, so that
 // the nodes see the inputs' autograd state. Double backward: the straight-through node calls the registered
@@ -220,12 +221,25 @@ struct LearnableNode : torch::autograd::Function<LearnableNode<kBackward>> {
   }
 };
 
-template <LearnableBackwardKernel kBackward>
-at::Tensor learnable_attach(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
-                            const at::Tensor& out, const at::Tensor& xk, const at::Tensor& s, const at::Tensor& z,
-                            int64_t B, int64_t O, int64_t C, int64_t I, int64_t quant_min, int64_t quant_max,
-                            double grad_factor, int64_t flavour, int64_t rule, bool use_fma, at::ScalarType ds_dtype,
-                            at::ScalarType dz_dtype) {
+// The device's learnable forward launcher (the private op _fake_quant_learnable_forward_<device>).
+using LearnableForwardKernel = void (*)(const at::Tensor& x, at::Tensor& out, const at::Tensor& scale,
+                                        const at::Tensor& zero_point, int64_t B, int64_t O, int64_t C, int64_t I,
+                                        int64_t quant_min, int64_t quant_max, int64_t flavour, bool per_tensor);
+
+// The learnable forward with grad on Python's layout (qkernels/learnable.py, `_call`): the kernel writes out from xk
+// (x in the kernels' dense layout, possibly a copy) and the float32 qparams s, z; the node connects out to x,
+// scale and zero_point. Returns out.
+template <LearnableForwardKernel kForward, LearnableBackwardKernel kBackward>
+at::Tensor learnable_forward_attach(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
+                                    at::Tensor& out, const at::Tensor& xk, const at::Tensor& s, const at::Tensor& z,
+                                    int64_t B, int64_t O, int64_t C, int64_t I, int64_t quant_min, int64_t quant_max,
+                                    double grad_factor, int64_t rule, bool use_fma, bool per_tensor,
+                                    at::ScalarType ds_dtype, at::ScalarType dz_dtype) {
+  const int64_t flavour = flavour_of(x);
+  {
+    const at::NoGradGuard no_grad;
+    kForward(xk, out, s, z, B, O, C, I, quant_min, quant_max, flavour, per_tensor);
+  }
   return LearnableNode<kBackward>::apply(x, scale, zero_point,
                                          LearnableForward{out, xk, s, z, B, O, C, I, quant_min, quant_max, grad_factor,
                                                           flavour, rule, use_fma, ds_dtype, dz_dtype});
@@ -241,12 +255,14 @@ at::Tensor learnable_attach(const at::Tensor& x, const at::Tensor& scale, const 
   m.def("_fake_quant_per_channel_eager_" suffix                                                                   \
         "(Tensor x, Tensor scale, Tensor zero_point, int axis, int quant_min, int quant_max, bool use_fma, "       \
         "bool requires_grad, bool pack_mask) -> Tensor");                                                          \
-  m.def("_fake_quant_learnable_attach_" suffix                                                                    \
-        "(Tensor x, Tensor scale, Tensor zero_point, Tensor(a) out, Tensor xk, Tensor s, Tensor z, int B, int O, " \
-        "int C, int I, int quant_min, int quant_max, float grad_factor, int flavour, int rule, bool use_fma, "      \
-        "ScalarType ds_dtype, ScalarType dz_dtype) -> Tensor(a)")
+  m.def("_fake_quant_learnable_forward_attach_" suffix                                                            \
+        "(Tensor x, Tensor scale, Tensor zero_point, Tensor(a!) out, Tensor xk, Tensor s, Tensor z, int B, int O, " \
+        "int C, int I, int quant_min, int quant_max, float grad_factor, int rule, bool use_fma, bool per_tensor, "  \
+        "ScalarType ds_dtype, ScalarType dz_dtype) -> Tensor(a!)")
 
-#define QKERNELS_EAGER_AUTOGRAD_IMPLS(m, suffix, per_tensor, per_channel, backward, learnable_backward)     \
+#define QKERNELS_EAGER_AUTOGRAD_IMPLS(m, suffix, per_tensor, per_channel, backward, learnable_forward,        \
+                                     learnable_backward)                                                     \
   m.impl("_fake_quant_per_tensor_eager_" suffix, &glue::per_tensor_eager<&per_tensor, &backward>);        \
   m.impl("_fake_quant_per_channel_eager_" suffix, &glue::per_channel_eager<&per_channel, &backward>);     \
-  m.impl("_fake_quant_learnable_attach_" suffix, &glue::learnable_attach<&learnable_backward>)
+  m.impl("_fake_quant_learnable_forward_attach_" suffix,                                                    \
+         &glue::learnable_forward_attach<&learnable_forward, &learnable_backward>)

@@ -158,7 +158,8 @@ TORCH_LIBRARY_FRAGMENT(qkernels, m) {
 }
 
 TORCH_LIBRARY_IMPL(qkernels, CompositeImplicitAutograd, m) {
-  QKERNELS_EAGER_AUTOGRAD_IMPLS(m, "cpu", per_tensor_cpu, per_channel_cpu, backward_cpu, learnable_backward_cpu);
+  QKERNELS_EAGER_AUTOGRAD_IMPLS(m, "cpu", per_tensor_cpu, per_channel_cpu, backward_cpu,
+                               learnable_forward_cpu, learnable_backward_cpu);
 }
 
 TORCH_LIBRARY_IMPL(qkernels, CPU, m) {

@@ -28,6 +28,8 @@ have ``x``'s shape and dtype (mask: bool). All arithmetic is float32, or float64
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 __all__ = [
@@ -57,8 +59,13 @@ def uses_fma(flavour: str, zero_point_dtype: torch.dtype) -> bool:
     ``c10::Half`` addition is not contracted; measured against torch 2.13)."""
     if flavour == "cuda":
         return True
-    cpu_fma = torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "NO AVX")
-    return cpu_fma and zero_point_dtype == torch.float32
+    return zero_point_dtype == torch.float32 and _aten_cpu_vectorized()
+
+
+@functools.lru_cache(maxsize=None)
+def _aten_cpu_vectorized() -> bool:
+    """aten's CPU capability, fixed when torch loads (ATEN_CPU_CAPABILITY); cached: the eager ops ask per call."""
+    return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "NO AVX")
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
