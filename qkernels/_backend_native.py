@@ -6,8 +6,9 @@ one-element int32 tensor; a mask is None, bool in x's layout, or packed uint8), 
 ``learnable_backward`` (contract: qkernels/learnable.py and csrc/include/qkernels/fake_quant_learnable_kernels.h),
 and ``fused_observer_update`` (contract: qkernels/fused_observer.py). Only the native backends also offer the
 eager forwards with autograd nodes in C++ (csrc/ops/eager_autograd.h): ``per_tensor_eager``,
-``per_tensor_tensor_eager`` and ``per_channel_eager`` (allocation, launch, node: one call), and
-``learnable_forward_attach`` (launch and node).
+``per_tensor_tensor_eager`` and ``per_channel_eager`` (allocation, launch, node: one call),
+``learnable_forward_attach`` (launch and node) and ``fused_observer_per_tensor_eager`` (observer step and
+fake quantization).
 """
 
 from __future__ import annotations
@@ -116,4 +117,16 @@ def fused_observer_update(x, observer_on, fake_quant_on, running_min, running_ma
     _op("fused_observer_update", x.device)(
         x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const, quant_min,
         quant_max, inner, symmetric, mode, eps, symmetric_zero_point, FLAVOURS[flavour],
+    )
+
+
+def fused_observer_per_tensor_eager(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
+                                    averaging_const, quant_min, quant_max, symmetric, mode, eps, symmetric_zero_point,
+                                    requires_grad, pack_mask):
+    """The fused observer op per tensor in one C++ call (qkernels/fused_observer.py): fused_observer_update, then
+    the per-tensor fake quantization with the new qparams and fake_quant_on, with the straight-through node when
+    requires_grad."""
+    return _eager_op("fused_observer_per_tensor_eager", x)(
+        x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const, quant_min,
+        quant_max, symmetric, mode, eps, symmetric_zero_point, requires_grad, pack_mask,
     )

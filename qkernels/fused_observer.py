@@ -44,8 +44,11 @@ from .ops import (
     _check_range,
     _fail,
     _inner_stride,
+    _check_qparams_not_differentiable,
     _host_flag,
+    _mask_request,
     _PER_TENSOR_TENSOR,
+    _plain_eager,
     fake_quantize_per_channel_affine,
 )
 from .reference.fused_observer import QPARAMS_MODES, flag_on_device
@@ -63,12 +66,13 @@ def _check(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_
     """Every argument check; with sized=False all but the state's sizes (before sizing empty state)."""
     op = "fused_moving_avg_obs_fake_quant"
     _check_input(op, x)
+    device = x.device
     for name, t in (("observer_on", observer_on), ("fake_quant_on", fake_quant_on), ("running_min", running_min),
                     ("running_max", running_max), ("scale", scale), ("zero_point", zero_point)):
         if not isinstance(t, Tensor):
             _fail(f"{op}: `{name}` must be a Tensor, got {type(t).__name__}")
-        if t.device != x.device:
-            _fail(f"{op}: `{name}` must be on the same device as `input` ({x.device}), got {t.device}")
+        if t.device != device:
+            _fail(f"{op}: `{name}` must be on the same device as `input` ({device}), got {t.device}")
     for name, t in (("observer_on", observer_on), ("fake_quant_on", fake_quant_on)):
         if t.numel() != 1 or t.dtype not in _FLAG_DTYPES:
             _fail(f"{op}: `{name}` must be a one-element bool, integer or floating-point tensor (not complex or "
@@ -102,6 +106,8 @@ def _check_ch_axis(x: Tensor, ch_axis: int):
 
 def _is_dense(x: Tensor) -> bool:
     """Whether x's elements fill its storage span exactly once (any dimension order)."""
+    if x.is_contiguous():  # the common case, without the sort below
+        return True
     expected = 1
     for size, stride in sorted(((sz, st) for sz, st in zip(x.shape, x.stride()) if sz != 1), key=lambda d: d[1]):
         if stride != expected:
@@ -180,9 +186,28 @@ def observer_update(input, observer_on, fake_quant_on, running_min, running_max,
             _check(input, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, quant_min,
                    quant_max, ch_axis, True, qparams, sized=False)  # fail before resizing anything
             _size_per_channel_state(input, ch_axis, running_min, running_max, scale, zero_point)
-    _fused_observer_update(input, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
-                           float(averaging_const), quant_min, quant_max, ch_axis, bool(per_row_fake_quant),
-                           bool(symmetric_quant), qparams, float(eps), int(symmetric_zero_point))
+    # The registered op for compile, export and modes; in plain eager mode its implementation directly (the
+    # dispatcher's Python layers cost more than the update of a small tensor).
+    update = _update_impl if _plain_eager(input, observer_on, fake_quant_on, running_min, running_max, scale,
+                                          zero_point) else _fused_observer_update
+    update(input, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, float(averaging_const),
+           quant_min, quant_max, ch_axis, bool(per_row_fake_quant), bool(symmetric_quant), qparams, float(eps),
+           int(symmetric_zero_point))
+
+
+def _per_tensor_eager(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, quant_min,
+                      quant_max, ch_axis, qparams):
+    """The native backends' one-call per-tensor step (``fused_observer_per_tensor_eager``) for plain eager calls,
+    after every argument check; else None."""
+    if not _plain_eager(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point):
+        return None
+    eager = getattr(backends.select(x, quant_min, quant_max, "fused_observer"), "fused_observer_per_tensor_eager",
+                    None)
+    if eager is not None:
+        _check(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, quant_min, quant_max,
+               ch_axis, False, qparams)
+        _check_qparams_not_differentiable(scale, zero_point)
+    return eager
 
 
 def fused_moving_avg_obs_fake_quant(
@@ -209,14 +234,24 @@ def fused_moving_avg_obs_fake_quant(
     straight-through mask)."""
     if input.numel() == 0:
         return input.clone()
+    if not per_row_fake_quant:
+        eager = _per_tensor_eager(input, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
+                                  quant_min, quant_max, ch_axis, qparams)
+        if eager is not None:  # the native backends in plain eager mode: the whole step in one C++ call
+            return eager(input, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
+                         float(averaging_const), quant_min, quant_max, bool(symmetric_quant),
+                         QPARAMS_MODES.index(qparams), float(eps), int(symmetric_zero_point),
+                         *_mask_request(input))
     observer_update(input, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
                     averaging_const, quant_min, quant_max, ch_axis, per_row_fake_quant, symmetric_quant,
                     qparams=qparams, eps=eps, symmetric_zero_point=symmetric_zero_point)
     # The fake-quant ops through their public entry (ops._call): in plain eager mode their implementations
-    # directly, with the C++ autograd node on the native backends; otherwise the registered ops.
+    # directly, with the C++ autograd node on the native backends; otherwise the registered ops. As in torch's
+    # op, the per-tensor step does not check the qparams it computed (a NaN input gives a NaN scale and NaN
+    # outputs), while the per-channel step checks them (a NaN input makes its zero point INT32_MIN: an error).
     if not per_row_fake_quant:
         return _call(_PER_TENSOR_TENSOR, input, (scale, zero_point, fake_quant_on, quant_min, quant_max),
-                     (input, scale, zero_point, fake_quant_on), scale, zero_point)
+                     (input, scale, zero_point, fake_quant_on), scale, zero_point, check=False)
     # The per-channel op has no enable flag: read on the host where that is free (skipping the fake
     # quantization while it is off), else where(on, y, x).
     on = _host_flag(fake_quant_on, input)

@@ -387,8 +387,10 @@ fake_quantize_cachemask_backward = torch.ops.qkernels.fake_quantize_cachemask_ba
 # ----------------------------------------------------------------------------------------------------------
 # Public functions with torch's signatures.
 # ----------------------------------------------------------------------------------------------------------
-def _needs_mask(x: Tensor) -> bool:
-    return torch.is_grad_enabled() and x.requires_grad
+def _mask_request(x: Tensor):
+    """(need_mask, pack_mask) of a public call: a mask only when x needs a gradient, packed in packed_masks()."""
+    need = x.requires_grad and torch.is_grad_enabled()
+    return need, need and _PACK_MASKS
 
 
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
@@ -497,16 +499,18 @@ def fake_quantize_per_channel_affine(
                  scale, zero_point)
 
 
-def _call(variant: _Variant, input: Tensor, args: tuple, tensors: tuple, scale, zero_point) -> Tensor:
-    """The registered op under compile, export, modes and subclasses; in plain eager mode the checks, then one
-    C++ call on the native backends (allocation, launch, autograd node), else the run (under _StraightThrough
-    when a gradient is needed). ``args`` end with quant_min, quant_max."""
-    need = _needs_mask(input)
-    pack = need and _PACK_MASKS
+def _call(variant: _Variant, input: Tensor, args: tuple, tensors: tuple, scale, zero_point,
+          check: bool = True) -> Tensor:
+    """The registered op under compile, export, modes and subclasses; in plain eager mode the checks (unless the
+    caller has made them: check=False), then one C++ call on the native backends (allocation, launch, autograd
+    node), else the run (under _StraightThrough when a gradient is needed). ``args`` end with quant_min,
+    quant_max."""
+    need, pack = _mask_request(input)
     if not _plain_eager(*tensors):
         return variant.op(input, *args, need, pack)[0]
     _check_qparams_not_differentiable(scale, zero_point)
-    variant.check(input, *args)
+    if check:
+        variant.check(input, *args)
     eager = getattr(backends.select(input, args[-2], args[-1]), variant.eager, None)
     if eager is not None:
         return eager(input, *args, need, pack)

@@ -214,6 +214,63 @@ def test_op_channel_innermost_with_nan_and_inf(backend, dtype):
             assert_bitwise_equal(a, b, what=f"step {step}")
 
 
+@pytest.mark.parametrize("backend", backends_for("cpu"))
+def test_op_with_nan_input_matches_torch(backend):
+    """A NaN input: per tensor, torch's op makes the scale NaN and the zero point INT32_MIN without checking them
+    and returns NaNs (gradient 0 where fake quantization is on, dy where it is off); the same here, state
+    included, also for a non-dense input. Per channel, torch's op rejects that zero point; so does this one."""
+    x0 = step_input(3, (5, 8))
+    x0[2, 3], x0[4, 1] = math.nan, math.inf
+    for fake_quant in (1, 0):
+        torch_state, our_state = fresh_state(False), fresh_state(False)
+        flags = torch.tensor([1]), torch.tensor([fake_quant])
+        dy = torch.randn(8, 5, generator=torch.Generator().manual_seed(fake_quant))
+        xa, xb = (x0.t().clone().requires_grad_() for _ in range(2))
+        ya = torch.fused_moving_avg_obs_fake_quant(xa, *flags, *torch_state, 0.1, 0, 255, 0, False, False)
+        ya.backward(dy)
+        with qkernels.use_backend(backend):
+            yb = qkernels.fused_moving_avg_obs_fake_quant(xb.t().t(), *flags, *our_state, 0.1, 0, 255, 0, False,
+                                                          False)
+            yb.backward(dy)
+        for name, a, b in zip(("y", "dx", "running_min", "running_max", "scale", "zero_point"),
+                              [yb.detach(), xb.grad] + our_state, [ya.detach(), xa.grad] + torch_state):
+            assert_bitwise_equal(a, b, what=f"fake_quant={fake_quant}: {name}")
+    on = torch.tensor([1]), torch.tensor([1])
+    with pytest.raises(RuntimeError, match="zero_point` must be between"):
+        torch.fused_moving_avg_obs_fake_quant(x0, *on, *fresh_state(True), 0.1, 0, 255, 0, True, False)
+    with qkernels.use_backend(backend), pytest.raises(RuntimeError, match="`zero_point` must be between"):
+        qkernels.fused_moving_avg_obs_fake_quant(x0, *on, *fresh_state(True), 0.1, 0, 255, 0, True, False)
+
+
+@pytest.mark.parametrize("backend", backends_for("cpu"))
+def test_eager_per_tensor_step_is_one_cpp_call_on_native_backends(backend, monkeypatch):
+    """Plain eager per-tensor calls on the cpu backend make one C++ call (observer step, fake quantization and
+    the autograd node), not the launchers the registered ops use; every backend gives torch's outputs, gradients
+    and state, step after step with the flags toggled, on a transposed input."""
+    from qkernels import _backend_native
+
+    calls = []
+    for name in ("fused_observer_update", "per_tensor_tensor_eager", "per_tensor"):
+        original = getattr(_backend_native, name)
+        monkeypatch.setattr(_backend_native, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+    torch_state, our_state = fresh_state(False), fresh_state(False)
+    for step, (observe, fake_quant) in enumerate(FLAGS):
+        x = step_input(step).transpose(0, 2)  # not contiguous, dense
+        flags = torch.tensor([observe]), torch.tensor([fake_quant])
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(step))
+        ya = torch.fused_moving_avg_obs_fake_quant(xa, *flags, *torch_state, 0.1, 0, 255, 0)
+        ya.backward(dy)
+        with qkernels.use_backend(backend):
+            yb = qkernels.fused_moving_avg_obs_fake_quant(xb, *flags, *our_state, 0.1, 0, 255, 0)
+            yb.backward(dy)
+        for name, a, b in zip(("y", "dx", "running_min", "running_max", "scale", "zero_point"),
+                              [yb.detach(), xb.grad] + our_state, [ya.detach(), xa.grad] + torch_state):
+            assert_bitwise_equal(a, b, what=f"step {step}: {name}")
+    if backend == "cpu":  # (the other backends never use these launchers)
+        assert calls == []
+
+
 def test_op_gradient_is_the_straight_through_mask():
     state = fresh_state(False)
     x = step_input(1).requires_grad_()

@@ -6,6 +6,8 @@
 //   _fake_quant_per_channel_eager_<device>(Tensor x, Tensor scale, Tensor zero_point, int axis, ...) -> Tensor
 //     the whole forward in one call: outputs allocated (x's dense layout), qparams converted, the kernel launched
 //     and, when requires_grad, the straight-through node attached (dx = dy * mask by the backward kernel);
+//   _fused_observer_per_tensor_eager_<device>(Tensor x, Tensor observer_on, Tensor fake_quant_on, ...) -> Tensor
+//     the fused observer op per tensor: the observer step, then the per-tensor eager forward above;
 //   _fake_quant_learnable_forward_attach_<device>(Tensor x, Tensor scale, Tensor zero_point, Tensor(a!) out, ...)
 //     -> Tensor(a!)
 //     the learnable forward on the layout Python prepared (out, x's dense copy, float32 qparams), then the
@@ -221,6 +223,34 @@ struct LearnableNode : torch::autograd::Function<LearnableNode<kBackward>> {
   }
 };
 
+// The device's observer launcher (the private op _fused_observer_update_<device>).
+using ObserverKernel = void (*)(const at::Tensor& x, const at::Tensor& observer_on, const at::Tensor& fake_quant_on,
+                                at::Tensor& running_min, at::Tensor& running_max, at::Tensor& scale,
+                                at::Tensor& zero_point, double averaging_const, int64_t quant_min, int64_t quant_max,
+                                int64_t inner, bool symmetric, int64_t mode, double eps, int64_t symmetric_zero_point,
+                                int64_t flavour);
+
+// The fused observer op per tensor (qkernels/fused_observer.py) on checked arguments: the observer and qparam
+// step in place (x read in its storage order, a contiguous copy if x is not dense), then per_tensor_eager with
+// the new qparams and the fake_quant_on flag. The new qparams are not value-checked, as torch's op does not
+// check them (a NaN input gives a NaN scale and NaN outputs).
+template <ObserverKernel kObserver, PerTensorKernel kForward, BackwardKernel kBackward>
+at::Tensor fused_observer_per_tensor_eager(const at::Tensor& x, const at::Tensor& observer_on,
+                                           const at::Tensor& fake_quant_on, at::Tensor& running_min,
+                                           at::Tensor& running_max, at::Tensor& scale, at::Tensor& zero_point,
+                                           double averaging_const, int64_t quant_min, int64_t quant_max,
+                                           bool symmetric, int64_t mode, double eps, int64_t symmetric_zero_point,
+                                           bool requires_grad, bool pack_mask) {
+  {
+    const at::NoGradGuard no_grad;
+    const at::Tensor xd = x.is_non_overlapping_and_dense() ? x : x.contiguous();
+    kObserver(xd, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const,
+              quant_min, quant_max, xd.numel(), symmetric, mode, eps, symmetric_zero_point, flavour_of(x));
+  }
+  return per_tensor_eager<kForward, kBackward>(x, 0.0, 0, scale, zero_point, fake_quant_on, quant_min, quant_max,
+                                               requires_grad, pack_mask);
+}
+
 // The device's learnable forward launcher (the private op _fake_quant_learnable_forward_<device>).
 using LearnableForwardKernel = void (*)(const at::Tensor& x, at::Tensor& out, const at::Tensor& scale,
                                         const at::Tensor& zero_point, int64_t B, int64_t O, int64_t C, int64_t I,
@@ -255,13 +285,20 @@ at::Tensor learnable_forward_attach(const at::Tensor& x, const at::Tensor& scale
   m.def("_fake_quant_per_channel_eager_" suffix                                                                   \
         "(Tensor x, Tensor scale, Tensor zero_point, int axis, int quant_min, int quant_max, bool use_fma, "       \
         "bool requires_grad, bool pack_mask) -> Tensor");                                                          \
+  m.def("_fused_observer_per_tensor_eager_" suffix                                                                \
+        "(Tensor x, Tensor observer_on, Tensor fake_quant_on, Tensor(a!) running_min, Tensor(b!) running_max, "    \
+        "Tensor(c!) scale, Tensor(d!) zero_point, float averaging_const, int quant_min, int quant_max, "          \
+        "bool symmetric, int mode, float eps, int symmetric_zero_point, bool requires_grad, bool pack_mask) "     \
+        "-> Tensor");                                                                                              \
   m.def("_fake_quant_learnable_forward_attach_" suffix                                                            \
         "(Tensor x, Tensor scale, Tensor zero_point, Tensor(a!) out, Tensor xk, Tensor s, Tensor z, int B, int O, " \
         "int C, int I, int quant_min, int quant_max, float grad_factor, int rule, bool use_fma, bool per_tensor, "  \
         "ScalarType ds_dtype, ScalarType dz_dtype) -> Tensor(a!)")
 
 #define QKERNELS_EAGER_AUTOGRAD_IMPLS(m, suffix, per_tensor, per_channel, backward, learnable_forward,        \
-                                     learnable_backward)                                                     \
+                                     learnable_backward, observer)                                           \
+  m.impl("_fused_observer_per_tensor_eager_" suffix,                                                         \
+         &glue::fused_observer_per_tensor_eager<&observer, &per_tensor, &backward>);                         \
   m.impl("_fake_quant_per_tensor_eager_" suffix, &glue::per_tensor_eager<&per_tensor, &backward>);        \
   m.impl("_fake_quant_per_channel_eager_" suffix, &glue::per_channel_eager<&per_channel, &backward>);     \
   m.impl("_fake_quant_learnable_forward_attach_" suffix,                                                    \

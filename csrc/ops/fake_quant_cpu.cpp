@@ -159,7 +159,7 @@ TORCH_LIBRARY_FRAGMENT(qkernels, m) {
 
 TORCH_LIBRARY_IMPL(qkernels, CompositeImplicitAutograd, m) {
   QKERNELS_EAGER_AUTOGRAD_IMPLS(m, "cpu", per_tensor_cpu, per_channel_cpu, backward_cpu,
-                               learnable_forward_cpu, learnable_backward_cpu);
+                               learnable_forward_cpu, learnable_backward_cpu, fused_observer_update_cpu);
 }
 
 TORCH_LIBRARY_IMPL(qkernels, CPU, m) {

@@ -101,7 +101,7 @@ TORCH_LIBRARY_FRAGMENT(qkernels, m) {
 
 TORCH_LIBRARY_IMPL(qkernels, CompositeImplicitAutograd, m) {
   QKERNELS_EAGER_AUTOGRAD_IMPLS(m, "cuda", per_tensor_cuda, per_channel_cuda, backward_cuda,
-                               learnable_forward_cuda, learnable_backward_cuda);
+                               learnable_forward_cuda, learnable_backward_cuda, fused_observer_update_cuda);
 }
 
 TORCH_LIBRARY_IMPL(qkernels, CUDA, m) {
