@@ -34,13 +34,16 @@ def _environment_reader(name: str):
     possible. ``os.environ.get`` raises and catches a KeyError for an unset variable: a microsecond, several in
     the middle of an eager call, which is more than the kernel launch. CPython's ``os.environ`` keeps the encoded
     variables in its ``_data`` dict, which every write through ``os.environ`` (and so ``monkeypatch.setenv``)
-    updates; without it, ``os.environ.get``."""
-    data, encode, decode = (getattr(os.environ, a, None) for a in ("_data", "encodekey", "decodevalue"))
+    updates (``os.environ.get`` when there is no such dict, or os.environ was replaced by another mapping)."""
+    environ = os.environ
+    data, encode, decode = (getattr(environ, a, None) for a in ("_data", "encodekey", "decodevalue"))
     if not (isinstance(data, dict) and callable(encode) and callable(decode)):
         return lambda: os.environ.get(name)
     key = encode(name)
 
     def read():
+        if os.environ is not environ:  # replaced (e.g. by a test's monkeypatch): read the new mapping
+            return os.environ.get(name)
         value = data.get(key)
         return None if value is None else decode(value)
 

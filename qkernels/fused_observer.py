@@ -201,13 +201,11 @@ def _per_tensor_eager(x, observer_on, fake_quant_on, running_min, running_max, s
     after every argument check; else None."""
     if not _plain_eager(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point):
         return None
-    eager = getattr(backends.select(x, quant_min, quant_max, "fused_observer"), "fused_observer_per_tensor_eager",
-                    None)
-    if eager is not None:
-        _check(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, quant_min, quant_max,
-               ch_axis, False, qparams)
-        _check_qparams_not_differentiable(scale, zero_point)
-    return eager
+    _check(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, quant_min, quant_max,
+           ch_axis, False, qparams)
+    _check_qparams_not_differentiable(scale, zero_point)
+    return getattr(backends.select(x, quant_min, quant_max, "fused_observer"), "fused_observer_per_tensor_eager",
+                   None)
 
 
 def fused_moving_avg_obs_fake_quant(
@@ -247,11 +245,12 @@ def fused_moving_avg_obs_fake_quant(
                     qparams=qparams, eps=eps, symmetric_zero_point=symmetric_zero_point)
     # The fake-quant ops through their public entry (ops._call): in plain eager mode their implementations
     # directly, with the C++ autograd node on the native backends; otherwise the registered ops. As in torch's
-    # op, the per-tensor step does not check the qparams it computed (a NaN input gives a NaN scale and NaN
-    # outputs), while the per-channel step checks them (a NaN input makes its zero point INT32_MIN: an error).
+    # op, the per-tensor step (the tensor-qparams op with its flag) does not check the qparams it computed (a NaN
+    # input gives a NaN scale and NaN outputs), while the per-channel step checks them (a NaN input makes its
+    # zero point INT32_MIN: an error).
     if not per_row_fake_quant:
         return _call(_PER_TENSOR_TENSOR, input, (scale, zero_point, fake_quant_on, quant_min, quant_max),
-                     (input, scale, zero_point, fake_quant_on), scale, zero_point, check=False)
+                     (input, scale, zero_point, fake_quant_on), scale, zero_point)
     # The per-channel op has no enable flag: read on the host where that is free (skipping the fake
     # quantization while it is off), else where(on, y, x).
     on = _host_flag(fake_quant_on, input)

@@ -14,17 +14,21 @@ Registered ops (namespace ``qkernels``, same arguments and defaults as aten's, p
   bit-packed uint8 whose bits follow the storage order of ``torch.empty_like(grad)``
 
 The math is ``qkernels.reference.fake_quant`` (the spec). Outputs take ``x``'s dtype and, for dense inputs,
-its strides (channels-last and transposed layouts are kept; other inputs give contiguous outputs).
+its strides (channels-last and transposed layouts are kept; other inputs give the layout ``torch.empty_like``
+picks: contiguous, or channels-last for a sliced channels-last input).
 ``need_mask=False`` skips writing the mask (an empty bool tensor is returned); such a call cannot be
 differentiated. ``pack_mask=True`` returns the mask bit-packed: uint8 of ``ceil(numel / 8)`` bytes, bit
 ``k`` of byte ``j`` for element ``8j + k`` of the output in storage order. Gradients flow to ``self`` only:
 ``dx = dy * mask``.
 
 Qparams held in tensors are never read on the host for CUDA inputs (no device sync); checks that need their
-values run only for CPU tensors, or everywhere with ``QKERNELS_CHECK_VALUES=1``.
+values run only for CPU tensors, or everywhere with ``QKERNELS_CHECK_VALUES=1``. Tensor qparams passed with a
+``fake_quant_enabled`` flag (the fused observer's step) are not value-checked, as aten's op does not check
+them: a NaN scale gives NaN outputs.
 
 The public functions (``fake_quantize_per_tensor_affine``, ``fake_quantize_per_channel_affine``) call the
-registered ops under ``torch.compile``, export, torch.func transforms, tensor subclasses or any
+registered ops under ``torch.compile``, export, torch.func transforms (``vmap`` works through the batching
+fallback; ``grad`` raises, as the registered autograd does not support torch.func), tensor subclasses or any
 torch-function/dispatch mode. In plain eager mode, where the dispatcher's Python layers would cost several
 times a small kernel, they check the arguments here and then make one C++ call on the cpu/cuda backends
 (allocation, launch and a C++ autograd node: csrc/ops/eager_autograd.h), or call the implementations' runs
@@ -85,8 +89,8 @@ def _check_scale_tensor_values(scale: Tensor):
         return
     n = scale.numel()
     if n <= _FEW_VALUES:
-        values = [scale.item()] if n == 1 else scale.detach().reshape(-1).tolist()
-        if not all(math.isfinite(v) and v > 0 for v in values):
+        values = [scale.item()] if n == 1 else (scale if scale.dim() == 1 else scale.reshape(-1)).tolist()
+        if not all(0.0 < v < math.inf for v in values):  # (NaN fails both comparisons)
             _fail(f"`scale` must be positive and finite, got {values}")
         return
     s = scale.detach().float()
@@ -120,10 +124,11 @@ def _check_per_tensor_tensor(x, scale, zero_point, enabled, quant_min, quant_max
         _fail(f"`scale` must be a floating-point tensor, got {scale.dtype}")
     if zero_point.is_complex() or zero_point.dtype == torch.bool:
         _fail(f"`zero_point` must be an integer or floating-point tensor, got {zero_point.dtype}")
+    _check_range(quant_min, quant_max)
     if enabled is not None:
         _check_qparam_tensor("fake_quant_enabled", enabled, x, 1)
-    _check_range(quant_min, quant_max)
-    _check_scale_tensor_values(scale)
+    else:  # with a flag these are an observer's qparams (the fused op's step): unchecked, as in aten's op
+        _check_scale_tensor_values(scale)
 
 
 def _check_per_channel(x, scale, zero_point, axis, quant_min, quant_max):
@@ -389,7 +394,7 @@ fake_quantize_cachemask_backward = torch.ops.qkernels.fake_quantize_cachemask_ba
 # ----------------------------------------------------------------------------------------------------------
 def _mask_request(x: Tensor):
     """(need_mask, pack_mask) of a public call: a mask only when x needs a gradient, packed in packed_masks()."""
-    need = x.requires_grad and torch.is_grad_enabled()
+    need = torch.is_grad_enabled() and x.requires_grad
     return need, need and _PACK_MASKS
 
 
@@ -499,18 +504,15 @@ def fake_quantize_per_channel_affine(
                  scale, zero_point)
 
 
-def _call(variant: _Variant, input: Tensor, args: tuple, tensors: tuple, scale, zero_point,
-          check: bool = True) -> Tensor:
-    """The registered op under compile, export, modes and subclasses; in plain eager mode the checks (unless the
-    caller has made them: check=False), then one C++ call on the native backends (allocation, launch, autograd
-    node), else the run (under _StraightThrough when a gradient is needed). ``args`` end with quant_min,
-    quant_max."""
+def _call(variant: _Variant, input: Tensor, args: tuple, tensors: tuple, scale, zero_point) -> Tensor:
+    """The registered op under compile, export, modes and subclasses; in plain eager mode the checks, then one
+    C++ call on the native backends (allocation, launch, autograd node), else the run (under _StraightThrough
+    when a gradient is needed). ``args`` end with quant_min, quant_max."""
     need, pack = _mask_request(input)
     if not _plain_eager(*tensors):
         return variant.op(input, *args, need, pack)[0]
     _check_qparams_not_differentiable(scale, zero_point)
-    if check:
-        variant.check(input, *args)
+    variant.check(input, *args)
     eager = getattr(backends.select(input, args[-2], args[-1]), variant.eager, None)
     if eager is not None:
         return eager(input, *args, need, pack)

@@ -622,8 +622,9 @@ def test_public_functions_equal_the_registered_ops(device, backend, dtype):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_vmap_of_the_public_functions_matches_aten(device):
-    """Under torch.func transforms the public functions call the registered ops (the eager shortcut would hand
-    batched tensors to the kernels): vmap gives aten's results."""
+    """Under torch.func transforms the public functions call the registered ops: vmap gives aten's results (the
+    learnable one's eager shortcut would hand batched tensors to a launcher that writes into an output, which
+    vmap's fallback cannot batch)."""
     x = make_input(71, (4, 6, 9), 0.1, 0, -128, 127, torch.float32, device)
     s = torch.rand(9, device=device) + 0.05
     zp = torch.randint(-128, 128, (9,), dtype=torch.int32, device=device)
@@ -632,6 +633,9 @@ def test_vmap_of_the_public_functions_matches_aten(device):
     ya = torch.fake_quantize_per_channel_affine(torch.fake_quantize_per_tensor_affine(x, 0.1, 2, -128, 127), s, zp,
                                                 2, -128, 127)
     assert_bitwise_equal(y, ya)
+    ls, lz = torch.tensor([0.1], device=device), torch.tensor([2.0], device=device)
+    y = torch.func.vmap(lambda t: qkernels.fake_quantize_learnable_per_tensor_affine(t, ls, lz, -128, 127))(x)
+    assert_bitwise_equal(y, torch._fake_quantize_learnable_per_tensor_affine(x, ls, lz, -128, 127))
 
 
 @pytest.mark.parametrize("device,backend", CASES)

@@ -6,6 +6,7 @@ per-channel stats on axis 0 only), ``qparams="observer"`` against the unfused to
 ``FakeQuantize(MovingAverage*MinMaxObserver)``.
 """
 
+import contextlib
 import math
 import warnings
 
@@ -218,23 +219,31 @@ def test_op_channel_innermost_with_nan_and_inf(backend, dtype):
 def test_op_with_nan_input_matches_torch(backend):
     """A NaN input: per tensor, torch's op makes the scale NaN and the zero point INT32_MIN without checking them
     and returns NaNs (gradient 0 where fake quantization is on, dy where it is off); the same here, state
-    included, also for a non-dense input. Per channel, torch's op rejects that zero point; so does this one."""
-    x0 = step_input(3, (5, 8))
-    x0[2, 3], x0[4, 1] = math.nan, math.inf
-    for fake_quant in (1, 0):
+    included, for a non-dense input, in eager mode and through the registered ops (under a torch-function
+    mode). Per channel, torch's op rejects that zero point; so does this one."""
+    from torch.overrides import TorchFunctionMode
+
+    class Passthrough(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    x0 = step_input(3, (5, 16))
+    x0[2, 4], x0[4, 2] = math.nan, math.inf
+    for fake_quant, mode in ((1, None), (0, None), (1, Passthrough)):
         torch_state, our_state = fresh_state(False), fresh_state(False)
         flags = torch.tensor([1]), torch.tensor([fake_quant])
-        dy = torch.randn(8, 5, generator=torch.Generator().manual_seed(fake_quant))
-        xa, xb = (x0.t().clone().requires_grad_() for _ in range(2))
-        ya = torch.fused_moving_avg_obs_fake_quant(xa, *flags, *torch_state, 0.1, 0, 255, 0, False, False)
+        dy = torch.randn(5, 8, generator=torch.Generator().manual_seed(fake_quant))
+        xa, xb = (x0.clone().requires_grad_() for _ in range(2))
+        ya = torch.fused_moving_avg_obs_fake_quant(xa[:, ::2], *flags, *torch_state, 0.1, 0, 255, 0, False, False)
         ya.backward(dy)
-        with qkernels.use_backend(backend):
-            yb = qkernels.fused_moving_avg_obs_fake_quant(xb.t().t(), *flags, *our_state, 0.1, 0, 255, 0, False,
+        with qkernels.use_backend(backend), (mode() if mode else contextlib.nullcontext()):
+            yb = qkernels.fused_moving_avg_obs_fake_quant(xb[:, ::2], *flags, *our_state, 0.1, 0, 255, 0, False,
                                                           False)
             yb.backward(dy)
+        what = f"fake_quant={fake_quant}, mode={mode}"
         for name, a, b in zip(("y", "dx", "running_min", "running_max", "scale", "zero_point"),
                               [yb.detach(), xb.grad] + our_state, [ya.detach(), xa.grad] + torch_state):
-            assert_bitwise_equal(a, b, what=f"fake_quant={fake_quant}: {name}")
+            assert_bitwise_equal(a, b, what=f"{what}: {name}")
     on = torch.tensor([1]), torch.tensor([1])
     with pytest.raises(RuntimeError, match="zero_point` must be between"):
         torch.fused_moving_avg_obs_fake_quant(x0, *on, *fresh_state(True), 0.1, 0, 255, 0, True, False)

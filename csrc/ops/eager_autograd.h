@@ -85,8 +85,8 @@ using PerChannelKernel = void (*)(const at::Tensor& x, at::Tensor& out, const st
                                   const at::Tensor& scale, const at::Tensor& zero_point, int64_t inner,
                                   int64_t quant_min, int64_t quant_max, int64_t flavour, bool use_fma);
 
-// As qkernels/ops.py's _launch_args: out (and a bool mask) in x's layout when x is dense, else contiguous as
-// empty_like makes them; the mask only when a gradient needs it (bit-packed on request); x in out's layout.
+// As qkernels/ops.py's _launch_args: out (and a bool mask) in x's layout when x is dense, else in the layout
+// empty_like picks (contiguous or channels-last); the mask only when a gradient needs it (bit-packed on request); x in out's layout.
 struct EagerLaunch {
   at::Tensor x, out, mask;
   std::optional<at::Tensor> kernel_mask() const {
