@@ -30,17 +30,7 @@ import torch
 import qkernels
 from qkernels.reference import fake_quant as ref
 
-from common import (
-    bench_ms,
-    measure_copy_gbps,
-    parse_common_args,
-    report,
-    result_rows,
-    runner,
-    start_run,
-    warn_if_differs,
-    write_csv,
-)
+from common import bench_ms, parse_common_args, provider_function, runner, sweep, use_provider, warn_if_differs
 
 QMIN, QMAX, SCALE, ZERO_POINT, CHANNELS = -128, 127, 0.02, 3, 256
 
@@ -67,42 +57,29 @@ def bytes_per_elem(provider: str, mode: str, b: int) -> int:
     return 2 * b + 1 if provider == "aten" else 2 * b
 
 
+def time_mode(case, op, mode, dtype, providers, kernels):
+    x, (aten, ours, spec) = case
+    timed = {}
+    for provider in providers:
+        f = provider_function(provider, aten, ours, spec if mode == "fwd" else aten)
+        with use_provider(provider, kernels):
+            timed[provider] = bench_ms(runner(f, x, mode), x.device)
+    return timed, {p: bytes_per_elem(p, mode, x.element_size()) for p in timed}, {}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ops", nargs="+", choices=("per_tensor", "per_channel"), default=["per_tensor", "per_channel"])
     args, device, sizes = parse_common_args(p)
     if "per_channel" in args.ops and any(n % CHANNELS for n in sizes):
         p.error(f"per_channel needs sizes divisible by {CHANNELS}")
-    out, meta, kernels, providers = start_run(args, device)
 
-    rows, copy_gbps, csv_path = [], {}, out / f"fake_quant_{device.type}.csv"
-    for op in args.ops:
-        for dtype_name in args.dtypes:
-            dtype = getattr(torch, dtype_name)
-            b = torch.empty((), dtype=dtype).element_size()
-            for numel in sizes:
-                x, (aten, ours, spec) = make_case(op, numel, dtype, device)
-                if (dtype, numel) not in copy_gbps:
-                    copy_gbps[dtype, numel] = measure_copy_gbps(x, device)
-                warn_if_differs(kernels, lambda: ours(x), aten(x), f"{op} {dtype_name} n={numel}")
-                for mode in args.modes:
-                    timed = {}
-                    for provider in providers:
-                        if provider == "compile":
-                            torch._dynamo.reset()  # fresh static graphs for every shape, no recompile limit
-                            f = torch.compile(spec if mode == "fwd" else aten, dynamic=False)
-                        else:
-                            f = aten if provider == "aten" else ours
-                        with qkernels.use_backend(provider if provider in kernels else "auto"):
-                            timed[provider] = bench_ms(runner(f, x, mode), device)
-                    bpe = {provider: bytes_per_elem(provider, mode, b) for provider in timed}
-                    rows += result_rows(meta, dict(op=op, mode=mode, dtype=dtype_name), timed, bpe, numel,
-                                        copy_gbps[dtype, numel])
-                del x
-            report(rows, meta, out, "fake_quant", op, dtype_name, args.modes, providers,
-                   {n: copy_gbps[dtype, n] for n in sizes}, device.type)
-            write_csv(csv_path, rows)  # rewritten after each (op, dtype): partial runs keep their data
-    print(f"\nwrote {csv_path}")
+    def checked_case(op, numel, dtype, kernels):
+        x, (aten, ours, spec) = case = make_case(op, numel, dtype, device)
+        warn_if_differs(kernels, lambda: ours(x), aten(x), f"{op} {dtype} n={numel}")
+        return case
+
+    sweep(args, device, sizes, "fake_quant", checked_case, time_mode)
 
 
 if __name__ == "__main__":

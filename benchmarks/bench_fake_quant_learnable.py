@@ -22,17 +22,7 @@ import torch
 import qkernels
 from qkernels.reference import fake_quant_learnable as lref
 
-from common import (
-    FIELDS,
-    bench_ms,
-    measure_copy_gbps,
-    parse_common_args,
-    report,
-    result_rows,
-    start_run,
-    warn_if_differs,
-    write_csv,
-)
+from common import FIELDS, bench_ms, parse_common_args, provider_function, sweep, use_provider, warn_if_differs
 
 QMIN, QMAX, CHANNELS, ROW, GROUP = -128, 127, 256, 1024, 128
 OPS = ("per_tensor", "per_channel", "per_group")
@@ -93,52 +83,39 @@ def peak_mb(step, device: torch.device):
     return round((torch.cuda.max_memory_allocated() - base) / 2**20, 2)
 
 
+def time_mode(case, op, mode, dtype, providers, kernels):
+    """Medians per provider; fwdbwd on CUDA also the peak memory of one step (extra CSV field peak_mb)."""
+    x, s, z, (aten, ours, spec) = case
+    timed, extra = {}, {}
+    for provider in providers:
+        f = provider_function(provider, aten, ours, spec if mode == "fwd" else aten)
+        with use_provider(provider, kernels):
+            step = runner(f, x, s, z, mode)
+            timed[provider] = bench_ms(step, x.device)
+            extra[provider] = {"peak_mb": peak_mb(step, x.device) if mode == "fwdbwd" else None}
+        del step
+    return timed, {p: (2 if mode == "fwd" else 5) * x.element_size() for p in timed}, extra
+
+
+def print_peaks(rows, op, dtype_name):
+    if any(r["peak_mb"] is not None for r in rows):
+        print("peak MB: " + ", ".join(f"{r['provider']}@{r['numel']}={r['peak_mb']}" for r in rows
+                                      if (r["op"], r["mode"], r["dtype"]) == (op, "fwdbwd", dtype_name)))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
     args, device, sizes = parse_common_args(p)
     if any(n % (CHANNELS * ROW) for n in sizes):
         p.error(f"sizes must be multiples of {CHANNELS * ROW}")
-    out, meta, kernels, providers = start_run(args, device)
 
-    rows, copy_gbps, csv_path = [], {}, out / f"fake_quant_learnable_{device.type}.csv"
-    for op in args.ops:
-        for dtype_name in args.dtypes:
-            dtype = getattr(torch, dtype_name)
-            b = torch.empty((), dtype=dtype).element_size()
-            for numel in sizes:
-                x, s, z, (aten, ours, spec) = make_case(op, numel, dtype, device)
-                if (dtype, numel) not in copy_gbps:
-                    copy_gbps[dtype, numel] = measure_copy_gbps(x, device)
-                warn_if_differs(kernels, lambda: ours(x, s, z), aten(x, s, z), f"{op} {dtype_name} n={numel}")
-                for mode in args.modes:
-                    timed, peaks = {}, {}
-                    for provider in providers:
-                        if provider == "compile":
-                            torch._dynamo.reset()  # fresh static graphs for every shape, no recompile limit
-                            f = torch.compile(spec if mode == "fwd" else aten, dynamic=False)
-                        else:
-                            f = aten if provider == "aten" else ours
-                        with qkernels.use_backend(provider if provider in kernels else "auto"):
-                            step = runner(f, x, s, z, mode)
-                            timed[provider] = bench_ms(step, device)
-                            if mode == "fwdbwd":
-                                peaks[provider] = peak_mb(step, device)
-                        del step
-                    bpe = {provider: (2 if mode == "fwd" else 5) * b for provider in timed}
-                    new = result_rows(meta, dict(op=op, mode=mode, dtype=dtype_name), timed, bpe, numel,
-                                      copy_gbps[dtype, numel])
-                    for row in new:
-                        row["peak_mb"] = peaks.get(row["provider"])
-                    rows += new
-                del x
-            report(rows, meta, out, "fake_quant_learnable", op, dtype_name, args.modes, providers,
-                   {n: copy_gbps[dtype, n] for n in sizes}, device.type)
-            if "fwdbwd" in args.modes and device.type == "cuda":
-                print("peak MB: " + ", ".join(f"{r['provider']}@{r['numel']}={r['peak_mb']}" for r in rows
-                                              if (r["op"], r["mode"], r["dtype"]) == (op, "fwdbwd", dtype_name)))
-            write_csv(csv_path, rows, FIELDS + ("peak_mb",))  # rewritten after each (op, dtype)
-    print(f"\nwrote {csv_path}")
+    def checked_case(op, numel, dtype, kernels):
+        x, s, z, (aten, ours, spec) = case = make_case(op, numel, dtype, device)
+        warn_if_differs(kernels, lambda: ours(x, s, z), aten(x, s, z), f"{op} {dtype} n={numel}")
+        return case
+
+    sweep(args, device, sizes, "fake_quant_learnable", checked_case, time_mode, FIELDS + ("peak_mb",), print_peaks)
 
 
 if __name__ == "__main__":

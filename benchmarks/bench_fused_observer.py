@@ -24,16 +24,7 @@ import torch
 import qkernels
 from qkernels.reference import fused_observer as ref
 
-from common import (
-    bench_ms,
-    measure_copy_gbps,
-    parse_common_args,
-    report,
-    result_rows,
-    runner,
-    start_run,
-    write_csv,
-)
+from common import bench_ms, parse_common_args, provider_function, runner, sweep, use_provider
 
 QMIN, QMAX, CHANNELS, AVERAGING = 0, 255, 256, 0.01
 OPS = ("per_tensor", "per_channel", "per_channel_inner")
@@ -67,49 +58,34 @@ def make_case(op: str, numel: int, dtype: torch.dtype, device: torch.device):
     return x, bind
 
 
+def time_mode(case, op, mode, dtype, providers, kernels):
+    """Medians per provider; aten and the compiled aten op take float32 only: for other dtypes aten is timed on
+    the float32 input (the speedups are against it) and the compiled aten op is left out."""
+    x, bind = case
+    timed = {}
+    for provider in providers:
+        aten_based = provider == "aten" or (provider == "compile" and mode == "fwdbwd")
+        if aten_based and dtype != torch.float32:
+            continue
+        spec = ref.fused_moving_avg_obs_fake_quant if mode == "fwd" else torch.fused_moving_avg_obs_fake_quant
+        f = provider_function(provider, bind(torch.fused_moving_avg_obs_fake_quant),
+                              bind(qkernels.fused_moving_avg_obs_fake_quant), bind(spec))
+        with use_provider(provider, kernels):
+            timed[provider] = bench_ms(runner(f, x, mode), x.device)
+    if "aten" not in timed:
+        timed = {"aten": bench_ms(runner(bind(torch.fused_moving_avg_obs_fake_quant), x.float(), mode), x.device),
+                 **timed}
+    return timed, {p: (3 if mode == "fwd" else 5) * x.element_size() for p in timed}, {}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
     args, device, sizes = parse_common_args(p)
     if any(n % CHANNELS for n in sizes):
         p.error(f"sizes must be multiples of {CHANNELS}")
-    out, meta, kernels, providers = start_run(args, device)
-    rows, copy_gbps, csv_path = [], {}, out / f"fused_observer_{device.type}.csv"
-    for op in args.ops:
-        for dtype_name in args.dtypes:
-            dtype = getattr(torch, dtype_name)
-            b = torch.empty((), dtype=dtype).element_size()
-            for numel in sizes:
-                x, bind = make_case(op, numel, dtype, device)
-                if (dtype, numel) not in copy_gbps:
-                    copy_gbps[dtype, numel] = measure_copy_gbps(x, device)
-                for mode in args.modes:
-                    timed = {}
-                    for provider in providers:
-                        aten_based = provider == "aten" or (provider == "compile" and mode == "fwdbwd")
-                        if aten_based and dtype != torch.float32:
-                            continue  # torch's op takes float32 only
-                        if provider == "compile":
-                            torch._dynamo.reset()
-                            spec = ref.fused_moving_avg_obs_fake_quant if mode == "fwd" else (
-                                torch.fused_moving_avg_obs_fake_quant)
-                            f = torch.compile(bind(spec), dynamic=False)
-                        else:
-                            f = bind(torch.fused_moving_avg_obs_fake_quant if provider == "aten"
-                                     else qkernels.fused_moving_avg_obs_fake_quant)
-                        with qkernels.use_backend(provider if provider in kernels else "auto"):
-                            timed[provider] = bench_ms(runner(f, x, mode), device)
-                    if "aten" not in timed:  # speedups are against aten: time aten on the float32 input
-                        f = bind(torch.fused_moving_avg_obs_fake_quant)
-                        timed = {"aten": bench_ms(runner(f, x.float(), mode), device), **timed}
-                    bpe = {provider: (3 if mode == "fwd" else 5) * b for provider in timed}
-                    rows += result_rows(meta, dict(op=op, mode=mode, dtype=dtype_name), timed, bpe, numel,
-                                        copy_gbps[dtype, numel])
-                del x
-            report(rows, meta, out, "fused_observer", op, dtype_name, args.modes, providers,
-                   {n: copy_gbps[dtype, n] for n in sizes}, device.type)
-            write_csv(csv_path, rows)
-    print(f"\nwrote {csv_path}")
+    sweep(args, device, sizes, "fused_observer", lambda op, numel, dtype, kernels: make_case(op, numel, dtype, device),
+          time_mode)
 
 
 if __name__ == "__main__":

@@ -204,6 +204,56 @@ def report(rows, meta, out: Path, stem: str, op: str, dtype_name: str, modes, pr
         plot(sel, copy_by_size, shown, title, out / f"{stem}_{op}_{mode}_{dtype_name}_{device_type}.png")
 
 
+def provider_function(provider: str, aten, ours, compile_target):
+    """The function a provider times: aten's, qkernels' (on the backend ``use_provider`` sets), or torch.compile
+    of ``compile_target`` (after a reset: fresh static graphs for every shape, no recompile limit)."""
+    if provider == "compile":
+        torch._dynamo.reset()
+        return torch.compile(compile_target, dynamic=False)
+    return aten if provider == "aten" else ours
+
+
+def use_provider(provider: str, kernels):
+    """The qkernels backend block a provider runs in: its own for a kernel backend, else auto."""
+    import qkernels
+
+    return qkernels.use_backend(provider if provider in kernels else "auto")
+
+
+def sweep(args, device: torch.device, sizes, stem: str, make_case, time_mode, fields=FIELDS, after_dtype=None):
+    """The loop every throughput benchmark runs: for each op, dtype and size a case, the copy bandwidth of its
+    input, then each mode's timings as CSV rows; a table and plots per (op, dtype), and the CSV rewritten after
+    each (op, dtype), so that a partial run keeps its data.
+
+    ``make_case(op, numel, dtype, kernels)`` returns the case, a tuple whose first element is the input x;
+    ``time_mode(case, op, mode, dtype, providers, kernels)`` returns (provider -> median ms, provider -> bytes per
+    element, provider -> extra CSV fields); ``after_dtype(rows, op, dtype_name)`` may print more.
+    """
+    out, meta, kernels, providers = start_run(args, device)
+    rows, copy_gbps, csv_path = [], {}, out / f"{stem}_{device.type}.csv"
+    for op in args.ops:
+        for dtype_name in args.dtypes:
+            dtype = getattr(torch, dtype_name)
+            for numel in sizes:
+                case = make_case(op, numel, dtype, kernels)
+                if (dtype, numel) not in copy_gbps:
+                    copy_gbps[dtype, numel] = measure_copy_gbps(case[0], device)
+                for mode in args.modes:
+                    timed, bpe, extra = time_mode(case, op, mode, dtype, providers, kernels)
+                    new = result_rows(meta, dict(op=op, mode=mode, dtype=dtype_name), timed, bpe, numel,
+                                      copy_gbps[dtype, numel])
+                    for row in new:
+                        row.update(extra.get(row["provider"], {}))
+                    rows += new
+                del case
+            report(rows, meta, out, stem, op, dtype_name, args.modes, providers,
+                   {n: copy_gbps[dtype, n] for n in sizes}, device.type)
+            if after_dtype is not None:
+                after_dtype(rows, op, dtype_name)
+            write_csv(csv_path, rows, fields)
+    print(f"\nwrote {csv_path}")
+
+
 def write_csv(path: Path, rows, fields=FIELDS):
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
