@@ -23,28 +23,19 @@ FLAVOURS = {"cpu": 0, "cuda": 1}
 _ops: dict = {}
 
 
-def _op(name: str, device: torch.device):
-    key = (name, device.type)
-    if key not in _ops:
-        _ops[key] = getattr(torch.ops.qkernels, f"_{name}_{'cuda' if device.type == 'cuda' else 'cpu'}")
-    return _ops[key]
-
-
-def _eager_op(name: str, x: torch.Tensor):
-    """_op for the eager forwards, keyed on x.is_cuda: building x.device costs more than the rest of the lookup
-    (the backend choice has already matched x's device to cpu or cuda)."""
-    op = _eager_ops.get((name, x.is_cuda))
+def _op(name: str, x: torch.Tensor):
+    """The private op ``qkernels::_<name>_{cpu,cuda}`` for x's device, cached on x.is_cuda (building x.device
+    costs more than the rest of the lookup; the backend choice has already matched x's device to cpu or cuda)."""
+    key = (name, x.is_cuda)
+    op = _ops.get(key)
     if op is None:
-        op = _eager_ops[(name, x.is_cuda)] = _op(name, x.device)
+        op = _ops[key] = getattr(torch.ops.qkernels, f"_{name}_{'cuda' if x.is_cuda else 'cpu'}")
     return op
-
-
-_eager_ops: dict = {}
 
 
 def per_tensor(x, out, mask, scale, zero_point, enabled, quant_min, quant_max, flavour):
     tensors = isinstance(scale, torch.Tensor)
-    _op("fake_quant_per_tensor", x.device)(
+    _op("fake_quant_per_tensor", x)(
         x,
         out,
         mask,
@@ -60,29 +51,29 @@ def per_tensor(x, out, mask, scale, zero_point, enabled, quant_min, quant_max, f
 
 
 def per_channel(x, out, mask, scale, zero_point, axis, inner, quant_min, quant_max, flavour, use_fma):
-    _op("fake_quant_per_channel", x.device)(
+    _op("fake_quant_per_channel", x)(
         x, out, mask, scale, zero_point, inner, quant_min, quant_max, FLAVOURS[flavour], use_fma
     )
 
 
 def backward(grad, mask, out):
-    _op("fake_quant_backward", grad.device)(grad, mask, out)
+    _op("fake_quant_backward", grad)(grad, mask, out)
 
 
 # The public functions' eager forward in one C++ call (arguments checked in Python; qkernels/ops.py, `_call`):
 # allocation, the launch and, when requires_grad, the C++ straight-through node. Same arguments as the runs.
 def per_tensor_eager(x, scale, zero_point, quant_min, quant_max, requires_grad, pack_mask):
-    return _eager_op("fake_quant_per_tensor_eager", x)(
+    return _op("fake_quant_per_tensor_eager", x)(
         x, scale, zero_point, None, None, None, quant_min, quant_max, requires_grad, pack_mask)
 
 
 def per_tensor_tensor_eager(x, scale, zero_point, enabled, quant_min, quant_max, requires_grad, pack_mask):
-    return _eager_op("fake_quant_per_tensor_eager", x)(
+    return _op("fake_quant_per_tensor_eager", x)(
         x, 0.0, 0, scale, zero_point, enabled, quant_min, quant_max, requires_grad, pack_mask)
 
 
 def per_channel_eager(x, scale, zero_point, axis, quant_min, quant_max, requires_grad, pack_mask):
-    return _eager_op("fake_quant_per_channel_eager", x)(
+    return _op("fake_quant_per_channel_eager", x)(
         x, scale, zero_point, axis, quant_min, quant_max, uses_fma("cuda" if x.is_cuda else "cpu", zero_point.dtype),
         requires_grad, pack_mask)
 
@@ -91,20 +82,20 @@ def learnable_forward_attach(x, scale, zero_point, out, xk, s, z, dims, quant_mi
                              use_fma, per_tensor, ds_dtype, dz_dtype):
     """learnable_forward (out from xk, s, z on qkernels/learnable.py's layout) and a C++ autograd node from x,
     scale and zero_point that runs learnable_backward, in one call; returns out."""
-    return _eager_op("fake_quant_learnable_forward_attach", x)(
+    return _op("fake_quant_learnable_forward_attach", x)(
         x, scale, zero_point, out, xk, s, z, *dims, quant_min, quant_max, grad_factor, rule, use_fma, per_tensor,
         ds_dtype, dz_dtype,
     )
 
 
 def learnable_forward(x, out, scale, zero_point, dims, quant_min, quant_max, flavour, per_tensor):
-    _op("fake_quant_learnable_forward", x.device)(x, out, scale, zero_point, *dims, quant_min, quant_max,
+    _op("fake_quant_learnable_forward", x)(x, out, scale, zero_point, *dims, quant_min, quant_max,
                                                   FLAVOURS[flavour], per_tensor)
 
 
 def learnable_backward(dy, x, dx, scale, zero_point, dims, quant_min, quant_max, grad_factor, flavour, rule,
                        use_fma, need_qgrads, ds_dtype, dz_dtype):
-    grads = _op("fake_quant_learnable_backward", x.device)(
+    grads = _op("fake_quant_learnable_backward", x)(
         dy, x, dx, scale, zero_point, *dims, quant_min, quant_max, grad_factor, FLAVOURS[flavour], rule, use_fma,
         need_qgrads, ds_dtype, dz_dtype,
     )
@@ -114,7 +105,7 @@ def learnable_backward(dy, x, dx, scale, zero_point, dims, quant_min, quant_max,
 def fused_observer_update(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
                           averaging_const, quant_min, quant_max, ch_axis, inner, symmetric, mode, eps,
                           symmetric_zero_point, flavour):
-    _op("fused_observer_update", x.device)(
+    _op("fused_observer_update", x)(
         x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const, quant_min,
         quant_max, inner, symmetric, mode, eps, symmetric_zero_point, FLAVOURS[flavour],
     )
@@ -126,7 +117,7 @@ def fused_observer_per_tensor_eager(x, observer_on, fake_quant_on, running_min, 
     """The fused observer op per tensor in one C++ call (qkernels/fused_observer.py): fused_observer_update, then
     the per-tensor fake quantization with the new qparams and fake_quant_on, with the straight-through node when
     requires_grad."""
-    return _eager_op("fused_observer_per_tensor_eager", x)(
+    return _op("fused_observer_per_tensor_eager", x)(
         x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const, quant_min,
         quant_max, symmetric, mode, eps, symmetric_zero_point, requires_grad, pack_mask,
     )

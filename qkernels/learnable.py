@@ -155,17 +155,12 @@ def _flavour(x: Tensor) -> str:
 # ----------------------------------------------------------------------------------------------------------
 def _forward_impl(self, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor=1.0,
                   zero_point_rounding="torch"):
-    return _forward_run(self, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor,
-                        zero_point_rounding)[0]
-
-
-def _forward_run(self, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor, zero_point_rounding):
-    """The checked forward: (out, x in the kernels' layout, dims, flat float32 scale, zero point)."""
     _check(self, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor, zero_point_rounding)
-    return _forward_launch(self, scale, zero_point, axis, group_size, quant_min, quant_max)
+    return _forward_launch(self, scale, zero_point, axis, group_size, quant_min, quant_max)[0]
 
 
 def _forward_launch(self, scale, zero_point, axis, group_size, quant_min, quant_max):
+    """The forward on checked arguments: (out, x in the kernels' layout, dims, flat float32 scale, zero point)."""
     x, out, dims = _layout(self, axis, group_size)
     s, z = _flat_qparams(scale, zero_point)
     if x.numel():

@@ -41,6 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..reference.fake_quant_learnable import reduce_partials
 from .fake_quant import _clamp_nan_low, _flat, _round_half_even
 
 __all__ = ["learnable_forward", "learnable_backward"]
@@ -304,27 +305,20 @@ def learnable_forward(x, out, scale, zero_point, dims, quant_min, quant_max, fla
             FORWARD=True, FLOAT_LEVEL=bool(per_tensor), RULE=_TORCH, USE_FMA=False, NEED_Q=False)
 
 
-def _reduce_partials(partials, ds_dtype, dz_dtype):
-    """(dscale, dzero_point): the partials [2, B, P, C] summed over P in float64, rounded once to each dtype
-    (the rule of qkernels.reference.fake_quant_learnable.reduce_partials), 1-D, storages of their own."""
-    sums = partials.sum(2, dtype=torch.float64)
-    return sums[0].reshape(-1).to(ds_dtype, copy=True), sums[1].reshape(-1).to(dz_dtype, copy=True)
-
-
 def learnable_backward(dy, x, dx, scale, zero_point, dims, quant_min, quant_max, grad_factor, flavour, rule,
                        use_fma, need_qgrads, ds_dtype, dz_dtype):
     """Writes dx = dy * inside (dy, x, dx: one dtype and dense layout) and, if need_qgrads, returns
     (dscale, dzero_point) per quantizer in ds_dtype / dz_dtype, reduced from float32 partials [2, B, P, C]
-    (P >= 1 depends only on dims) by ``_reduce_partials``; otherwise None. rule: 0 TorchPerTensor, 1 Torch,
+    (P >= 1 depends only on dims) by ``reduce_partials``; otherwise None. rule: 0 TorchPerTensor, 1 Torch,
     2 Consistent. flavour is ignored, as in learnable_forward."""
     B, _, C, _ = dims
     if x.numel() == 0:
         partials = torch.zeros((2, B, 1, C), dtype=torch.float32, device=x.device)
-        return _reduce_partials(partials, ds_dtype, dz_dtype) if need_qgrads else None
+        return reduce_partials(partials, ds_dtype, dz_dtype) if need_qgrads else None
     plan = _plan(dims)
     partials = torch.empty((2, B, plan[4], C), dtype=torch.float32, device=x.device) if need_qgrads else None
     ds, dz = (partials[0], partials[1]) if need_qgrads else (None, None)
     _launch(plan, x, dy, dx, scale, zero_point, ds, dz, quant_min, quant_max, grad_factor,
             FORWARD=False, FLOAT_LEVEL=rule == _CONSISTENT, RULE=int(rule), USE_FMA=bool(use_fma),
             NEED_Q=bool(need_qgrads))
-    return _reduce_partials(partials, ds_dtype, dz_dtype) if need_qgrads else None
+    return reduce_partials(partials, ds_dtype, dz_dtype) if need_qgrads else None

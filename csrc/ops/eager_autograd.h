@@ -86,7 +86,8 @@ using PerChannelKernel = void (*)(const at::Tensor& x, at::Tensor& out, const st
                                   int64_t quant_min, int64_t quant_max, int64_t flavour, bool use_fma);
 
 // As qkernels/ops.py's _launch_args: out (and a bool mask) in x's layout when x is dense, else in the layout
-// empty_like picks (contiguous or channels-last); the mask only when a gradient needs it (bit-packed on request); x in out's layout.
+// empty_like picks (contiguous or channels-last); the mask only when a gradient needs it (bit-packed on
+// request); x in out's layout.
 struct EagerLaunch {
   at::Tensor x, out, mask;
   std::optional<at::Tensor> kernel_mask() const {
@@ -123,6 +124,18 @@ inline std::optional<at::Tensor> int32_qparam(const std::optional<at::Tensor>& t
   return (t->is_floating_point() ? t->trunc() : *t).to(at::kInt);
 }
 
+// The per-tensor kernel on a prepared launch (under no-grad): one-element tensor qparams, when given, are converted
+// as the kernels read them.
+template <PerTensorKernel kForward>
+void per_tensor_launch(EagerLaunch& l, double scale, int64_t zero_point, const std::optional<at::Tensor>& scale_t,
+                       const std::optional<at::Tensor>& zero_point_t, const std::optional<at::Tensor>& enabled_t,
+                       int64_t quant_min, int64_t quant_max) {
+  if (l.x.numel() == 0) return;
+  const std::optional<at::Tensor> s = scale_t ? std::optional<at::Tensor>(scale_t->to(at::kFloat)) : std::nullopt;
+  kForward(l.x, l.out, l.kernel_mask(), scale, zero_point, s, int32_qparam(zero_point_t), int32_qparam(enabled_t),
+           quant_min, quant_max, flavour_of(l.x));
+}
+
 // The whole eager forward of the public functions (qkernels/ops.py, `_call`) on arguments Python has checked:
 // allocation, the launch and the autograd node, in one call from Python. requires_grad: write the mask and
 // attach the node (dx = dy * mask).
@@ -135,12 +148,7 @@ at::Tensor per_tensor_eager(const at::Tensor& x, double scale, int64_t zero_poin
   {
     const at::NoGradGuard no_grad;  // the kernels' inputs carry no history; the node connects out to x
     l = eager_launch(x, requires_grad, pack_mask);
-    if (x.numel() > 0) {
-      const std::optional<at::Tensor> s =
-          scale_t ? std::optional<at::Tensor>(scale_t->to(at::kFloat)) : std::nullopt;
-      kForward(l.x, l.out, l.kernel_mask(), scale, zero_point, s, int32_qparam(zero_point_t),
-               int32_qparam(enabled_t), quant_min, quant_max, flavour_of(x));
-    }
+    per_tensor_launch<kForward>(l, scale, zero_point, scale_t, zero_point_t, enabled_t, quant_min, quant_max);
   }
   return eager_result<kBackward>(x, l);
 }
@@ -231,9 +239,9 @@ using ObserverKernel = void (*)(const at::Tensor& x, const at::Tensor& observer_
                                 int64_t flavour);
 
 // The fused observer op per tensor (qkernels/fused_observer.py) on checked arguments: the observer and qparam
-// step in place (x read in its storage order, a contiguous copy if x is not dense), then per_tensor_eager with
-// the new qparams and the fake_quant_on flag. The new qparams are not value-checked, as torch's op does not
-// check them (a NaN input gives a NaN scale and NaN outputs).
+// step in place on x in the outputs' dense layout (the one copy of a non-dense x serves both steps), then the
+// per-tensor fake quantization with the new qparams and the fake_quant_on flag, and the node. The new qparams are
+// not value-checked, as torch's op does not check them (a NaN input gives a NaN scale and NaN outputs).
 template <ObserverKernel kObserver, PerTensorKernel kForward, BackwardKernel kBackward>
 at::Tensor fused_observer_per_tensor_eager(const at::Tensor& x, const at::Tensor& observer_on,
                                            const at::Tensor& fake_quant_on, at::Tensor& running_min,
@@ -241,14 +249,15 @@ at::Tensor fused_observer_per_tensor_eager(const at::Tensor& x, const at::Tensor
                                            double averaging_const, int64_t quant_min, int64_t quant_max,
                                            bool symmetric, int64_t mode, double eps, int64_t symmetric_zero_point,
                                            bool requires_grad, bool pack_mask) {
+  EagerLaunch l;
   {
     const at::NoGradGuard no_grad;
-    const at::Tensor xd = x.is_non_overlapping_and_dense() ? x : x.contiguous();
-    kObserver(xd, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const,
-              quant_min, quant_max, xd.numel(), symmetric, mode, eps, symmetric_zero_point, flavour_of(x));
+    l = eager_launch(x, requires_grad, pack_mask);
+    kObserver(l.x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const,
+              quant_min, quant_max, l.x.numel(), symmetric, mode, eps, symmetric_zero_point, flavour_of(x));
+    per_tensor_launch<kForward>(l, 0.0, 0, scale, zero_point, fake_quant_on, quant_min, quant_max);
   }
-  return per_tensor_eager<kForward, kBackward>(x, 0.0, 0, scale, zero_point, fake_quant_on, quant_min, quant_max,
-                                               requires_grad, pack_mask);
+  return eager_result<kBackward>(x, l);
 }
 
 // The device's learnable forward launcher (the private op _fake_quant_learnable_forward_<device>).
@@ -295,11 +304,28 @@ at::Tensor learnable_forward_attach(const at::Tensor& x, const at::Tensor& scale
         "int C, int I, int quant_min, int quant_max, float grad_factor, int rule, bool use_fma, bool per_tensor, "  \
         "ScalarType ds_dtype, ScalarType dz_dtype) -> Tensor(a!)")
 
-#define QKERNELS_EAGER_AUTOGRAD_IMPLS(m, suffix, per_tensor, per_channel, backward, learnable_forward,        \
-                                     learnable_backward, observer)                                           \
-  m.impl("_fused_observer_per_tensor_eager_" suffix,                                                         \
-         &glue::fused_observer_per_tensor_eager<&observer, &per_tensor, &backward>);                         \
-  m.impl("_fake_quant_per_tensor_eager_" suffix, &glue::per_tensor_eager<&per_tensor, &backward>);        \
-  m.impl("_fake_quant_per_channel_eager_" suffix, &glue::per_channel_eager<&per_channel, &backward>);     \
-  m.impl("_fake_quant_learnable_forward_attach_" suffix,                                                    \
-         &glue::learnable_forward_attach<&learnable_forward, &learnable_backward>)
+// Every op of one device (dev: cpu or cuda; Key: its dispatch key), from the glue functions named <op>_<dev>:
+// the private launcher ops on the device's key, the eager forwards as CompositeImplicitAutograd.
+#define QKERNELS_REGISTER_DEVICE(dev, Key)                                                                  \
+  TORCH_LIBRARY_FRAGMENT(qkernels, m) {                                                                      \
+    QKERNELS_FAKE_QUANT_SCHEMAS(m, #dev);                                                                    \
+    QKERNELS_EAGER_AUTOGRAD_SCHEMAS(m, #dev);                                                                \
+  }                                                                                                          \
+  TORCH_LIBRARY_IMPL(qkernels, CompositeImplicitAutograd, m) {                                               \
+    m.impl("_fake_quant_per_tensor_eager_" #dev, &glue::per_tensor_eager<&per_tensor_##dev, &backward_##dev>); \
+    m.impl("_fake_quant_per_channel_eager_" #dev,                                                            \
+           &glue::per_channel_eager<&per_channel_##dev, &backward_##dev>);                                   \
+    m.impl("_fused_observer_per_tensor_eager_" #dev,                                                         \
+           &glue::fused_observer_per_tensor_eager<&fused_observer_update_##dev, &per_tensor_##dev,           \
+                                                  &backward_##dev>);                                         \
+    m.impl("_fake_quant_learnable_forward_attach_" #dev,                                                     \
+           &glue::learnable_forward_attach<&learnable_forward_##dev, &learnable_backward_##dev>);            \
+  }                                                                                                          \
+  TORCH_LIBRARY_IMPL(qkernels, Key, m) {                                                                     \
+    m.impl("_fake_quant_per_tensor_" #dev, &per_tensor_##dev);                                               \
+    m.impl("_fake_quant_per_channel_" #dev, &per_channel_##dev);                                             \
+    m.impl("_fake_quant_backward_" #dev, &backward_##dev);                                                   \
+    m.impl("_fake_quant_learnable_forward_" #dev, &learnable_forward_##dev);                                 \
+    m.impl("_fake_quant_learnable_backward_" #dev, &learnable_backward_##dev);                               \
+    m.impl("_fused_observer_update_" #dev, &fused_observer_update_##dev);                                    \
+  }

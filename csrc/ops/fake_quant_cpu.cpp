@@ -152,23 +152,6 @@ void fused_observer_update_cpu(const at::Tensor& x, const at::Tensor& observer_o
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(qkernels, m) {
-  QKERNELS_FAKE_QUANT_SCHEMAS(m, "cpu");
-  QKERNELS_EAGER_AUTOGRAD_SCHEMAS(m, "cpu");
-}
-
-TORCH_LIBRARY_IMPL(qkernels, CompositeImplicitAutograd, m) {
-  QKERNELS_EAGER_AUTOGRAD_IMPLS(m, "cpu", per_tensor_cpu, per_channel_cpu, backward_cpu,
-                               learnable_forward_cpu, learnable_backward_cpu, fused_observer_update_cpu);
-}
-
-TORCH_LIBRARY_IMPL(qkernels, CPU, m) {
-  m.impl("_fake_quant_per_tensor_cpu", &per_tensor_cpu);
-  m.impl("_fake_quant_per_channel_cpu", &per_channel_cpu);
-  m.impl("_fake_quant_backward_cpu", &backward_cpu);
-  m.impl("_fake_quant_learnable_forward_cpu", &learnable_forward_cpu);
-  m.impl("_fake_quant_learnable_backward_cpu", &learnable_backward_cpu);
-  m.impl("_fused_observer_update_cpu", &fused_observer_update_cpu);
-}
+QKERNELS_REGISTER_DEVICE(cpu, CPU)
 
 }  // namespace qkernels

@@ -94,23 +94,6 @@ void fused_observer_update_cuda(const at::Tensor& x, const at::Tensor& observer_
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(qkernels, m) {
-  QKERNELS_FAKE_QUANT_SCHEMAS(m, "cuda");
-  QKERNELS_EAGER_AUTOGRAD_SCHEMAS(m, "cuda");
-}
-
-TORCH_LIBRARY_IMPL(qkernels, CompositeImplicitAutograd, m) {
-  QKERNELS_EAGER_AUTOGRAD_IMPLS(m, "cuda", per_tensor_cuda, per_channel_cuda, backward_cuda,
-                               learnable_forward_cuda, learnable_backward_cuda, fused_observer_update_cuda);
-}
-
-TORCH_LIBRARY_IMPL(qkernels, CUDA, m) {
-  m.impl("_fake_quant_per_tensor_cuda", &per_tensor_cuda);
-  m.impl("_fake_quant_per_channel_cuda", &per_channel_cuda);
-  m.impl("_fake_quant_backward_cuda", &backward_cuda);
-  m.impl("_fake_quant_learnable_forward_cuda", &learnable_forward_cuda);
-  m.impl("_fake_quant_learnable_backward_cuda", &learnable_backward_cuda);
-  m.impl("_fused_observer_update_cuda", &fused_observer_update_cuda);
-}
+QKERNELS_REGISTER_DEVICE(cuda, CUDA)
 
 }  // namespace qkernels

@@ -280,7 +280,7 @@ inline ObserverParams observer_params(const at::Tensor& x, const at::Tensor& obs
   m.def("_fake_quant_learnable_backward_" suffix                                                                \
         "(Tensor dy, Tensor x, Tensor(a!) dx, Tensor scale, Tensor zero_point, int B, int O, int C, int I, "       \
         "int quant_min, int quant_max, float grad_factor, int flavour, int rule, bool use_fma, bool need_qgrads, " \
-        "ScalarType ds_dtype, ScalarType dz_dtype) -> (Tensor, Tensor)");                                                                                             \
+        "ScalarType ds_dtype, ScalarType dz_dtype) -> (Tensor, Tensor)");                                          \
   m.def("_fused_observer_update_" suffix                                                                        \
         "(Tensor x, Tensor observer_on, Tensor fake_quant_on, Tensor(a!) running_min, Tensor(b!) running_max, "    \
         "Tensor(c!) scale, Tensor(d!) zero_point, float averaging_const, int quant_min, int quant_max, int inner, " \
