@@ -25,11 +25,15 @@ _ops: dict = {}
 
 def _op(name: str, x: torch.Tensor):
     """The private op ``qkernels::_<name>_{cpu,cuda}`` for x's device, cached on x.is_cuda (building x.device
-    costs more than the rest of the lookup; the backend choice has already matched x's device to cpu or cuda)."""
+    costs more than the rest of the lookup; the backend choice has already matched x's device to cpu or cuda).
+
+    Returned as the C++ callable of its one overload: an OpOverloadPacket resolves the overload on every call
+    and the OpOverload adds a Python frame, 3 us in all, which is more than a small kernel's launch."""
     key = (name, x.is_cuda)
     op = _ops.get(key)
     if op is None:
-        op = _ops[key] = getattr(torch.ops.qkernels, f"_{name}_{'cuda' if x.is_cuda else 'cpu'}")
+        overload = getattr(torch.ops.qkernels, f"_{name}_{'cuda' if x.is_cuda else 'cpu'}").default
+        op = _ops[key] = getattr(overload, "_op", overload)
     return op
 
 

@@ -309,10 +309,9 @@ def _backward_fake(grad, mask):
 # Autograd: dx = dy * mask for `self`; qparams get no gradient (aten: "not differentiable").
 # ----------------------------------------------------------------------------------------------------------
 def _check_qparams_not_differentiable(scale, zero_point):
-    if not torch.is_grad_enabled():
-        return
+    # (runs on every eager call: Python-number qparams leave after two type tests)
     for name, t in (("scale", scale), ("zero_point", zero_point)):
-        if isinstance(t, Tensor) and t.requires_grad:
+        if isinstance(t, Tensor) and t.requires_grad and torch.is_grad_enabled():
             _fail(f"fake quantization is not differentiable with respect to `{name}`; "
                   "use the learnable fake-quant ops for learnable qparams")
 
@@ -399,14 +398,16 @@ def _mask_request(x: Tensor):
 
 
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+_torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled
+_dispatch_modes = torch._C._len_torch_dispatch_stack
 
 
 def _plain_eager(*tensors) -> bool:
     """Whether calling the implementations directly is indistinguishable from going through the dispatcher:
     eager mode, no torch-function or dispatch mode and no torch.func transform active, plain tensors only.
-    (Runs on every eager call: plain tests and a loop, no generator.)"""
-    if (torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled()
-            or torch._C._len_torch_dispatch_stack() or _functorch_active()):
+    (Runs on every eager call: plain tests and a loop, no generator, the C predicates bound once.)"""
+    if (torch.compiler.is_compiling() or _torch_function_mode_enabled() or _dispatch_modes()
+            or _functorch_active()):
         return False
     for t in tensors:
         if type(t) is not Tensor:
