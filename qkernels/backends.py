@@ -29,7 +29,7 @@ MAX_KERNEL_QUANT_BOUND = 1 << 22
 _override: contextvars.ContextVar[str | None] = contextvars.ContextVar("qkernels_backend", default=None)
 
 
-def _environment_reader(name: str):
+def environment_reader(name: str):
     """A function returning os.environ's value of ``name`` (None when unset) at the cost of a dict lookup where
     possible. ``os.environ.get`` raises and catches a KeyError for an unset variable: a microsecond, several in
     the middle of an eager call, which is more than the kernel launch. CPython's ``os.environ`` keeps the encoded
@@ -50,7 +50,7 @@ def _environment_reader(name: str):
     return read
 
 
-_backend_variable = _environment_reader("QKERNELS_BACKEND")
+_backend_variable = environment_reader("QKERNELS_BACKEND")
 
 
 def requested() -> str:

@@ -119,10 +119,10 @@ def _layout(x: Tensor, axis: Optional[int], group_size: Optional[int]):
     """(x in its output layout, a fresh output of that layout, dims). Dense inputs keep their layout (a
     non-dense one is copied into empty_like's contiguous layout); per-group works on contiguous x."""
     if group_size is not None:
-        x = x.contiguous()
+        x = x.detach().contiguous()
     out = torch.empty_like(x)
-    if out.stride() != x.stride():
-        x = torch.empty_like(out).copy_(x)
+    if out.stride() != x.stride():  # (a copy of x without its history: the kernels' inputs carry none)
+        x = torch.empty_like(out).copy_(x.detach())
     n = x.numel()
     if axis is None or n == 0:
         return x, out, (1, 1, 1, max(n, 1))
@@ -141,9 +141,15 @@ def _layout(x: Tensor, axis: Optional[int], group_size: Optional[int]):
 
 def _flat_qparams(scale: Tensor, zero_point: Tensor):
     """Both as contiguous float32 (the launchers read them as flat [B * C] arrays): as they are when they
-    already are (no call into torch, which costs more than a small kernel), else converted copies."""
-    return tuple(t if t.dtype == torch.float32 and t.is_contiguous()
-                 else t.detach().reshape(-1).to(torch.float32).contiguous() for t in (scale, zero_point))
+    already are (no call into torch, which costs more than a small kernel), else converted copies without
+    history."""
+    return _flat_qparam(scale), _flat_qparam(zero_point)
+
+
+def _flat_qparam(t: Tensor) -> Tensor:
+    if t.dtype == torch.float32 and t.is_contiguous():
+        return t
+    return t.detach().reshape(-1).to(torch.float32).contiguous()
 
 
 def _flavour(x: Tensor) -> str:
@@ -198,7 +204,8 @@ def _rule(axis, zero_point_rounding: str) -> int:
 
 
 def _grad_dtypes(scale: Tensor, zero_point: Tensor):
-    return [t.dtype if t.is_floating_point() else torch.float32 for t in (scale, zero_point)]
+    return (scale.dtype if scale.is_floating_point() else torch.float32,
+            zero_point.dtype if zero_point.is_floating_point() else torch.float32)
 
 
 def _backward_checked(grad, self, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor,
@@ -299,12 +306,14 @@ def _call(x, scale, zero_point, axis, group_size, quant_min, quant_max, grad_fac
     attach = getattr(backends.select(x, quant_min, quant_max, _FAMILY), "learnable_forward_attach", None)
     if attach is None or x.numel() == 0:
         return _Learnable.apply(x, scale, zero_point, *args)
-    # The kernels' inputs carry no history (detached): the node connects out to x, scale and zero_point.
-    xk, out, dims = _layout(x.detach(), axis, group_size)
-    s, z = _flat_qparams(scale.detach(), zero_point.detach())
+    # The node connects out to x, scale and zero_point; the kernels read xk, s and z, which are those tensors
+    # themselves when their layout and dtype serve (the forward runs under no-grad in C++), else copies without
+    # history (no detach() calls: a microsecond each).
+    xk, out, dims = _layout(x, axis, group_size)
+    s, z = _flat_qparams(scale, zero_point)
     return attach(x, scale, zero_point, out, xk, s, z, dims, quant_min, quant_max, grad_factor,
-                  _rule(axis, zero_point_rounding), uses_fma(_flavour(x), torch.float32), axis is None,
-                  *_grad_dtypes(scale, zero_point))
+                  _rule(axis, zero_point_rounding), uses_fma("cuda" if x.is_cuda else "cpu", torch.float32),
+                  axis is None, *_grad_dtypes(scale, zero_point))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -37,7 +37,6 @@ inside ``_StraightThrough`` (the registered ops' autograd code as an ``autograd.
 
 import contextlib
 import math
-import os
 from typing import Callable, NamedTuple, Optional
 
 import torch
@@ -72,11 +71,14 @@ def _check_scale_value(scale: float):
         _fail(f"`scale` must be a positive finite number, got {scale}")
 
 
+_check_values_variable = backends.environment_reader("QKERNELS_CHECK_VALUES")
+
+
 def _values_checkable(t: Tensor) -> bool:
     """Whether reading t's values costs no device sync (or syncing was asked for), outside tracing."""
     if torch.compiler.is_compiling() or (type(t) is not Tensor and isinstance(t, torch._subclasses.FakeTensor)):
         return False
-    return t.device.type == "cpu" or os.environ.get("QKERNELS_CHECK_VALUES") == "1"
+    return t.is_cpu or _check_values_variable() == "1"
 
 
 # Up to this many values, reading them as Python numbers costs less than reducing them with tensor ops (about
@@ -88,9 +90,14 @@ def _check_scale_tensor_values(scale: Tensor):
     if not _values_checkable(scale):
         return
     n = scale.numel()
+    if n == 1:  # (the common case, on every per-tensor call: no list, no generator)
+        value = scale.item()
+        if not 0.0 < value < math.inf:  # (NaN fails both comparisons)
+            _fail(f"`scale` must be positive and finite, got {[value]}")
+        return
     if n <= _FEW_VALUES:
-        values = [scale.item()] if n == 1 else (scale if scale.dim() == 1 else scale.reshape(-1)).tolist()
-        if not all(0.0 < v < math.inf for v in values):  # (NaN fails both comparisons)
+        values = (scale if scale.dim() == 1 else scale.reshape(-1)).tolist()
+        if not all(0.0 < v < math.inf for v in values):
             _fail(f"`scale` must be positive and finite, got {values}")
         return
     s = scale.detach().float()

@@ -438,6 +438,20 @@ def test_backend_selection(monkeypatch):
             qkernels.fake_quantize_per_tensor_affine(x.double(), 0.1, 0, -128, 127)
 
 
+def test_check_values_variable(monkeypatch):
+    """QKERNELS_CHECK_VALUES=1 makes device tensors' qparam values checked (a meta tensor stands in for a GPU one:
+    neither is CPU); set and unset through os.environ, as a user's shell or monkeypatch does."""
+    from qkernels.ops import _values_checkable
+
+    meta = torch.ones(1, device="meta")
+    monkeypatch.delenv("QKERNELS_CHECK_VALUES", raising=False)
+    assert _values_checkable(torch.ones(1)) and not _values_checkable(meta)
+    monkeypatch.setenv("QKERNELS_CHECK_VALUES", "1")
+    assert _values_checkable(meta)
+    monkeypatch.setenv("QKERNELS_CHECK_VALUES", "0")
+    assert not _values_checkable(meta)
+
+
 @pytest.mark.parametrize("device,backend", CASES)
 def test_float_zero_point_gives_positive_zero(device, backend):
     """Tiny negative inputs round to -0.0, but aten goes through an integer: the result is +0.0."""
@@ -636,6 +650,41 @@ def test_vmap_of_the_public_functions_matches_aten(device):
     ls, lz = torch.tensor([0.1], device=device), torch.tensor([2.0], device=device)
     y = torch.func.vmap(lambda t: qkernels.fake_quantize_learnable_per_tensor_affine(t, ls, lz, -128, 127))(x)
     assert_bitwise_equal(y, torch._fake_quantize_learnable_per_tensor_affine(x, ls, lz, -128, 127))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("packed", [False, True])
+def test_compiled_autograd_runs_the_eager_nodes(device, packed):
+    """Compiled autograd (a backward traced by Dynamo) takes the C++ autograd nodes of the eager paths (their saved
+    data must be liftable or hashable; Dynamo runs such a node in eager, a graph break): same gradients as plain
+    autograd, for the straight-through node (fake quant, fused observer) and the learnable node."""
+    from torch._dynamo import compiled_autograd
+
+    enable = getattr(compiled_autograd, "_enable", None) or compiled_autograd.enable
+    x0 = make_input(73, (6, 9), 0.1, 0, -128, 127, torch.float32, device)
+    s0, z0 = torch.tensor([0.1], device=device), torch.tensor([2.0], device=device)
+    on = torch.ones(1, dtype=torch.long, device=device)
+
+    def grads():
+        x, s, z = (t.detach().clone().requires_grad_() for t in (x0, s0, z0))
+        state = [torch.tensor([v], device=device) for v in (math.inf, -math.inf, 1.0)]
+        state.append(torch.zeros(1, dtype=torch.int32, device=device))
+        with qkernels.packed_masks(packed):
+            y = qkernels.fake_quantize_per_tensor_affine(x, 0.1, 3, -128, 127)
+            y = y + qkernels.fused_moving_avg_obs_fake_quant(x, on, on, *state, 0.01, -128, 127, 0, False, False)
+            y = y + qkernels.fake_quantize_learnable_per_tensor_affine(x, s, z, -128, 127, 0.5)
+        (y * torch.arange(y.numel(), device=device).view_as(y)).sum().backward()
+        return x.grad, s.grad, z.grad
+
+    expected = grads()
+    torch._dynamo.reset()
+    captures = torch._dynamo.utils.counters["compiled_autograd"]
+    captures.clear()
+    with enable(torch.compile(backend="eager")):
+        got = grads()
+    assert captures["captures"] == 1  # the backward did go through compiled autograd
+    for g, e in zip(got, expected):
+        assert_bitwise_equal(g, e)
 
 
 @pytest.mark.parametrize("device,backend", CASES)

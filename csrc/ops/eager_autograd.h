@@ -44,7 +44,9 @@ struct StraightThrough : torch::autograd::Function<StraightThrough<kBackward>> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& /*x*/,
                             const ForwardResult& result) {
     ctx->save_for_backward({result.mask});
-    ctx->saved_data["strides"] = result.out.strides().vec();  // packed mask bits follow out's storage order
+    // Packed mask bits follow out's storage order. (saved_data entries cost an allocation each: only this one,
+    // and only when needed.)
+    if (result.mask.scalar_type() == at::kByte) ctx->saved_data["strides"] = result.out.strides().vec();
     return result.out;
   }
 
@@ -55,10 +57,12 @@ struct StraightThrough : torch::autograd::Function<StraightThrough<kBackward>> {
     const at::Tensor mask = ctx->get_saved_variables()[0];
     at::Tensor grad = grads[0];
     if (!grad.defined()) return {at::Tensor(), at::Tensor()};  // (x, the ForwardResult argument)
-    const std::vector<int64_t> strides = ctx->saved_data["strides"].toIntVector();
     const bool packed = mask.scalar_type() == at::kByte;
-    if (packed && grad.strides() != at::IntArrayRef(strides)) {
-      grad = at::empty_strided(grad.sizes(), strides, grad.options()).copy_(grad);
+    if (packed) {
+      const std::vector<int64_t> strides = ctx->saved_data["strides"].toIntVector();
+      if (grad.strides() != at::IntArrayRef(strides)) {
+        grad = at::empty_strided(grad.sizes(), strides, grad.options()).copy_(grad);
+      }
     }
     if (at::GradMode::is_enabled()) {  // create_graph: the registered backward op, whose autograd is defined
       static const auto op = c10::Dispatcher::singleton()
@@ -195,17 +199,19 @@ using LearnableBackwardKernel = std::tuple<at::Tensor, at::Tensor> (*)(
 template <LearnableBackwardKernel kBackward>
 struct LearnableNode : torch::autograd::Function<LearnableNode<kBackward>> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& /*x*/, const at::Tensor& scale,
-                            const at::Tensor& zero_point, const LearnableForward& f) {
+                            const at::Tensor& /*zero_point*/, const LearnableForward& f) {
     ctx->save_for_backward({f.x, f.scale, f.zero_point});
-    auto& d = ctx->saved_data;
-    d["dims"] = std::vector<int64_t>{f.B, f.O, f.C, f.I, f.quant_min, f.quant_max, f.flavour, f.rule};
-    d["grad_factor"] = f.grad_factor;
-    d["use_fma"] = f.use_fma;
-    d["dtypes"] = std::vector<int64_t>{static_cast<int64_t>(f.ds_dtype), static_cast<int64_t>(f.dz_dtype)};
-    d["scale_sizes"] = scale.sizes().vec();
-    d["zero_point_sizes"] = zero_point.sizes().vec();
+    // Two saved_data entries (each costs a hash insert and an allocation): the integers, then the shape that
+    // scale and zero_point share (checked in Python), and the float.
+    std::vector<int64_t> ints{f.B, f.O, f.C, f.I, f.quant_min, f.quant_max, f.flavour, f.rule, f.use_fma,
+                              static_cast<int64_t>(f.ds_dtype), static_cast<int64_t>(f.dz_dtype)};
+    ints.insert(ints.end(), scale.sizes().begin(), scale.sizes().end());
+    ctx->saved_data["ints"] = std::move(ints);
+    ctx->saved_data["grad_factor"] = f.grad_factor;
     return f.out;
   }
+
+  static constexpr size_t kQparamSizes = 11;  // where the qparams' shape starts in "ints"
 
   // As qkernels/learnable.py's _backward_checked: dy in x's kernel layout and dtype, the qparam work only
   // when scale or zero_point needs a gradient.
@@ -216,17 +222,16 @@ struct LearnableNode : torch::autograd::Function<LearnableNode<kBackward>> {
     at::Tensor dy = grads[0];
     if (!dy.defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     if (dy.strides() != x.strides() || dy.scalar_type() != x.scalar_type()) dy = at::empty_like(x).copy_(dy);
-    const auto& d = ctx->saved_data;
-    const std::vector<int64_t> v = d.at("dims").toIntVector(), dtypes = d.at("dtypes").toIntVector();
+    const std::vector<int64_t> v = ctx->saved_data.at("ints").toIntVector();
     const bool need_qgrads = ctx->needs_input_grad(1) || ctx->needs_input_grad(2);
     at::Tensor dx = at::empty_like(x);
     auto grads_q = kBackward(dy, x, dx, saved[1], saved[2], v[0], v[1], v[2], v[3], v[4], v[5],
-                             d.at("grad_factor").toDouble(), v[6], v[7], d.at("use_fma").toBool(), need_qgrads,
-                             static_cast<at::ScalarType>(dtypes[0]), static_cast<at::ScalarType>(dtypes[1]));
+                             ctx->saved_data.at("grad_factor").toDouble(), v[6], v[7], v[8] != 0, need_qgrads,
+                             static_cast<at::ScalarType>(v[9]), static_cast<at::ScalarType>(v[10]));
+    const at::IntArrayRef qparam_sizes = at::IntArrayRef(v).slice(kQparamSizes);
     return {ctx->needs_input_grad(0) ? dx : at::Tensor(),
-            ctx->needs_input_grad(1) ? std::get<0>(grads_q).view(d.at("scale_sizes").toIntVector()) : at::Tensor(),
-            ctx->needs_input_grad(2) ? std::get<1>(grads_q).view(d.at("zero_point_sizes").toIntVector())
-                                     : at::Tensor(),
+            ctx->needs_input_grad(1) ? std::get<0>(grads_q).view(qparam_sizes) : at::Tensor(),
+            ctx->needs_input_grad(2) ? std::get<1>(grads_q).view(qparam_sizes) : at::Tensor(),
             at::Tensor()};  // the LearnableForward argument
   }
 };
