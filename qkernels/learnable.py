@@ -312,8 +312,8 @@ def _call(x, scale, zero_point, axis, group_size, quant_min, quant_max, grad_fac
     xk, out, dims = _layout(x, axis, group_size)
     s, z = _flat_qparams(scale, zero_point)
     return attach(x, scale, zero_point, out, xk, s, z, dims, quant_min, quant_max, grad_factor,
-                  _rule(axis, zero_point_rounding), uses_fma("cuda" if x.is_cuda else "cpu", torch.float32),
-                  axis is None, *_grad_dtypes(scale, zero_point))
+                  _rule(axis, zero_point_rounding), uses_fma(_flavour(x), torch.float32), axis is None,
+                  *_grad_dtypes(scale, zero_point))
 
 
 # ----------------------------------------------------------------------------------------------------------

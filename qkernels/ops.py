@@ -90,15 +90,11 @@ def _check_scale_tensor_values(scale: Tensor):
     if not _values_checkable(scale):
         return
     n = scale.numel()
-    if n == 1:  # (the common case, on every per-tensor call: no list, no generator)
-        value = scale.item()
-        if not 0.0 < value < math.inf:  # (NaN fails both comparisons)
-            _fail(f"`scale` must be positive and finite, got {[value]}")
-        return
-    if n <= _FEW_VALUES:
-        values = (scale if scale.dim() == 1 else scale.reshape(-1)).tolist()
-        if not all(0.0 < v < math.inf for v in values):
-            _fail(f"`scale` must be positive and finite, got {values}")
+    if n <= _FEW_VALUES:  # (a plain loop: one value, on every per-tensor call, costs no generator)
+        values = [scale.item()] if n == 1 else (scale if scale.dim() == 1 else scale.reshape(-1)).tolist()
+        for v in values:
+            if not 0.0 < v < math.inf:  # (NaN fails both comparisons)
+                _fail(f"`scale` must be positive and finite, got {values}")
         return
     s = scale.detach().float()
     if not bool(torch.all(torch.isfinite(s) & (s > 0))):

@@ -5,10 +5,11 @@
 The interpreter (the CPU test runs) executes the kernels' Python, which does not catch what only the compiler
 rejects: types, layouts, constexpr branches, lowering for an architecture. Here triton's active driver is
 replaced by one that names the target and never launches, and every launch of the launchers becomes a
-compile (``warmup``). One architecture per process: a kernel keeps the target it first compiled for. The launchers run on CPU tensors with each combination of the constexpr arguments they
-pass (dtypes, qparam forms, masks, blocking plans, zero-point rules, the cpu/cuda flavours); outputs are not
-written. Prints one line and exits non-zero when a kernel fails to compile or one of the
-modules' kernels was never compiled. Used by tests/test_triton_compile.py.
+compile (``warmup``); one architecture per process, as a kernel keeps the target it first compiled for. The
+launchers run on CPU tensors with each combination of the constexpr arguments they pass (dtypes, qparam forms,
+masks, blocking plans, zero-point rules, the cpu/cuda flavours); outputs are not written. Prints one line;
+exits non-zero when a kernel fails to compile or one of the modules' kernels was never compiled. Used by
+tests/test_triton_compile.py.
 """
 
 import itertools

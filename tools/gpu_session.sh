@@ -6,8 +6,9 @@
 #   bash tools/gpu_session.sh bench NAME [ARGS]    benchmarks/NAME.py with ARGS, e.g. `bench bench_host_time`
 #                                                  or `bench bench_fake_quant --sizes 2^20 2^24`
 #
-# Logs and results go under $OUT when it is set (the device machine sends back what is there: results in
-# $OUT/results/, to be copied into benchmarks/results/<gpu>/ and committed), else benchmarks/results/<gpu>/.
+# Logs go to $OUT when it is set (the device machine sends back what is there), else to benchmarks/results/;
+# benchmark results to $OUT/results/ (to be copied into benchmarks/results/<gpu>/ and committed), else to the
+# benchmarks' default, benchmarks/results/<gpu>/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 logs=${OUT:-benchmarks/results}

@@ -201,8 +201,8 @@ struct LearnableNode : torch::autograd::Function<LearnableNode<kBackward>> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& /*x*/, const at::Tensor& scale,
                             const at::Tensor& /*zero_point*/, const LearnableForward& f) {
     ctx->save_for_backward({f.x, f.scale, f.zero_point});
-    // Two saved_data entries (each costs a hash insert and an allocation): the integers, then the shape that
-    // scale and zero_point share (checked in Python), and the float.
+    // Two saved_data entries (each costs a hash insert and an allocation): the integers in the order of Slot,
+    // then the shape that scale and zero_point share (checked in Python); the float.
     std::vector<int64_t> ints{f.B, f.O, f.C, f.I, f.quant_min, f.quant_max, f.flavour, f.rule, f.use_fma,
                               static_cast<int64_t>(f.ds_dtype), static_cast<int64_t>(f.dz_dtype)};
     ints.insert(ints.end(), scale.sizes().begin(), scale.sizes().end());
@@ -211,7 +211,11 @@ struct LearnableNode : torch::autograd::Function<LearnableNode<kBackward>> {
     return f.out;
   }
 
-  static constexpr size_t kQparamSizes = 11;  // where the qparams' shape starts in "ints"
+  // Where each integer sits in saved_data["ints"]; the qparams' shape starts at kQparamSizes.
+  enum Slot : size_t {
+    kB, kO, kC, kI, kQuantMin, kQuantMax, kFlavour, kRule, kUseFma, kDsDtype, kDzDtype,
+    kQparamSizes
+  };
 
   // As qkernels/learnable.py's _backward_checked: dy in x's kernel layout and dtype, the qparam work only
   // when scale or zero_point needs a gradient.
@@ -225,9 +229,10 @@ struct LearnableNode : torch::autograd::Function<LearnableNode<kBackward>> {
     const std::vector<int64_t> v = ctx->saved_data.at("ints").toIntVector();
     const bool need_qgrads = ctx->needs_input_grad(1) || ctx->needs_input_grad(2);
     at::Tensor dx = at::empty_like(x);
-    auto grads_q = kBackward(dy, x, dx, saved[1], saved[2], v[0], v[1], v[2], v[3], v[4], v[5],
-                             ctx->saved_data.at("grad_factor").toDouble(), v[6], v[7], v[8] != 0, need_qgrads,
-                             static_cast<at::ScalarType>(v[9]), static_cast<at::ScalarType>(v[10]));
+    auto grads_q = kBackward(dy, x, dx, saved[1], saved[2], v[kB], v[kO], v[kC], v[kI], v[kQuantMin], v[kQuantMax],
+                             ctx->saved_data.at("grad_factor").toDouble(), v[kFlavour], v[kRule], v[kUseFma] != 0,
+                             need_qgrads, static_cast<at::ScalarType>(v[kDsDtype]),
+                             static_cast<at::ScalarType>(v[kDzDtype]));
     const at::IntArrayRef qparam_sizes = at::IntArrayRef(v).slice(kQparamSizes);
     return {ctx->needs_input_grad(0) ? dx : at::Tensor(),
             ctx->needs_input_grad(1) ? std::get<0>(grads_q).view(qparam_sizes) : at::Tensor(),
