@@ -23,7 +23,12 @@ STRICT = os.environ.get("QKERNELS_STRICT_BUILD") == "1" or MODE in ("cpu", "cuda
 if MODE not in ("auto", "none", "cpu", "cuda"):
     sys.exit(f"QKERNELS_BUILD must be auto, none, cpu or cuda, got {MODE!r}")
 
-CPU_SOURCES = ["csrc/cpu/fake_quant.cpp", "csrc/cpu/fake_quant_avx2.cpp", "csrc/ops/fake_quant_cpu.cpp"]
+CPU_SOURCES = [
+    "csrc/cpu/fake_quant.cpp",
+    "csrc/cpu/fake_quant_avx2.cpp",
+    "csrc/ops/fake_quant_cpu.cpp",
+    "csrc/ops/python_entry.cpp",  # the extension's Python module: the public functions' eager entry points
+]
 CUDA_SOURCES = [
     "csrc/cuda/fake_quant.cu",
     "csrc/cuda/fake_quant_learnable.cu",

@@ -41,3 +41,14 @@ def missing_reason(name: str) -> str | None:
     if name not in _loaded:
         _loaded[name] = _load(name)
     return _loaded[name]
+
+
+def python_module(name: str):
+    """Extension `name` as a Python module (qkernels._C: the eager entry points, csrc/ops/python_entry.cpp) once
+    its ops are loaded, else None."""
+    if missing_reason(name) is not None:
+        return None
+    try:
+        return importlib.import_module(f"qkernels.{name}")
+    except ImportError:  # a build from before the module had entry points
+        return None

@@ -27,6 +27,7 @@ KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_KERNEL_QUANT_BOUND = 1 << 22
 
 _override: contextvars.ContextVar[str | None] = contextvars.ContextVar("qkernels_backend", default=None)
+override = _override.get  # the name given to the innermost use_backend(), or None
 
 
 def environment_reader(name: str):

@@ -30,9 +30,11 @@ The public functions (``fake_quantize_per_tensor_affine``, ``fake_quantize_per_c
 registered ops under ``torch.compile``, export, torch.func transforms (``vmap`` works through the batching
 fallback; ``grad`` raises, as the registered autograd does not support torch.func), tensor subclasses or any
 torch-function/dispatch mode. In plain eager mode, where the dispatcher's Python layers would cost several
-times a small kernel, they check the arguments here and then make one C++ call on the cpu/cuda backends
-(allocation, launch and a C++ autograd node: csrc/ops/eager_autograd.h), or call the implementations' runs
-inside ``_StraightThrough`` (the registered ops' autograd code as an ``autograd.Function``) on the others.
+times a small kernel, a call on the cpu/cuda backend with valid arguments of the expected types is one call of
+the C++ entry point ``qkernels._C`` (csrc/ops/python_entry.cpp: checks, allocation, launch and a C++ autograd node,
+csrc/ops/eager_autograd.h). Every other plain eager call is checked here (the errors are raised here) and then
+runs the native backends' eager op, or the implementations' runs inside ``_StraightThrough`` (the registered
+ops' autograd code as an ``autograd.Function``) on the other backends.
 """
 
 import contextlib
@@ -42,7 +44,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from . import backends
+from . import _library, backends
 from .reference.fake_quant import uses_fma
 from .reference.fused_observer import flag_is_on
 
@@ -466,6 +468,11 @@ _PER_CHANNEL = _Variant(_check_per_channel, _per_channel_run, fake_quantize_per_
 
 _PACK_MASKS = False
 
+# The C++ entry points, or None without the CPU extension. They return None for any call they leave to Python.
+_entry = _library.python_module("_C")
+_is_compiling = torch.compiler.is_compiling
+_backend_override = backends.override
+
 
 @contextlib.contextmanager
 def packed_masks(enabled: bool = True):
@@ -486,6 +493,11 @@ def fake_quantize_per_tensor_affine(input: Tensor, scale, zero_point, quant_min:
     to even. The mask for the backward pass is written only when ``input`` requires grad (bit-packed inside
     ``packed_masks()``).
     """
+    if _entry is not None and not _is_compiling():
+        out = _entry.fake_quantize_per_tensor_affine(input, scale, zero_point, quant_min, quant_max,
+                                                     _backend_override(), _PACK_MASKS)
+        if out is not None:
+            return out
     if isinstance(scale, Tensor) or isinstance(zero_point, Tensor):
         if not (isinstance(scale, Tensor) and isinstance(zero_point, Tensor)):
             _fail("`scale` and `zero_point` must both be Tensors or both be numbers")
@@ -504,6 +516,11 @@ def fake_quantize_per_channel_affine(
     before (``round(x * inv + z)``), as in aten. The mask is written only when ``input`` requires grad
     (bit-packed inside ``packed_masks()``).
     """
+    if _entry is not None and not _is_compiling():
+        out = _entry.fake_quantize_per_channel_affine(input, scale, zero_point, axis, quant_min, quant_max,
+                                                      _backend_override(), _PACK_MASKS)
+        if out is not None:
+            return out
     return _call(_PER_CHANNEL, input, (scale, zero_point, axis, quant_min, quant_max), (input, scale, zero_point),
                  scale, zero_point)
 

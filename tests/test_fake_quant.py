@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import qkernels
+from qkernels import ops
 from qkernels.reference import fake_quant as ref
 
 from conftest import (
@@ -400,8 +401,12 @@ BAD_CALLS = [
 ]
 
 
+@pytest.mark.parametrize("entry", [True, False], ids=["cpp entry", "python only"])
 @pytest.mark.parametrize("match,call", BAD_CALLS, ids=[m for m, _ in BAD_CALLS])
-def test_bad_inputs(match, call):
+def test_bad_inputs(match, call, entry, monkeypatch):
+    """Raised by the Python checks, whether or not the C++ entry is there (it leaves bad calls to them)."""
+    if not entry:
+        monkeypatch.setattr(ops, "_entry", None)
     with pytest.raises(RuntimeError, match=match.replace("`", "`").replace("(", r"\(")):
         call(torch.randn(4, 5))
 
@@ -577,6 +582,164 @@ def test_eager_calls_run_in_cpp_on_native_backends(device, backend, monkeypatch)
         assert calls == ["per_tensor"]
     else:
         assert calls.count("_backward_impl") == 2
+
+
+# ------------------------------------------------------------------------------------------------------
+# the C++ entry points (qkernels._C, csrc/ops/python_entry.cpp): valid plain eager calls, else None
+# ------------------------------------------------------------------------------------------------------
+needs_entry = pytest.mark.skipif(ops._entry is None, reason="qkernels._C is not built")
+
+
+def _entry_per_tensor(x, scale=0.1, zp=3, qmin=0, qmax=255, backend=None, pack=False):
+    return ops._entry.fake_quantize_per_tensor_affine(x, scale, zp, qmin, qmax, backend, pack)
+
+
+def _entry_per_channel(x, scale, zp, axis=0, qmin=-128, qmax=127, backend=None, pack=False):
+    return ops._entry.fake_quantize_per_channel_affine(x, scale, zp, axis, qmin, qmax, backend, pack)
+
+
+@needs_entry
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("packed", [False, True])
+def test_entry_runs_valid_plain_eager_calls(device, packed):
+    """Each qparam form through the entry: aten's output and gradient, bit for bit, with the autograd node only
+    when x needs a gradient; bounds and backend names as the Python path accepts them."""
+    x0 = make_input(71, (6, 9), 0.1, 3, -128, 127, torch.float32, device)
+    s6 = torch.rand(6, device=device) + 0.05
+    one = torch.ones(1, device=device)
+    forms = [
+        ("numbers", lambda t: _entry_per_tensor(t, 0.1, 3, -128, 127, pack=packed),
+         lambda t: torch.fake_quantize_per_tensor_affine(t, 0.1, 3, -128, 127)),
+        ("int scale", lambda t: _entry_per_tensor(t, 1, 0, -128, 127, pack=packed),
+         lambda t: torch.fake_quantize_per_tensor_affine(t, 1.0, 0, -128, 127)),
+        ("tensors", lambda t: _entry_per_tensor(t, one * 0.1, (one * 3).int(), -128, 127, pack=packed),
+         lambda t: torch.fake_quantize_per_tensor_affine(t, one * 0.1, (one * 3).int(), -128, 127)),
+        ("per channel int zp, axis -2", lambda t: _entry_per_channel(
+            t, s6, torch.arange(6, dtype=torch.int32, device=device), -2, pack=packed),
+         lambda t: torch.fake_quantize_per_channel_affine(
+             t, s6, torch.arange(6, dtype=torch.int32, device=device), 0, -128, 127)),  # (aten: no negative axis)
+        ("per channel float zp", lambda t: _entry_per_channel(
+            t.t(), s6, torch.full((6,), 2.5, device=device), 1, pack=packed),
+         lambda t: torch.fake_quantize_per_channel_affine(t.t(), s6, torch.full((6,), 2.5, device=device), 1,
+                                                          -128, 127)),
+        ("backend name of the device, any case and spaces", lambda t: _entry_per_tensor(
+            t, 0.1, 3, -128, 127, backend=f" {device.upper()} "), lambda t: torch.fake_quantize_per_tensor_affine(
+                t, 0.1, 3, -128, 127)),
+        ("widest kernel bounds", lambda t: _entry_per_tensor(t, 0.1, 3, -(2**22), 2**22),
+         lambda t: torch.fake_quantize_per_tensor_affine(t, 0.1, 3, -(2**22), 2**22)),
+    ]
+    for name, entry, aten in forms:
+        y = entry(x0)
+        assert y is not None and y.grad_fn is None, name
+        assert_bitwise_equal(y, aten(x0), what=name)
+        xa, xb = x0.clone().requires_grad_(), x0.clone().requires_grad_()
+        y, ya = entry(xa), aten(xb)
+        assert y.grad_fn is not None, name
+        grad = torch.randn_like(ya)
+        y.backward(grad), ya.backward(grad)
+        assert_bitwise_equal(xa.grad, xb.grad, what=f"{name}, dx")
+        with torch.no_grad():
+            assert entry(xa).grad_fn is None, name
+
+
+class _Subclass(torch.Tensor):
+    pass
+
+
+def _entry_fallbacks():
+    """(what, call of the entry that must return None): every argument ops.py would reject or convert, every
+    backend choice other than the native one, every non-plain mode."""
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    x = torch.randn(4, 6)
+    s4, z4 = torch.rand(4) + 0.1, torch.zeros(4, dtype=torch.int32)
+    one, zero = torch.ones(1), torch.zeros(1, dtype=torch.int32)
+
+    def under(mode_cls):
+        def call():
+            with mode_cls():
+                return _entry_per_tensor(x)
+        return call
+
+    def in_vmap():
+        seen = []
+        torch.func.vmap(lambda t: seen.append(_entry_per_tensor(t)) or t)(x)
+        return seen[0]
+
+    return [
+        ("reference backend", lambda: _entry_per_tensor(x, backend="reference")),
+        ("triton backend", lambda: _entry_per_tensor(x, backend="triton")),
+        ("cuda backend for a CPU tensor", lambda: _entry_per_tensor(x, backend="cuda")),
+        ("unknown backend", lambda: _entry_per_tensor(x, backend="c p u")),
+        ("float64 input", lambda: _entry_per_tensor(x.double())),
+        ("integer input", lambda: _entry_per_tensor(x.int())),
+        ("bounds beyond 2^22", lambda: _entry_per_tensor(x, 0.1, 0, 0, 2**22 + 1)),
+        ("int64-overflowing bound", lambda: _entry_per_tensor(x, 0.1, 0, 0, 2**70)),
+        ("quant_min > quant_max", lambda: _entry_per_tensor(x, 0.1, 0, 5, 4)),
+        ("zero point above range", lambda: _entry_per_tensor(x, 0.1, 256, 0, 255)),
+        ("zero point below range", lambda: _entry_per_tensor(x, 0.1, -1, 0, 255)),
+        ("zero scale", lambda: _entry_per_tensor(x, 0.0)),
+        ("negative scale", lambda: _entry_per_tensor(x, -0.1)),
+        ("NaN scale", lambda: _entry_per_tensor(x, math.nan)),
+        ("infinite scale", lambda: _entry_per_tensor(x, math.inf)),
+        ("float zero point (Python converts)", lambda: _entry_per_tensor(x, 0.1, 3.0)),
+        ("bool zero point", lambda: _entry_per_tensor(x, 0.1, True)),
+        ("str scale", lambda: _entry_per_tensor(x, "0.1")),
+        ("tensor scale, number zero point", lambda: _entry_per_tensor(x, one, 0)),
+        ("number scale, tensor zero point", lambda: _entry_per_tensor(x, 0.1, zero)),
+        ("tensor subclass input", lambda: _entry_per_tensor(x.as_subclass(_Subclass))),
+        ("tensor subclass scale", lambda: _entry_per_tensor(x, one.as_subclass(_Subclass), zero)),
+        ("torch function mode", under(TorchFunctionMode)),
+        ("torch dispatch mode", under(TorchDispatchMode)),
+        ("functorch transform", in_vmap),
+        ("wrong argument count", lambda: ops._entry.fake_quantize_per_tensor_affine(x, 0.1, 0, 0, 255, None)),
+        ("scale needs grad", lambda: _entry_per_tensor(x, one.clone().requires_grad_(), zero)),
+        ("two-element scale", lambda: _entry_per_tensor(x, torch.ones(2), zero)),
+        ("integer scale tensor", lambda: _entry_per_tensor(x, one.int(), zero)),
+        ("bool zero point tensor", lambda: _entry_per_tensor(x, one, zero.bool())),
+        ("complex zero point tensor", lambda: _entry_per_tensor(x, one, zero.to(torch.complex64))),
+        ("zero scale tensor", lambda: _entry_per_tensor(x, one * 0, zero)),
+        ("NaN scale tensor", lambda: _entry_per_tensor(x, one * math.nan, zero)),
+        ("scale on another device", lambda: _entry_per_tensor(x, torch.ones(1, device="meta"), zero)),
+        ("per channel: float64 scale", lambda: _entry_per_channel(x, s4.double(), z4)),
+        ("per channel: int64 zero point", lambda: _entry_per_channel(x, s4, z4.long())),
+        ("per channel: 2-D scale", lambda: _entry_per_channel(x, s4[:, None], z4)),
+        ("per channel: 2-D zero point", lambda: _entry_per_channel(x, s4, z4[:, None])),
+        ("per channel: numel mismatch", lambda: _entry_per_channel(x, s4, z4[:3])),
+        ("per channel: channel count", lambda: _entry_per_channel(x, s4, z4, 1)),
+        ("per channel: axis too large", lambda: _entry_per_channel(x, s4, z4, 2)),
+        ("per channel: axis too small", lambda: _entry_per_channel(x, s4, z4, -3)),
+        ("per channel: 0-D input", lambda: _entry_per_channel(x[0, 0], s4[:1], z4[:1])),
+        ("per channel: zero point out of range", lambda: _entry_per_channel(
+            x, s4, torch.tensor([0, 1, 128, 3], dtype=torch.int32))),
+        ("per channel: strided zero point out of range", lambda: _entry_per_channel(
+            x, s4, torch.tensor([0, 500, 1, 500, 2, 500, 3, 500], dtype=torch.int32)[1::2])),
+        ("per channel: zero scale", lambda: _entry_per_channel(x, torch.tensor([1.0, 0.0, 1.0, 1.0]), z4)),
+        ("per channel: NaN bfloat16 scale", lambda: _entry_per_channel(
+            x, torch.tensor([1.0, math.nan, 1.0, 1.0], dtype=torch.bfloat16), z4)),
+        ("per channel: zero point needs grad", lambda: _entry_per_channel(x, s4, z4.float().requires_grad_())),
+        ("per channel: quant_min > quant_max", lambda: _entry_per_channel(x, s4, z4, 0, 1, 0)),
+    ]
+
+
+@needs_entry
+@pytest.mark.parametrize("what,call", _entry_fallbacks(), ids=[w for w, _ in _entry_fallbacks()])
+def test_entry_leaves_other_calls_to_python(what, call):
+    assert call() is None
+
+
+@needs_entry
+def test_entry_reads_the_backend_variable(monkeypatch):
+    x = torch.randn(8)
+    monkeypatch.setenv("QKERNELS_BACKEND", "reference")
+    assert _entry_per_tensor(x) is None
+    assert _entry_per_tensor(x, backend="cpu") is not None  # use_backend() wins over the environment
+    assert _entry_per_tensor(x, backend="") is None  # an empty override reads the environment, as in Python
+    monkeypatch.setenv("QKERNELS_BACKEND", "Cpu")
+    assert _entry_per_tensor(x) is not None
+    monkeypatch.delenv("QKERNELS_BACKEND")
+    assert _entry_per_tensor(x) is not None
 
 
 def _public_call_cases(x):

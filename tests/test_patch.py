@@ -3,11 +3,12 @@
 import torch
 
 import qkernels
-from qkernels import backends
+from qkernels import backends, ops
 
 
 class CallCounter:
-    """Counts qkernels op executions (every op asks the dispatcher for a backend once)."""
+    """Counts qkernels op executions: calls that the C++ entry points run (they return a tensor) and calls
+    that ask qkernels.backends for a backend (every other op does, once)."""
 
     def __init__(self, monkeypatch):
         self.n = 0
@@ -18,6 +19,23 @@ class CallCounter:
             return real(*args, **kwargs)
 
         monkeypatch.setattr(backends, "select", counting)
+        if ops._entry is not None:
+            monkeypatch.setattr(ops, "_entry", _CountingEntry(ops._entry, self))
+
+
+class _CountingEntry:
+    def __init__(self, entry, counter: CallCounter):
+        self._entry, self._counter = entry, counter
+
+    def __getattr__(self, name):
+        run = getattr(self._entry, name)
+
+        def counted(*args):
+            out = run(*args)
+            self._counter.n += out is not None
+            return out
+
+        return counted
 
 
 def test_patch_routes_and_undo_restores(monkeypatch):

@@ -1,5 +1,6 @@
-// The eager path of the public functions in C++ (qkernels/ops.py and qkernels/learnable.py, `_call`), for plain
-// tensors in eager mode on the native backends; Python has checked the arguments. Compile and export use the
+// The eager path of the public functions in C++ (qkernels/ops.py and qkernels/learnable.py, `_call`; for the
+// fake-quant functions also python_entry.cpp), for plain tensors in eager mode on the native backends, on
+// checked arguments. Compile and export use the
 // registered public ops instead, whose autograd is defined in Python.
 //
 //   _fake_quant_per_tensor_eager_<device>(Tensor x, float scale, int zero_point, Tensor? scale_t, ...) -> Tensor

@@ -1,6 +1,6 @@
 // Torch glue shared by the CPU and CUDA private ops: tensors -> the POD params of fake_quant_kernels.h.
-// Argument checking of public inputs happens once, in Python (qkernels/ops.py); these are internal checks
-// of what the Python dispatcher hands over.
+// Argument checking of public inputs happens once, in Python (qkernels/ops.py) or in the entry points that
+// stand in for it (python_entry.cpp); these are internal checks of what they hand over.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -1,0 +1,337 @@
+// The Python module qkernels._C: the public fake-quant functions' eager calls in one C++ call from Python.
+//
+//   fake_quantize_per_tensor_affine(x, scale, zero_point, quant_min, quant_max, backend, pack_mask)
+//   fake_quantize_per_channel_affine(x, scale, zero_point, axis, quant_min, quant_max, backend, pack_mask)
+//     -> Tensor, or None
+//
+// Same arguments as qkernels/ops.py's public functions, plus `backend` (the use_backend() override, or None) and
+// `pack_mask` (packed_masks()); the caller has ruled out torch.compile tracing. The call runs the native eager op
+// of x's device (eager_autograd.h: allocation, launch, autograd node) when it is plain eager (no torch-function
+// or dispatch mode, no functorch transform, plain tensors only), asks for the native backend of x's device and
+// is valid: every argument of the type the spec expects, and every check of qkernels/ops.py passing. Anything
+// else returns None, and the caller takes the Python path, which raises the errors (with their messages),
+// chooses other backends and converts other argument types. So these predicates may only be stricter than
+// ops.py's checks, never looser: tests/test_fake_quant.py runs every bad input through this entry.
+//
+// Why: parsing the arguments of a registered op from Python, and the Python checks, cost several times the C++
+// work of a small call (benchmarks/NOTES.md, host time).
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/PythonTorchFunctionTLS.h>
+#include <ATen/Version.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
+#include <torch/csrc/Exceptions.h>
+#include <torch/csrc/autograd/python_variable.h>
+
+#include <Python.h>
+
+#include <atomic>
+#include <cctype>
+#include <cmath>
+#include <cstdlib>
+#include <optional>
+#include <string>
+
+namespace qkernels {
+namespace {
+
+constexpr int64_t kMaxKernelQuantBound = int64_t{1} << 22;  // qkernels.backends.MAX_KERNEL_QUANT_BOUND
+
+// ---------------------------------------------------------------------------------------------------------------
+// Arguments: Python objects -> C++ values, or nothing when the object is not of the expected type.
+// ---------------------------------------------------------------------------------------------------------------
+const at::Tensor* plain_tensor(PyObject* o) {  // exactly torch.Tensor: subclasses take the Python path
+  return THPVariable_CheckExact(o) ? &THPVariable_Unpack(o) : nullptr;
+}
+
+std::optional<int64_t> python_int(PyObject* o) {
+  if (!PyLong_CheckExact(o)) return std::nullopt;
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+  if (overflow != 0 || (v == -1 && PyErr_Occurred())) {
+    PyErr_Clear();
+    return std::nullopt;
+  }
+  return v;
+}
+
+// float(scale) of ops.py for a Python float or int.
+std::optional<double> python_float(PyObject* o) {
+  if (PyFloat_CheckExact(o)) return PyFloat_AS_DOUBLE(o);
+  if (!PyLong_CheckExact(o)) return std::nullopt;
+  const double v = PyLong_AsDouble(o);
+  if (v == -1.0 && PyErr_Occurred()) {
+    PyErr_Clear();
+    return std::nullopt;
+  }
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// When the native eager op may run the call (as qkernels/ops.py's _plain_eager and qkernels/backends.py's select).
+// ---------------------------------------------------------------------------------------------------------------
+bool plain_eager() {
+  return !at::impl::torch_function_mode_enabled() && c10::impl::TorchDispatchModeTLS::stack_len() == 0 &&
+         !c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerFrontMode);
+}
+
+// The backend asked for: the override, else QKERNELS_BACKEND (os.environ writes reach the C environment), else
+// "auto"; trimmed and lowercased as backends.requested() does for ASCII names (others fall back to Python).
+std::string requested_backend(PyObject* override_name) {
+  const char* raw = nullptr;
+  if (override_name != Py_None) {
+    if (!PyUnicode_Check(override_name)) return "";
+    raw = PyUnicode_AsUTF8(override_name);
+    if (raw == nullptr) {
+      PyErr_Clear();
+      return "";
+    }
+    if (*raw == '\0') raw = nullptr;  // `_override.get() or env`: an empty override reads the environment
+  }
+  if (raw == nullptr) raw = std::getenv("QKERNELS_BACKEND");
+  std::string name;
+  for (const char* c = raw ? raw : ""; *c != '\0'; ++c) {
+    if (!std::isspace(static_cast<unsigned char>(*c))) name += static_cast<char>(std::tolower(*c));
+    else if (!name.empty()) name += ' ';  // inner space: no valid name; trailing spaces are trimmed below
+  }
+  while (!name.empty() && name.back() == ' ') name.pop_back();
+  return name.empty() ? "auto" : name;
+}
+
+// The native backend of x's device is the one chosen (auto picks it first whenever it is loaded and the kernels
+// take the call) and the kernels take the call: float32/float16/bfloat16 input, |bounds| <= 2^22.
+bool native_backend_chosen(PyObject* override_name, const at::Tensor& x, int64_t quant_min, int64_t quant_max) {
+  const at::ScalarType t = x.scalar_type();
+  if (!(t == at::kFloat || t == at::kHalf || t == at::kBFloat16)) return false;
+  if (std::llabs(quant_min) > kMaxKernelQuantBound || std::llabs(quant_max) > kMaxKernelQuantBound) return false;
+  const std::string name = requested_backend(override_name);
+  return name == "auto" || (name == "cpu" && x.is_cpu()) || (name == "cuda" && x.is_cuda());
+}
+
+// qkernels/ops.py's _values_checkable: qparam values are read where that costs no device sync, or everywhere
+// with QKERNELS_CHECK_VALUES=1 (then CUDA qparams take the Python path, which reads them).
+enum class Values { Check, Skip, Python };
+
+Values values_rule(const at::Tensor& t) {
+  if (t.is_cpu()) return Values::Check;
+  const char* v = std::getenv("QKERNELS_CHECK_VALUES");
+  return v != nullptr && std::string(v) == "1" ? Values::Python : Values::Skip;
+}
+
+// Every value of a 1-D (or one-element) CPU tensor, as double, passes `ok`.
+template <typename Pred>
+bool all_values(const at::Tensor& t, Pred ok) {
+  const int64_t n = t.numel(), step = t.dim() == 1 ? t.stride(0) : 1;
+  bool pass = true;
+  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kInt, t.scalar_type(), "all_values", [&] {
+    const scalar_t* p = t.const_data_ptr<scalar_t>();
+    for (int64_t i = 0; i < n && pass; ++i) pass = ok(static_cast<double>(p[i * step]));
+  });
+  return pass;
+}
+
+bool positive_finite(double v) { return 0.0 < v && v < INFINITY; }
+
+// Scale values pass ops.py's _check_scale_tensor_values, zero points its per-channel range check.
+bool scale_values_pass(const at::Tensor& scale) {
+  switch (values_rule(scale)) {
+    case Values::Check: return all_values(scale, positive_finite);
+    case Values::Skip: return true;
+    default: return false;
+  }
+}
+
+bool zero_point_values_pass(const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max) {
+  if (zero_point.is_floating_point()) return true;
+  switch (values_rule(zero_point)) {
+    case Values::Check:
+      return all_values(zero_point, [&](double v) { return quant_min <= v && v <= quant_max; });
+    case Values::Skip: return true;
+    default: return false;
+  }
+}
+
+// Qparam tensors on x's device, of no gradient (ops.py's _check_qparams_not_differentiable raises otherwise).
+bool qparam_tensors_usable(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point) {
+  const bool grad = at::GradMode::is_enabled() && (scale.requires_grad() || zero_point.requires_grad());
+  return !grad && scale.device() == x.device() && zero_point.device() == x.device();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The device's eager ops (eager_autograd.h), found once their library is loaded: qkernels._C_cuda loads on the
+// first call that the Python path sends to the cuda backend.
+// ---------------------------------------------------------------------------------------------------------------
+template <typename Sig>
+class EagerOp {
+ public:
+  explicit EagerOp(const char* name) : name_(name) {}
+
+  const c10::TypedOperatorHandle<Sig>* get() {
+    if (const auto* h = handle_.load(std::memory_order_acquire)) return h;
+    const std::optional<c10::OperatorHandle> op = c10::Dispatcher::singleton().findOp({name_, ""});
+    if (!op) return nullptr;
+    auto* h = new c10::TypedOperatorHandle<Sig>(op->typed<Sig>());  // kept for the process's lifetime
+    const c10::TypedOperatorHandle<Sig>* expected = nullptr;
+    if (!handle_.compare_exchange_strong(expected, h, std::memory_order_acq_rel)) {
+      delete h;  // another thread stored the same handle first
+      return expected;
+    }
+    return h;
+  }
+
+ private:
+  const char* name_;
+  std::atomic<const c10::TypedOperatorHandle<Sig>*> handle_{nullptr};
+};
+
+using PerTensorEager = at::Tensor(const at::Tensor&, double, int64_t, const std::optional<at::Tensor>&,
+                                  const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, int64_t, int64_t,
+                                  bool, bool);
+using PerChannelEager = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t,
+                                   bool, bool, bool);
+
+template <typename Sig>
+const c10::TypedOperatorHandle<Sig>* eager_op(const at::Tensor& x, EagerOp<Sig>& cpu, EagerOp<Sig>& cuda) {
+  return x.is_cuda() ? cuda.get() : cpu.get();
+}
+
+EagerOp<PerTensorEager> per_tensor_cpu{"qkernels::_fake_quant_per_tensor_eager_cpu"};
+EagerOp<PerTensorEager> per_tensor_cuda{"qkernels::_fake_quant_per_tensor_eager_cuda"};
+EagerOp<PerChannelEager> per_channel_cpu{"qkernels::_fake_quant_per_channel_eager_cpu"};
+EagerOp<PerChannelEager> per_channel_cuda{"qkernels::_fake_quant_per_channel_eager_cuda"};
+
+// The mask request of ops.py's _mask_request: a mask when x needs a gradient, packed inside packed_masks().
+struct MaskRequest {
+  bool need, pack;
+};
+
+MaskRequest mask_request(const at::Tensor& x, PyObject* pack_mask) {
+  const bool need = x.requires_grad() && at::GradMode::is_enabled();
+  return {need, need && pack_mask == Py_True};
+}
+
+// Runs the op without the GIL (as torch's own bindings do) and hands the output to Python.
+template <typename Call>
+PyObject* run(Call call) {
+  at::Tensor out;
+  {
+    pybind11::gil_scoped_release no_gil;
+    out = call();
+  }
+  return THPVariable_Wrap(std::move(out));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Entry points (METH_FASTCALL: no argument tuple is built).
+// ---------------------------------------------------------------------------------------------------------------
+// Python-number qparams: ops.py's _check_per_tensor_scalar.
+PyObject* per_tensor_numbers(const at::Tensor& x, PyObject* const* args) {
+  const std::optional<double> scale = python_float(args[1]);
+  const std::optional<int64_t> zero_point = python_int(args[2]), quant_min = python_int(args[3]),
+                               quant_max = python_int(args[4]);
+  if (!scale || !zero_point || !quant_min || !quant_max) Py_RETURN_NONE;
+  const int64_t lo = *quant_min, hi = *quant_max;
+  if (!(lo <= *zero_point && *zero_point <= hi && positive_finite(*scale))) Py_RETURN_NONE;
+  if (!native_backend_chosen(args[5], x, lo, hi)) Py_RETURN_NONE;
+  const auto* op = eager_op(x, per_tensor_cpu, per_tensor_cuda);
+  if (op == nullptr) Py_RETURN_NONE;
+  const MaskRequest m = mask_request(x, args[6]);
+  return run([&] {
+    return op->call(x, *scale, *zero_point, std::nullopt, std::nullopt, std::nullopt, lo, hi, m.need, m.pack);
+  });
+}
+
+// One-element tensor qparams: ops.py's _check_per_tensor_tensor (no enable flag).
+PyObject* per_tensor_tensors(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
+                             PyObject* const* args) {
+  const std::optional<int64_t> quant_min = python_int(args[3]), quant_max = python_int(args[4]);
+  if (!quant_min || !quant_max || *quant_min > *quant_max) Py_RETURN_NONE;
+  const at::ScalarType zt = zero_point.scalar_type();
+  if (!qparam_tensors_usable(x, scale, zero_point) || scale.numel() != 1 || zero_point.numel() != 1 ||
+      !scale.is_floating_point() || zero_point.is_complex() || zt == at::kBool) {
+    Py_RETURN_NONE;
+  }
+  if (!native_backend_chosen(args[5], x, *quant_min, *quant_max) || !scale_values_pass(scale)) Py_RETURN_NONE;
+  const auto* op = eager_op(x, per_tensor_cpu, per_tensor_cuda);
+  if (op == nullptr) Py_RETURN_NONE;
+  const MaskRequest m = mask_request(x, args[6]);
+  return run([&] {
+    return op->call(x, 0.0, 0, scale, zero_point, std::nullopt, *quant_min, *quant_max, m.need, m.pack);
+  });
+}
+
+// (x, scale, zero_point, quant_min, quant_max, backend, pack_mask)
+PyObject* fake_quantize_per_tensor_affine(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 7 || !plain_eager()) Py_RETURN_NONE;
+  const at::Tensor* x = plain_tensor(args[0]);
+  if (x == nullptr || !x->is_floating_point()) Py_RETURN_NONE;
+  const at::Tensor* scale = plain_tensor(args[1]);
+  const at::Tensor* zero_point = plain_tensor(args[2]);
+  if (scale != nullptr && zero_point != nullptr) return per_tensor_tensors(*x, *scale, *zero_point, args);
+  if (THPVariable_Check(args[1]) || THPVariable_Check(args[2])) Py_RETURN_NONE;
+  return per_tensor_numbers(*x, args);
+  END_HANDLE_TH_ERRORS
+}
+
+// aten's CPU build fuses a float32 zero point's x * inv + z into one FMA when vectorized (CUDA always):
+// qkernels.reference.fake_quant.uses_fma.
+bool uses_fma(const at::Tensor& x, const at::Tensor& zero_point) {
+  static const bool vectorized = [] {
+    const std::string capability = at::get_cpu_capability();
+    return capability != "DEFAULT" && capability != "NO AVX";
+  }();
+  return x.is_cuda() || (zero_point.scalar_type() == at::kFloat && vectorized);
+}
+
+// (x, scale, zero_point, axis, quant_min, quant_max, backend, pack_mask): ops.py's _check_per_channel.
+PyObject* fake_quantize_per_channel_affine(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 8 || !plain_eager()) Py_RETURN_NONE;
+  const at::Tensor* x = plain_tensor(args[0]);
+  const at::Tensor* scale = plain_tensor(args[1]);
+  const at::Tensor* zero_point = plain_tensor(args[2]);
+  const std::optional<int64_t> axis = python_int(args[3]), quant_min = python_int(args[4]),
+                               quant_max = python_int(args[5]);
+  if (x == nullptr || scale == nullptr || zero_point == nullptr || !axis || !quant_min || !quant_max) {
+    Py_RETURN_NONE;
+  }
+  const at::ScalarType st = scale->scalar_type(), zt = zero_point->scalar_type();
+  const int64_t dim = x->dim(), lo = *quant_min, hi = *quant_max;
+  if (!qparam_tensors_usable(*x, *scale, *zero_point) || !(st == at::kFloat || st == at::kBFloat16) ||
+      !(zt == at::kInt || zt == at::kFloat || zt == at::kHalf) || scale->dim() != 1 || zero_point->dim() != 1 ||
+      dim == 0 || *axis < -dim || *axis >= dim || scale->numel() != zero_point->numel() ||
+      scale->numel() != x->size(*axis) || lo > hi) {
+    Py_RETURN_NONE;
+  }
+  if (!native_backend_chosen(args[6], *x, lo, hi) || !zero_point_values_pass(*zero_point, lo, hi) ||
+      !scale_values_pass(*scale)) {
+    Py_RETURN_NONE;
+  }
+  const auto* op = eager_op(*x, per_channel_cpu, per_channel_cuda);
+  if (op == nullptr) Py_RETURN_NONE;
+  const MaskRequest m = mask_request(*x, args[7]);
+  const bool fma = uses_fma(*x, *zero_point);
+  return run([&] { return op->call(*x, *scale, *zero_point, *axis, lo, hi, fma, m.need, m.pack); });
+  END_HANDLE_TH_ERRORS
+}
+
+// (METH_FASTCALL functions are stored as PyCFunction, the signature CPython casts them back from.)
+PyMethodDef methods[] = {
+    {"fake_quantize_per_tensor_affine", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(
+                                            fake_quantize_per_tensor_affine)),
+     METH_FASTCALL, "qkernels.fake_quantize_per_tensor_affine in plain eager mode, or None (python_entry.cpp)"},
+    {"fake_quantize_per_channel_affine", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(
+                                             fake_quantize_per_channel_affine)),
+     METH_FASTCALL, "qkernels.fake_quantize_per_channel_affine in plain eager mode, or None (python_entry.cpp)"},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "qkernels._C",
+                          "qkernels' CPU kernels (registered ops) and the eager entry points of the public functions",
+                          -1, methods, nullptr, nullptr, nullptr, nullptr};
+
+}  // namespace
+}  // namespace qkernels
+
+PyMODINIT_FUNC PyInit__C() { return PyModule_Create(&qkernels::module_def); }
