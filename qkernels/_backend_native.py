@@ -7,8 +7,8 @@ one-element int32 tensor; a mask is None, bool in x's layout, or packed uint8), 
 and ``fused_observer_update`` (contract: qkernels/fused_observer.py). Only the native backends also offer the
 eager forwards with autograd nodes in C++ (csrc/ops/eager_autograd.h): ``per_tensor_eager``,
 ``per_tensor_tensor_eager`` and ``per_channel_eager`` (allocation, launch, node: one call),
-``learnable_forward_attach`` (launch and node) and ``fused_observer_per_tensor_eager`` (observer step and
-fake quantization).
+``learnable_eager`` (layout, launch and node) and ``fused_observer_per_tensor_eager`` (observer step and fake
+quantization).
 """
 
 from __future__ import annotations
@@ -82,14 +82,12 @@ def per_channel_eager(x, scale, zero_point, axis, quant_min, quant_max, requires
         requires_grad, pack_mask)
 
 
-def learnable_forward_attach(x, scale, zero_point, out, xk, s, z, dims, quant_min, quant_max, grad_factor, rule,
-                             use_fma, per_tensor, ds_dtype, dz_dtype):
-    """learnable_forward (out from xk, s, z on qkernels/learnable.py's layout) and a C++ autograd node from x,
-    scale and zero_point that runs learnable_backward, in one call; returns out."""
-    return _op("fake_quant_learnable_forward_attach", x)(
-        x, scale, zero_point, out, xk, s, z, *dims, quant_min, quant_max, grad_factor, rule, use_fma, per_tensor,
-        ds_dtype, dz_dtype,
-    )
+def learnable_eager(x, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor, rule, use_fma,
+                    requires_grad):
+    """The learnable op's eager call in one C++ call (qkernels/learnable.py, `_call`): layout, launch and, when
+    requires_grad, the C++ autograd node that runs learnable_backward; returns out."""
+    return _op("fake_quant_learnable_eager", x)(
+        x, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor, rule, use_fma, requires_grad)
 
 
 def learnable_forward(x, out, scale, zero_point, dims, quant_min, quant_max, flavour, per_tensor):

@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import backends
+from . import backends, ops
 from .ops import (
     _call,
     _check_input,
@@ -230,6 +230,13 @@ def fused_moving_avg_obs_fake_quant(
     """Drop-in for ``torch.fused_moving_avg_obs_fake_quant`` (see the module docstring); updates
     running_min/max, scale and zero_point in place and returns the fake-quantized input (gradient: the
     straight-through mask)."""
+    if ops._entry is not None and not ops._is_compiling():  # plain eager per-tensor calls: one C++ call
+        out = ops._entry.fused_moving_avg_obs_fake_quant(
+            input, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const,
+            quant_min, quant_max, ch_axis, per_row_fake_quant, symmetric_quant, qparams, eps, symmetric_zero_point,
+            ops._backend_override(), ops._PACK_MASKS)
+        if out is not None:
+            return out
     if input.numel() == 0:
         return input.clone()
     if not per_row_fake_quant:

@@ -35,7 +35,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import backends
+from . import backends, ops
 from .ops import (
     _check_input,
     _check_qparam_tensor,
@@ -294,26 +294,27 @@ class _Learnable(torch.autograd.Function):
 
 
 def _call(x, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor, zero_point_rounding) -> Tensor:
-    """The registered op under compile, export, modes and subclasses; in plain eager mode the checks, then the
-    launch, which on the native backends is one C++ call with the C++ autograd node when a gradient is needed
-    (else under _Learnable)."""
+    """The registered op under compile, export, modes and subclasses; in plain eager mode the C++ entry point for
+    valid calls on the native backends (csrc/ops/python_entry.cpp), else the checks, then on the native backends
+    one C++ call (layout, launch, and the C++ autograd node when a gradient is needed), on the others the launch
+    (under _Learnable when a gradient is needed)."""
+    if ops._entry is not None and not ops._is_compiling():
+        out = ops._entry.fake_quantize_learnable(x, scale, zero_point, axis, group_size, quant_min, quant_max,
+                                                 grad_factor, zero_point_rounding, ops._backend_override())
+        if out is not None:
+            return out
     args = (axis, group_size, quant_min, quant_max, grad_factor, zero_point_rounding)
     if not _plain_eager(x, scale, zero_point):
         return fake_quantize_learnable(x, scale, zero_point, *args)
     _check(x, scale, zero_point, *args)
-    if not (torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or zero_point.requires_grad)):
+    need = torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or zero_point.requires_grad)
+    eager = getattr(backends.select(x, quant_min, quant_max, _FAMILY), "learnable_eager", None)
+    if eager is not None and (x.numel() or not need):
+        return eager(x, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor,
+                     _rule(axis, zero_point_rounding), uses_fma(_flavour(x), torch.float32), need)
+    if not need:
         return _forward_launch(x, scale, zero_point, axis, group_size, quant_min, quant_max)[0]
-    attach = getattr(backends.select(x, quant_min, quant_max, _FAMILY), "learnable_forward_attach", None)
-    if attach is None or x.numel() == 0:
-        return _Learnable.apply(x, scale, zero_point, *args)
-    # The node connects out to x, scale and zero_point; the kernels read xk, s and z, which are those tensors
-    # themselves when their layout and dtype serve (the forward runs under no-grad in C++), else copies without
-    # history (no detach() calls: a microsecond each).
-    xk, out, dims = _layout(x, axis, group_size)
-    s, z = _flat_qparams(scale, zero_point)
-    return attach(x, scale, zero_point, out, xk, s, z, dims, quant_min, quant_max, grad_factor,
-                  _rule(axis, zero_point_rounding), uses_fma(_flavour(x), torch.float32), axis is None,
-                  *_grad_dtypes(scale, zero_point))
+    return _Learnable.apply(x, scale, zero_point, *args)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -29,12 +29,13 @@ them: a NaN scale gives NaN outputs.
 The public functions (``fake_quantize_per_tensor_affine``, ``fake_quantize_per_channel_affine``) call the
 registered ops under ``torch.compile``, export, torch.func transforms (``vmap`` works through the batching
 fallback; ``grad`` raises, as the registered autograd does not support torch.func), tensor subclasses or any
-torch-function/dispatch mode. In plain eager mode, where the dispatcher's Python layers would cost several
-times a small kernel, a call on the cpu/cuda backend with valid arguments of the expected types is one call of
-the C++ entry point ``qkernels._C`` (csrc/ops/python_entry.cpp: checks, allocation, launch and a C++ autograd node,
-csrc/ops/eager_autograd.h). Every other plain eager call is checked here (the errors are raised here) and then
-runs the native backends' eager op, or the implementations' runs inside ``_StraightThrough`` (the registered
-ops' autograd code as an ``autograd.Function``) on the other backends.
+torch-function/dispatch mode. In plain eager mode (plain tensors or ``nn.Parameter``s), where the dispatcher's
+Python layers would cost several times a small kernel, a call on the cpu/cuda backend with valid arguments of
+the expected types is one call of the C++ entry point ``qkernels._C`` (csrc/ops/python_entry.cpp: checks,
+allocation, launch and a C++ autograd node, csrc/ops/eager_autograd.h). Every other plain eager call is checked
+here (the errors are raised here) and then runs the native backends' eager op, or the implementations' runs
+inside ``_StraightThrough`` (the registered ops' autograd code as an ``autograd.Function``) on the other
+backends.
 """
 
 import contextlib
@@ -407,15 +408,19 @@ _torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled
 _dispatch_modes = torch._C._len_torch_dispatch_stack
 
 
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)  # (Parameter disables __torch_function__: torch treats it as plain)
+
+
 def _plain_eager(*tensors) -> bool:
     """Whether calling the implementations directly is indistinguishable from going through the dispatcher:
-    eager mode, no torch-function or dispatch mode and no torch.func transform active, plain tensors only.
-    (Runs on every eager call: plain tests and a loop, no generator, the C predicates bound once.)"""
+    eager mode, no torch-function or dispatch mode and no torch.func transform active, plain tensors or
+    parameters only (as the C++ entry points decide: THPVariable_CheckExact). (Runs on every eager call: plain
+    tests and a loop, no generator, the C predicates bound once.)"""
     if (torch.compiler.is_compiling() or _torch_function_mode_enabled() or _dispatch_modes()
             or _functorch_active()):
         return False
     for t in tensors:
-        if type(t) is not Tensor:
+        if type(t) not in _PLAIN_TYPES:
             return False
     return True
 

@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import qkernels
+from qkernels import ops
 from qkernels.reference import fake_quant_learnable as lref
 
 from conftest import DEVICES, KERNEL_DTYPES, assert_bitwise_equal, backends_for, flavour_of, interpreted, make_input
@@ -205,7 +206,7 @@ def test_eager_backward_runs_in_cpp_on_native_backends(device, backend, needs, m
     """Plain eager calls on the cpu/cuda backends get a C++ autograd node (no call back into Python in
     backward) that gives the Python autograd path's gradients bit for bit, for any subset of inputs that
     need a gradient and an incoming gradient of another layout."""
-    from qkernels import _backend_native
+    from qkernels import _backend_native, ops
     from qkernels import learnable as learnable_module
 
     calls = []
@@ -224,13 +225,101 @@ def test_eager_backward_runs_in_cpp_on_native_backends(device, backend, needs, m
 
     fast = run()
     assert not calls
-    monkeypatch.delattr(_backend_native, "learnable_forward_attach")
+    monkeypatch.delattr(_backend_native, "learnable_eager")
+    monkeypatch.setattr(ops, "_entry", None)  # (the C++ entry point calls the same eager op)
     slow = run()
     assert calls
     for a, b, what in zip(fast, slow, ("y", "dx", "dscale", "dzero_point")):
         assert (a is None) == (b is None), what
         if a is not None:
             assert_bitwise_equal(a, b, what=what)
+
+
+# ------------------------------------------------------------------------------------------------------
+# the C++ entry point (qkernels._C, csrc/ops/python_entry.cpp): valid plain eager calls, else None
+# ------------------------------------------------------------------------------------------------------
+needs_entry = pytest.mark.skipif(ops._entry is None, reason="qkernels._C is not built")
+
+
+def _entry(x, scale, zp, axis=None, group_size=None, qmin=-8, qmax=7, gf=0.5, rounding="torch", backend=None):
+    return ops._entry.fake_quantize_learnable(x, scale, zp, axis, group_size, qmin, qmax, gf, rounding, backend)
+
+
+@needs_entry
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("granularity", [(None, None), (-1, None), (1, 3)], ids=["tensor", "channel", "group"])
+@pytest.mark.parametrize("rounding", lref.ZERO_POINT_ROUNDINGS)
+def test_entry_equals_the_python_path(device, granularity, rounding, monkeypatch):
+    """Through the entry and through the Python path (checks, then the same eager op): the same outputs and
+    gradients, bit for bit, for nn.Parameter qparams (as modules hold them) and a transposed x."""
+    axis, group_size = granularity
+    shape = (1,) if axis is None else (5,) if group_size is None else (4, 2, 5)
+    scale, zp = qparams(shape, -8, 7, 3, device)
+    x, dy = inputs(9, (4, 6, 5), scale, zp, axis, group_size, -8, 7, torch.float32, device)
+    x = x.transpose(0, 2).contiguous().transpose(0, 2)
+
+    def run(entry):
+        xs = x.clone().requires_grad_()
+        ss, zs = torch.nn.Parameter(scale.clone()), torch.nn.Parameter(zp.clone())
+        y = entry(xs, ss, zs)
+        y.backward(dy)
+        return y.detach(), xs.grad, ss.grad, zs.grad
+
+    fast = run(lambda *a: _entry(*a, axis, group_size, rounding=rounding))
+    monkeypatch.setattr(ops, "_entry", None)
+    slow = run(lambda *a: learnable(*a, axis, group_size, -8, 7, 0.5, rounding))
+    for a, b, what in zip(fast, slow, ("y", "dx", "dscale", "dzero_point")):
+        assert_bitwise_equal(a, b, what=what)
+    with torch.no_grad():
+        monkeypatch.undo()
+        assert _entry(x, scale, zp, axis, group_size, rounding=rounding).grad_fn is None
+
+
+class _Subclass(torch.Tensor):
+    pass
+
+
+def _learnable_entry_fallbacks():
+    """(what, call of the entry that must return None) for every call learnable.py would reject or leave to
+    another backend or path."""
+    x = torch.randn(4, 6)
+    one, s6, z6 = torch.ones(1), torch.ones(6), torch.zeros(6)
+    return [
+        ("empty input", lambda: _entry(x[:0], one, one * 0)),
+        ("float64 input", lambda: _entry(x.double(), one, one * 0)),
+        ("reference backend", lambda: _entry(x, one, one * 0, backend="reference")),
+        ("tensor subclass scale", lambda: _entry(x, one.as_subclass(_Subclass), one * 0)),
+        ("integer scale", lambda: _entry(x, one.int(), one * 0)),
+        ("bool zero point", lambda: _entry(x, one, one.bool())),
+        ("complex zero point", lambda: _entry(x, one, one.to(torch.complex64))),
+        ("shape mismatch", lambda: _entry(x, one, torch.zeros(1, 1))),
+        ("two-element per-tensor scale", lambda: _entry(x, torch.ones(2), torch.zeros(2))),
+        ("scale on another device", lambda: _entry(x, torch.ones(1, device="meta"), torch.zeros(1, device="meta"))),
+        ("zero scale", lambda: _entry(x, one * 0, one * 0)),
+        ("NaN scale", lambda: _entry(x, one * math.nan, one * 0)),
+        ("range without 0", lambda: _entry(x, one, one * 0, qmin=1, qmax=7)),
+        ("quant_min > quant_max", lambda: _entry(x, one, one * 0, qmin=7, qmax=-8)),
+        ("bounds beyond 2^22", lambda: _entry(x, one, one * 0, qmin=-(2**23))),
+        ("infinite grad_factor", lambda: _entry(x, one, one * 0, gf=math.inf)),
+        ("unknown rounding", lambda: _entry(x, one, one * 0, rounding="nearest")),
+        ("per tensor with a group size", lambda: _entry(x, one, one * 0, None, 2)),
+        ("per channel: 0-D input", lambda: _entry(x[0, 0], one, one * 0, 0)),
+        ("per channel: axis too large", lambda: _entry(x, s6, z6, 2)),
+        ("per channel: axis too small", lambda: _entry(x, s6, z6, -3)),
+        ("per channel: channel count", lambda: _entry(x, s6, z6, 0)),
+        ("per channel: 2-D qparams", lambda: _entry(x, s6[None], z6[None], 1)),
+        ("per channel: str axis", lambda: _entry(x, s6, z6, "1")),
+        ("per group: size not dividing", lambda: _entry(x, torch.ones(4, 1), torch.zeros(4, 1), 1, 4)),
+        ("per group: zero size", lambda: _entry(x, torch.ones(4, 1), torch.zeros(4, 1), 1, 0)),
+        ("per group: wrong qparam shape", lambda: _entry(x, torch.ones(4, 2), torch.zeros(4, 2), 1, 2)),
+        ("per group: flat qparams", lambda: _entry(x, torch.ones(12), torch.zeros(12), 1, 2)),
+    ]
+
+
+@needs_entry
+@pytest.mark.parametrize("what,call", _learnable_entry_fallbacks(), ids=[w for w, _ in _learnable_entry_fallbacks()])
+def test_entry_leaves_other_calls_to_python(what, call):
+    assert call() is None
 
 
 @pytest.mark.parametrize("device,backend", CASES)
@@ -438,7 +527,10 @@ BAD_CALLS = [
 ]
 
 
+@pytest.mark.parametrize("entry", [True, False], ids=["cpp entry", "python only"])
 @pytest.mark.parametrize("match,call", BAD_CALLS, ids=[m for m, _ in BAD_CALLS])
-def test_bad_inputs(match, call):
+def test_bad_inputs(match, call, entry, monkeypatch):
+    if not entry:
+        monkeypatch.setattr(ops, "_entry", None)
     with pytest.raises(RuntimeError, match=match):
         call(torch.randn(4, 5))

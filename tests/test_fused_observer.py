@@ -15,7 +15,7 @@ import torch
 from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
 
 import qkernels
-from qkernels import backends
+from qkernels import backends, ops
 from qkernels.reference import fused_observer as ref
 
 from conftest import assert_bitwise_equal, backends_for, interpreted
@@ -280,6 +280,99 @@ def test_eager_per_tensor_step_is_one_cpp_call_on_native_backends(backend, monke
         assert calls == []
 
 
+# ------------------------------------------------------------------------------------------------------
+# the C++ entry point (qkernels._C, csrc/ops/python_entry.cpp): plain eager per-tensor steps, else None
+# ------------------------------------------------------------------------------------------------------
+needs_entry = pytest.mark.skipif(ops._entry is None, reason="qkernels._C is not built")
+
+
+def _entry_step(x, flags, state, averaging_const=0.1, quant_min=0, quant_max=255, ch_axis=0, per_row=False,
+                symmetric=False, qparams="fused", eps=torch.finfo(torch.float32).eps, symmetric_zero_point=0,
+                backend=None, pack=False):
+    return ops._entry.fused_moving_avg_obs_fake_quant(x, *flags, *state, averaging_const, quant_min, quant_max,
+                                                      ch_axis, per_row, symmetric, qparams, eps,
+                                                      symmetric_zero_point, backend, pack)
+
+
+@needs_entry
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+def test_entry_runs_per_tensor_steps(symmetric, packed):
+    """Step after step with the flags toggled (int64 zero point, bool flags): torch's outputs, gradients and
+    state, bit for bit."""
+    torch_state = fresh_state(False)
+    our_state = fresh_state(False)
+    our_state[3] = our_state[3].long()
+    torch_state[3] = torch_state[3].long()
+    for step, (observe, fake_quant) in enumerate(FLAGS):
+        x = step_input(step)
+        flags = torch.tensor([observe]), torch.tensor([fake_quant])
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya = torch.fused_moving_avg_obs_fake_quant(xa, *flags, *torch_state, 0.25, -128, 127, 0, False, symmetric)
+        yb = _entry_step(xb, [f.bool() for f in flags], our_state, 0.25, -128, 127, symmetric=symmetric, pack=packed)
+        assert yb is not None and yb.grad_fn is not None
+        dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(step))
+        ya.backward(dy), yb.backward(dy)
+        for name, a, b in zip(("y", "dx", "running_min", "running_max", "scale", "zero_point"),
+                              [yb.detach(), xb.grad] + our_state, [ya.detach(), xa.grad] + torch_state):
+            assert_bitwise_equal(a, b, what=f"step {step}: {name}")
+
+
+def _observer_entry_fallbacks():
+    """(what, call of the entry that must return None) for every call fused_observer.py would reject, leave to
+    another backend or take another path for."""
+    from torch.overrides import TorchFunctionMode
+
+    x = torch.randn(3, 4)
+    on = (torch.tensor([1]), torch.tensor([1]))
+
+    def state(**change):
+        s = dict(running_min=torch.tensor(math.inf), running_max=torch.tensor(-math.inf), scale=torch.ones(1),
+                 zero_point=torch.zeros(1, dtype=torch.int32))
+        s.update(change)
+        return list(s.values())
+
+    def under_mode():
+        args = state()
+        with TorchFunctionMode():
+            return _entry_step(x, on, args)
+
+    return [
+        ("empty input", lambda: _entry_step(x[:0], on, state())),
+        ("float64 input", lambda: _entry_step(x.double(), on, state())),
+        ("per channel", lambda: _entry_step(x, on, state(), per_row=True)),
+        ("per_row given as 0", lambda: _entry_step(x, on, state(), per_row=0)),
+        ("symmetric given as 1", lambda: _entry_step(x, on, state(), symmetric=1)),
+        ("reference backend", lambda: _entry_step(x, on, state(), backend="reference")),
+        ("torch function mode", under_mode),
+        ("two-element flag", lambda: _entry_step(x, (torch.tensor([1, 1]), on[1]), state())),
+        ("complex flag", lambda: _entry_step(x, (on[0], torch.tensor([1j])), state())),
+        ("float64 running_min", lambda: _entry_step(x, on, state(running_min=torch.tensor(math.inf).double()))),
+        ("float16 scale", lambda: _entry_step(x, on, state(scale=torch.ones(1).half()))),
+        ("float zero point", lambda: _entry_step(x, on, state(zero_point=torch.zeros(1)))),
+        ("two-element scale", lambda: _entry_step(x, on, state(scale=torch.ones(2)))),
+        ("empty running_max", lambda: _entry_step(x, on, state(running_max=torch.empty(0)))),
+        ("scale needs grad", lambda: _entry_step(x, on, state(scale=torch.ones(1, requires_grad=True)))),
+        ("state on another device", lambda: _entry_step(x, on, state(scale=torch.ones(1, device="meta")))),
+        ("unknown qparams mode", lambda: _entry_step(x, on, state(), qparams="minmax")),
+        ("quant_min > quant_max", lambda: _entry_step(x, on, state(), quant_min=5, quant_max=4)),
+        ("bounds beyond 2^22", lambda: _entry_step(x, on, state(), quant_max=2**23)),
+        ("str averaging constant", lambda: _entry_step(x, on, state(), averaging_const="0.1")),
+        ("float symmetric zero point", lambda: _entry_step(x, on, state(), symmetric_zero_point=0.0)),
+        ("tensor subclass input", lambda: _entry_step(x.as_subclass(_Subclass), on, state())),
+    ]
+
+
+class _Subclass(torch.Tensor):
+    pass
+
+
+@needs_entry
+@pytest.mark.parametrize("what,call", _observer_entry_fallbacks(), ids=[w for w, _ in _observer_entry_fallbacks()])
+def test_entry_leaves_other_calls_to_python(what, call):
+    assert call() is None
+
+
 def test_op_gradient_is_the_straight_through_mask():
     state = fresh_state(False)
     x = step_input(1).requires_grad_()
@@ -360,8 +453,11 @@ BAD = [
 ]
 
 
+@pytest.mark.parametrize("entry", [True, False], ids=["cpp entry", "python only"])
 @pytest.mark.parametrize("match,override", BAD, ids=[m for m, _ in BAD])
-def test_op_bad_inputs(match, override):
+def test_op_bad_inputs(match, override, entry, monkeypatch):
+    if not entry:
+        monkeypatch.setattr(ops, "_entry", None)
     args = dict(observer_on=torch.tensor([1]), fake_quant_on=torch.tensor([1]), running_min=torch.tensor(math.inf),
                 running_max=torch.tensor(-math.inf), scale=torch.ones(1), zero_point=torch.zeros(1, dtype=torch.int32),
                 averaging_const=0.1, quant_min=0, quant_max=255, ch_axis=0)

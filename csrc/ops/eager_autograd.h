@@ -9,10 +9,10 @@
 //     and, when requires_grad, the straight-through node attached (dx = dy * mask by the backward kernel);
 //   _fused_observer_per_tensor_eager_<device>(Tensor x, Tensor observer_on, Tensor fake_quant_on, ...) -> Tensor
 //     the fused observer op per tensor: the observer step, then the per-tensor eager forward above;
-//   _fake_quant_learnable_forward_attach_<device>(Tensor x, Tensor scale, Tensor zero_point, Tensor(a!) out, ...)
-//     -> Tensor(a!)
-//     the learnable forward on the layout Python prepared (out, x's dense copy, float32 qparams), then the
-//     learnable backward node (dx, dscale, dzero_point; qparam gradients only for the inputs that need them).
+//   _fake_quant_learnable_eager_<device>(Tensor x, Tensor scale, Tensor zero_point, int? axis, int? group_size, ...)
+//     -> Tensor
+//     the learnable forward (layout, float32 qparams, launch) and, when requires_grad, the learnable backward
+//     node (dx, dscale, dzero_point; qparam gradients only for the inputs that need them).
 //
 // Backward then runs in C++ without a call back into Python. Registered as CompositeImplicitAutograd, so that
 // the nodes see the inputs' autograd state. Double backward: the straight-through node calls the registered
@@ -276,23 +276,72 @@ using LearnableForwardKernel = void (*)(const at::Tensor& x, at::Tensor& out, co
                                         const at::Tensor& zero_point, int64_t B, int64_t O, int64_t C, int64_t I,
                                         int64_t quant_min, int64_t quant_max, int64_t flavour, bool per_tensor);
 
-// The learnable forward with grad on Python's layout (qkernels/learnable.py, `_call`): the kernel writes out from xk
-// (x in the kernels' dense layout, possibly a copy) and the float32 qparams s, z; the node connects out to x,
-// scale and zero_point. Returns out.
-template <LearnableForwardKernel kForward, LearnableBackwardKernel kBackward>
-at::Tensor learnable_forward_attach(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
-                                    at::Tensor& out, const at::Tensor& xk, const at::Tensor& s, const at::Tensor& z,
-                                    int64_t B, int64_t O, int64_t C, int64_t I, int64_t quant_min, int64_t quant_max,
-                                    double grad_factor, int64_t rule, bool use_fma, bool per_tensor,
-                                    at::ScalarType ds_dtype, at::ScalarType dz_dtype) {
-  const int64_t flavour = flavour_of(x);
-  {
-    const at::NoGradGuard no_grad;
-    kForward(xk, out, s, z, B, O, C, I, quant_min, quant_max, flavour, per_tensor);
+// As qkernels/learnable.py's _layout: x in its output layout (a dense x keeps its own, another is copied into
+// empty_like's; per group, contiguous), a fresh output of that layout, and the kernels' [B, O, C, I] view.
+struct LearnableLayout {
+  at::Tensor x, out;
+  int64_t B = 1, O = 1, C = 1, I = 1;
+};
+
+inline LearnableLayout learnable_layout(const at::Tensor& x, std::optional<int64_t> axis,
+                                        std::optional<int64_t> group_size) {
+  LearnableLayout l;
+  l.x = group_size ? x.contiguous() : x;
+  l.out = at::empty_like(l.x);
+  if (l.out.strides() != l.x.strides()) l.x = at::empty_like(l.out).copy_(l.x);
+  const int64_t n = l.x.numel();
+  if (!axis || n == 0) {
+    l.I = std::max<int64_t>(n, 1);
+    return l;
   }
-  return LearnableNode<kBackward>::apply(x, scale, zero_point,
-                                         LearnableForward{out, xk, s, z, B, O, C, I, quant_min, quant_max, grad_factor,
-                                                          flavour, rule, use_fma, ds_dtype, dz_dtype});
+  const int64_t a = c10::maybe_wrap_dim(*axis, l.x.dim());
+  if (!group_size) {
+    l.C = l.x.size(a);
+    // Elements between consecutive channels (as ops.py's _inner_stride).
+    l.I = l.C > 1 ? l.x.stride(a) : std::max<int64_t>(1, n / std::max<int64_t>(1, l.C));
+    l.O = n / (l.C * l.I);
+  } else {
+    const int64_t g = *group_size;
+    int64_t inner = 1;
+    for (int64_t d = a + 1; d < l.x.dim(); ++d) inner *= l.x.size(d);
+    if (inner == 1) {
+      l.B = n / g, l.I = g;
+    } else {
+      l.B = n / (g * inner), l.O = g, l.C = inner;
+    }
+  }
+  if (l.C == 1) l.I *= l.O, l.O = 1;  // one quantizer per b: its O * I elements are one run
+  return l;
+}
+
+// As learnable.py's _flat_qparam: contiguous float32 (the kernels read flat [B * C] arrays).
+inline at::Tensor flat_float32(const at::Tensor& t) {
+  return t.scalar_type() == at::kFloat && t.is_contiguous() ? t : t.reshape(-1).to(at::kFloat).contiguous();
+}
+
+// The learnable op's eager call (qkernels/learnable.py, `_call`) on checked arguments: the layout, the forward
+// kernel and, when requires_grad, the node from x, scale and zero_point (qparam gradients in their dtypes, float32
+// for integer ones). axis: none per tensor; group_size: none per channel. rule: qkernels::ZpRule.
+template <LearnableForwardKernel kForward, LearnableBackwardKernel kBackward>
+at::Tensor learnable_eager(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
+                           std::optional<int64_t> axis, std::optional<int64_t> group_size, int64_t quant_min,
+                           int64_t quant_max, double grad_factor, int64_t rule, bool use_fma, bool requires_grad) {
+  const int64_t flavour = flavour_of(x);
+  LearnableLayout l;
+  at::Tensor s, z;
+  {
+    const at::NoGradGuard no_grad;  // the kernels' inputs carry no history; the node connects out to x
+    l = learnable_layout(x, axis, group_size);
+    s = flat_float32(scale);
+    z = flat_float32(zero_point);
+    if (l.x.numel() > 0) kForward(l.x, l.out, s, z, l.B, l.O, l.C, l.I, quant_min, quant_max, flavour, !axis);
+  }
+  if (!requires_grad) return l.out;
+  const auto grad_dtype = [](const at::Tensor& t) { return t.is_floating_point() ? t.scalar_type() : at::kFloat; };
+  return LearnableNode<kBackward>::apply(
+      x, scale, zero_point,
+      LearnableForward{l.out, l.x, s, z, l.B, l.O, l.C, l.I, quant_min, quant_max, grad_factor, flavour, rule,
+                       use_fma, grad_dtype(scale), grad_dtype(zero_point)});
 }
 
 }  // namespace glue
@@ -310,10 +359,9 @@ at::Tensor learnable_forward_attach(const at::Tensor& x, const at::Tensor& scale
         "Tensor(c!) scale, Tensor(d!) zero_point, float averaging_const, int quant_min, int quant_max, "          \
         "bool symmetric, int mode, float eps, int symmetric_zero_point, bool requires_grad, bool pack_mask) "     \
         "-> Tensor");                                                                                              \
-  m.def("_fake_quant_learnable_forward_attach_" suffix                                                            \
-        "(Tensor x, Tensor scale, Tensor zero_point, Tensor(a!) out, Tensor xk, Tensor s, Tensor z, int B, int O, " \
-        "int C, int I, int quant_min, int quant_max, float grad_factor, int rule, bool use_fma, bool per_tensor, "  \
-        "ScalarType ds_dtype, ScalarType dz_dtype) -> Tensor(a!)")
+  m.def("_fake_quant_learnable_eager_" suffix                                                                     \
+        "(Tensor x, Tensor scale, Tensor zero_point, int? axis, int? group_size, int quant_min, int quant_max, "    \
+        "float grad_factor, int rule, bool use_fma, bool requires_grad) -> Tensor")
 
 // Every op of one device (dev: cpu or cuda; Key: its dispatch key), from the glue functions named <op>_<dev>:
 // the private launcher ops on the device's key, the eager forwards as CompositeImplicitAutograd.
@@ -329,8 +377,8 @@ at::Tensor learnable_forward_attach(const at::Tensor& x, const at::Tensor& scale
     m.impl("_fused_observer_per_tensor_eager_" #dev,                                                         \
            &glue::fused_observer_per_tensor_eager<&fused_observer_update_##dev, &per_tensor_##dev,           \
                                                   &backward_##dev>);                                         \
-    m.impl("_fake_quant_learnable_forward_attach_" #dev,                                                     \
-           &glue::learnable_forward_attach<&learnable_forward_##dev, &learnable_backward_##dev>);            \
+    m.impl("_fake_quant_learnable_eager_" #dev,                                                              \
+           &glue::learnable_eager<&learnable_forward_##dev, &learnable_backward_##dev>);                     \
   }                                                                                                          \
   TORCH_LIBRARY_IMPL(qkernels, Key, m) {                                                                     \
     m.impl("_fake_quant_per_tensor_" #dev, &per_tensor_##dev);                                               \

@@ -1,17 +1,23 @@
-// The Python module qkernels._C: the public fake-quant functions' eager calls in one C++ call from Python.
+// The Python module qkernels._C: the public functions' eager calls in one C++ call from Python.
 //
 //   fake_quantize_per_tensor_affine(x, scale, zero_point, quant_min, quant_max, backend, pack_mask)
 //   fake_quantize_per_channel_affine(x, scale, zero_point, axis, quant_min, quant_max, backend, pack_mask)
+//   fused_moving_avg_obs_fake_quant(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
+//     averaging_const, quant_min, quant_max, ch_axis, per_row_fake_quant, symmetric_quant, qparams, eps,
+//     symmetric_zero_point, backend, pack_mask)  (per tensor only)
+//   fake_quantize_learnable(x, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor,
+//     zero_point_rounding, backend)  (axis None: per tensor; group_size None: per channel)
 //     -> Tensor, or None
 //
-// Same arguments as qkernels/ops.py's public functions, plus `backend` (the use_backend() override, or None) and
-// `pack_mask` (packed_masks()); the caller has ruled out torch.compile tracing. The call runs the native eager op
-// of x's device (eager_autograd.h: allocation, launch, autograd node) when it is plain eager (no torch-function
-// or dispatch mode, no functorch transform, plain tensors only), asks for the native backend of x's device and
-// is valid: every argument of the type the spec expects, and every check of qkernels/ops.py passing. Anything
-// else returns None, and the caller takes the Python path, which raises the errors (with their messages),
-// chooses other backends and converts other argument types. So these predicates may only be stricter than
-// ops.py's checks, never looser: tests/test_fake_quant.py runs every bad input through this entry.
+// Same arguments as the public functions (qkernels/ops.py, qkernels/fused_observer.py, qkernels/learnable.py's
+// _call; keywords passed by position), plus `backend` (the use_backend() override, or None) and `pack_mask`
+// (packed_masks()); the caller has ruled out torch.compile tracing. The call runs the native eager op of x's
+// device (eager_autograd.h: allocation, launch, autograd node) when it is plain eager (no torch-function or
+// dispatch mode, no functorch transform, plain tensors or parameters), asks for the native backend of x's device
+// and is valid: every argument of the type the spec expects, and every check of the Python module passing.
+// Anything else returns None, and the caller takes the Python path, which raises the errors (with their
+// messages), chooses other backends and converts other argument types. So these predicates may only be stricter
+// than the Python checks, never looser: the tests run every bad input through this entry and without it.
 //
 // Why: parsing the arguments of a registered op from Python, and the Python checks, cost several times the C++
 // work of a small call (benchmarks/NOTES.md, host time).
@@ -41,7 +47,8 @@ constexpr int64_t kMaxKernelQuantBound = int64_t{1} << 22;  // qkernels.backends
 // ---------------------------------------------------------------------------------------------------------------
 // Arguments: Python objects -> C++ values, or nothing when the object is not of the expected type.
 // ---------------------------------------------------------------------------------------------------------------
-const at::Tensor* plain_tensor(PyObject* o) {  // exactly torch.Tensor: subclasses take the Python path
+// Exactly torch.Tensor or nn.Parameter (which disables __torch_function__); other subclasses take the Python path.
+const at::Tensor* plain_tensor(PyObject* o) {
   return THPVariable_CheckExact(o) ? &THPVariable_Unpack(o) : nullptr;
 }
 
@@ -119,9 +126,10 @@ Values values_rule(const at::Tensor& t) {
   return v != nullptr && std::string(v) == "1" ? Values::Python : Values::Skip;
 }
 
-// Every value of a 1-D (or one-element) CPU tensor, as double, passes `ok`.
+// Every value of a CPU tensor, as double, passes `ok`.
 template <typename Pred>
-bool all_values(const at::Tensor& t, Pred ok) {
+bool all_values(const at::Tensor& tensor, Pred ok) {
+  const at::Tensor t = tensor.dim() > 1 ? tensor.contiguous() : tensor;
   const int64_t n = t.numel(), step = t.dim() == 1 ? t.stride(0) : 1;
   bool pass = true;
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kInt, t.scalar_type(), "all_values", [&] {
@@ -277,12 +285,12 @@ PyObject* fake_quantize_per_tensor_affine(PyObject* /*module*/, PyObject* const*
 
 // aten's CPU build fuses a float32 zero point's x * inv + z into one FMA when vectorized (CUDA always):
 // qkernels.reference.fake_quant.uses_fma.
-bool uses_fma(const at::Tensor& x, const at::Tensor& zero_point) {
+bool uses_fma(const at::Tensor& x, at::ScalarType zero_point_dtype) {
   static const bool vectorized = [] {
     const std::string capability = at::get_cpu_capability();
     return capability != "DEFAULT" && capability != "NO AVX";
   }();
-  return x.is_cuda() || (zero_point.scalar_type() == at::kFloat && vectorized);
+  return x.is_cuda() || (zero_point_dtype == at::kFloat && vectorized);
 }
 
 // (x, scale, zero_point, axis, quant_min, quant_max, backend, pack_mask): ops.py's _check_per_channel.
@@ -312,8 +320,156 @@ PyObject* fake_quantize_per_channel_affine(PyObject* /*module*/, PyObject* const
   const auto* op = eager_op(*x, per_channel_cpu, per_channel_cuda);
   if (op == nullptr) Py_RETURN_NONE;
   const MaskRequest m = mask_request(*x, args[7]);
-  const bool fma = uses_fma(*x, *zero_point);
+  const bool fma = uses_fma(*x, zero_point->scalar_type());
   return run([&] { return op->call(*x, *scale, *zero_point, *axis, lo, hi, fma, m.need, m.pack); });
+  END_HANDLE_TH_ERRORS
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The fused observer per tensor: qkernels/fused_observer.py's _check (per tensor, sized state) and its
+// one-call step, the device's _fused_observer_per_tensor_eager op. Empty inputs, per-channel calls and flags
+// or modes given in other types take the Python path.
+// ---------------------------------------------------------------------------------------------------------------
+using ObserverPerTensorEager = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor&,
+                                          at::Tensor&, at::Tensor&, at::Tensor&, double, int64_t, int64_t, bool,
+                                          int64_t, double, int64_t, bool, bool);
+
+EagerOp<ObserverPerTensorEager> observer_cpu{"qkernels::_fused_observer_per_tensor_eager_cpu"};
+EagerOp<ObserverPerTensorEager> observer_cuda{"qkernels::_fused_observer_per_tensor_eager_cuda"};
+
+// The flag dtypes the kernels read (fused_observer.py's _FLAG_DTYPES; fake_quant_glue.h's flag_of).
+bool is_flag(const at::Tensor& flag) {
+  switch (flag.scalar_type()) {
+    case at::kBool: case at::kChar: case at::kByte: case at::kShort: case at::kUInt16: case at::kInt:
+    case at::kUInt32: case at::kLong: case at::kUInt64: case at::kHalf: case at::kBFloat16: case at::kFloat:
+    case at::kDouble:
+      return flag.numel() == 1;
+    default:
+      return false;
+  }
+}
+
+// QPARAMS_MODES.index(qparams) of qkernels.reference.fused_observer: "fused" 0, "observer" 1.
+std::optional<int64_t> qparams_mode(PyObject* o) {
+  if (!PyUnicode_CheckExact(o)) return std::nullopt;
+  if (PyUnicode_CompareWithASCIIString(o, "fused") == 0) return 0;
+  if (PyUnicode_CompareWithASCIIString(o, "observer") == 0) return 1;
+  return std::nullopt;
+}
+
+// (x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const, quant_min,
+//  quant_max, ch_axis, per_row_fake_quant, symmetric_quant, qparams, eps, symmetric_zero_point, backend,
+//  pack_mask)
+PyObject* fused_moving_avg_obs_fake_quant(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 18 || !plain_eager() || args[11] != Py_False || !PyBool_Check(args[12])) Py_RETURN_NONE;
+  const at::Tensor* x = plain_tensor(args[0]);
+  if (x == nullptr || !x->is_floating_point() || x->numel() == 0) Py_RETURN_NONE;
+  const at::Tensor* t[6];  // observer_on, fake_quant_on, running_min, running_max, scale, zero_point
+  for (int i = 0; i < 6; ++i) {
+    t[i] = plain_tensor(args[i + 1]);
+    if (t[i] == nullptr || t[i]->device() != x->device() || t[i]->numel() != 1) Py_RETURN_NONE;
+  }
+  const at::Tensor &scale = *t[4], &zero_point = *t[5];
+  const at::ScalarType zt = zero_point.scalar_type();
+  if (!is_flag(*t[0]) || !is_flag(*t[1]) || t[2]->scalar_type() != at::kFloat ||
+      t[3]->scalar_type() != at::kFloat || scale.scalar_type() != at::kFloat || !(zt == at::kInt || zt == at::kLong) ||
+      !qparam_tensors_usable(*x, scale, zero_point)) {
+    Py_RETURN_NONE;
+  }
+  const std::optional<double> averaging_const = python_float(args[7]), eps = python_float(args[14]);
+  const std::optional<int64_t> quant_min = python_int(args[8]), quant_max = python_int(args[9]),
+                               ch_axis = python_int(args[10]), mode = qparams_mode(args[13]),
+                               symmetric_zero_point = python_int(args[15]);
+  if (!averaging_const || !eps || !quant_min || !quant_max || !ch_axis || !mode || !symmetric_zero_point ||
+      *quant_min > *quant_max || !native_backend_chosen(args[16], *x, *quant_min, *quant_max)) {
+    Py_RETURN_NONE;
+  }
+  const auto* op = eager_op(*x, observer_cpu, observer_cuda);
+  if (op == nullptr) Py_RETURN_NONE;
+  const MaskRequest m = mask_request(*x, args[17]);
+  at::Tensor running_min = *t[2], running_max = *t[3], scale_out = scale, zero_point_out = zero_point;
+  const bool symmetric = args[12] == Py_True;
+  return run([&] {
+    return op->call(*x, *t[0], *t[1], running_min, running_max, scale_out, zero_point_out, *averaging_const,
+                    *quant_min, *quant_max, symmetric, *mode, *eps, *symmetric_zero_point, m.need, m.pack);
+  });
+  END_HANDLE_TH_ERRORS
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The learnable op: qkernels/learnable.py's _check and its one-call eager op, the device's
+// _fake_quant_learnable_eager. Empty inputs take the Python path.
+// ---------------------------------------------------------------------------------------------------------------
+using LearnableEager = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, std::optional<int64_t>,
+                                  std::optional<int64_t>, int64_t, int64_t, double, int64_t, bool, bool);
+
+EagerOp<LearnableEager> learnable_cpu{"qkernels::_fake_quant_learnable_eager_cpu"};
+EagerOp<LearnableEager> learnable_cuda{"qkernels::_fake_quant_learnable_eager_cuda"};
+
+// None, or a Python int (nullopt inside an optional: the object is neither).
+std::optional<std::optional<int64_t>> optional_int(PyObject* o) {
+  if (o == Py_None) return std::optional<int64_t>();
+  const std::optional<int64_t> v = python_int(o);
+  if (!v) return std::nullopt;
+  return v;
+}
+
+// Scale and zero point shaped for the granularity (learnable.py's _check; qparam_shape of its reference).
+bool learnable_qparams_fit(const at::Tensor& x, const at::Tensor& scale, std::optional<int64_t> axis,
+                           std::optional<int64_t> group_size) {
+  if (!axis) return scale.numel() == 1;
+  const int64_t dim = x.dim();
+  if (dim == 0 || *axis < -dim || *axis >= dim) return false;
+  const int64_t a = *axis < 0 ? *axis + dim : *axis, size = x.size(a);
+  if (!group_size) return scale.dim() == 1 && scale.numel() == size;
+  if (*group_size < 1 || size % *group_size != 0 || scale.dim() != dim) return false;
+  for (int64_t d = 0; d < dim; ++d) {
+    if (scale.size(d) != (d == a ? size / *group_size : x.size(d))) return false;
+  }
+  return true;
+}
+
+// qkernels::ZpRule of learnable.py's _rule: "consistent" 2; "torch" 0 per tensor, else 1.
+std::optional<int64_t> zero_point_rule(PyObject* o, bool per_tensor) {
+  if (!PyUnicode_CheckExact(o)) return std::nullopt;
+  if (PyUnicode_CompareWithASCIIString(o, "consistent") == 0) return 2;
+  if (PyUnicode_CompareWithASCIIString(o, "torch") == 0) return per_tensor ? 0 : 1;
+  return std::nullopt;
+}
+
+// (x, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor, zero_point_rounding, backend)
+PyObject* fake_quantize_learnable(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 10 || !plain_eager()) Py_RETURN_NONE;
+  const at::Tensor* x = plain_tensor(args[0]);
+  const at::Tensor* scale = plain_tensor(args[1]);
+  const at::Tensor* zero_point = plain_tensor(args[2]);
+  const auto axis = optional_int(args[3]), group_size = optional_int(args[4]);
+  const std::optional<int64_t> quant_min = python_int(args[5]), quant_max = python_int(args[6]);
+  const std::optional<double> grad_factor = python_float(args[7]);
+  if (x == nullptr || scale == nullptr || zero_point == nullptr || !axis || !group_size || !quant_min ||
+      !quant_max || !grad_factor || x->numel() == 0) {
+    Py_RETURN_NONE;
+  }
+  const std::optional<int64_t> rule = zero_point_rule(args[8], !*axis);
+  const at::ScalarType zt = zero_point->scalar_type();
+  const int64_t lo = *quant_min, hi = *quant_max;
+  if (!rule || !std::isfinite(*grad_factor) || !(lo <= 0 && 0 <= hi) || !scale->is_floating_point() ||
+      zero_point->is_complex() || zt == at::kBool || scale->sizes() != zero_point->sizes() ||
+      scale->device() != x->device() || zero_point->device() != x->device() ||
+      (!*axis && *group_size) || !learnable_qparams_fit(*x, *scale, *axis, *group_size)) {
+    Py_RETURN_NONE;
+  }
+  if (!native_backend_chosen(args[9], *x, lo, hi) || !scale_values_pass(*scale)) Py_RETURN_NONE;
+  const auto* op = eager_op(*x, learnable_cpu, learnable_cuda);
+  if (op == nullptr) Py_RETURN_NONE;
+  const bool need = at::GradMode::is_enabled() &&
+                    (x->requires_grad() || scale->requires_grad() || zero_point->requires_grad());
+  const bool fma = uses_fma(*x, at::kFloat);  // (learnable.py: the float32 rule)
+  return run([&] {
+    return op->call(*x, *scale, *zero_point, *axis, *group_size, lo, hi, *grad_factor, *rule, fma, need);
+  });
   END_HANDLE_TH_ERRORS
 }
 
@@ -325,6 +481,11 @@ PyMethodDef methods[] = {
     {"fake_quantize_per_channel_affine", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(
                                              fake_quantize_per_channel_affine)),
      METH_FASTCALL, "qkernels.fake_quantize_per_channel_affine in plain eager mode, or None (python_entry.cpp)"},
+    {"fused_moving_avg_obs_fake_quant", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(
+                                            fused_moving_avg_obs_fake_quant)),
+     METH_FASTCALL, "qkernels.fused_moving_avg_obs_fake_quant per tensor in plain eager mode, or None"},
+    {"fake_quantize_learnable", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(fake_quantize_learnable)),
+     METH_FASTCALL, "qkernels' learnable fake quantization in plain eager mode, or None (python_entry.cpp)"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "qkernels._C",
