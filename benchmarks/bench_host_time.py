@@ -9,8 +9,9 @@ over rounds (the least disturbed) and the median, in microseconds per call.
 
 Calls (aten's equivalents in brackets): ``fake_quant_per_tensor`` (Python-number qparams),
 ``fake_quant_per_tensor_tensor_qparams``, ``fake_quant_per_channel`` ([16, 64], axis 0, int32 zero point),
-``learnable_per_tensor`` and ``fused_observer_per_tensor`` (observer and fake quant on); each ``fwd`` (no grad) and
-``fwdbwd`` (inputs requiring grad, ``backward(ones)``).
+``learnable_per_tensor``, ``learnable_per_channel`` ([16, 64], axis 0), ``fused_observer_per_tensor`` and
+``fused_observer_per_channel`` ([16, 64], axis 0, symmetric; observer and fake quant on); each ``fwd`` (no grad)
+and ``fwdbwd`` (inputs requiring grad, ``backward(ones)``).
 
     python benchmarks/bench_host_time.py [--device cpu|cuda] [--rounds 9] [--calls 2000] [--out DIR]
 """
@@ -42,8 +43,12 @@ def calls(device: torch.device):
     x = torch.randn(1024, device=device)
     on = t([1])
     state = [t([float("inf")]), t([float("-inf")]), t([1.0]), t([0], dtype=torch.int32)]
+    channel_state = [torch.full((16,), float("inf"), device=device), torch.full((16,), float("-inf"), device=device),
+                     torch.ones(16, device=device), torch.zeros(16, dtype=torch.int32, device=device)]
     learnable = {torch: torch._fake_quantize_learnable_per_tensor_affine,
                  qkernels: qkernels.fake_quantize_learnable_per_tensor_affine}
+    learnable_channel = {torch: torch._fake_quantize_learnable_per_channel_affine,
+                         qkernels: qkernels.fake_quantize_learnable_per_channel_affine}
     return {
         "fake_quant_per_tensor": ([x], lambda m, a: m.fake_quantize_per_tensor_affine(a, 0.05, 3, -128, 127), 1),
         "fake_quant_per_tensor_tensor_qparams": (
@@ -54,8 +59,15 @@ def calls(device: torch.device):
             lambda m, a, s, z: m.fake_quantize_per_channel_affine(a, s, z, 0, -128, 127), 1),
         "learnable_per_tensor": (
             [x, t([0.05]), t([3.0])], lambda m, a, s, z: learnable[m](a, s, z, -128, 127, 1.0), 3),
+        "learnable_per_channel": (
+            [x.view(16, 64), torch.rand(16, device=device) + 0.01, torch.zeros(16, device=device)],
+            lambda m, a, s, z: learnable_channel[m](a, s, z, 0, -128, 127, 1.0), 3),
         "fused_observer_per_tensor": (
             [x], lambda m, a: m.fused_moving_avg_obs_fake_quant(a, on, on, *state, 0.01, -128, 127, 0, False, False),
+            1),
+        "fused_observer_per_channel": (  # (a weight's fake quant in torch.ao's default QAT qconfigs)
+            [x.view(16, 64)],
+            lambda m, a: m.fused_moving_avg_obs_fake_quant(a, on, on, *channel_state, 0.01, -128, 127, 0, True, True),
             1),
     }
 

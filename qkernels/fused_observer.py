@@ -180,6 +180,11 @@ def observer_update(input, observer_on, fake_quant_on, running_min, running_max,
                     qparams="fused", eps=_F32_EPS, symmetric_zero_point=0) -> None:
     """The observer and qparam step of ``fused_moving_avg_obs_fake_quant`` alone (no fake quantization),
     in place; sizes empty per-channel state on the first eager call."""
+    if ops._entry is not None and not ops._is_compiling() and ops._entry.fused_observer_update(
+            input, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const,
+            quant_min, quant_max, ch_axis, per_row_fake_quant, symmetric_quant, qparams, eps, symmetric_zero_point,
+            ops._backend_override()):
+        return  # plain eager, sized state, native backend: one C++ call
     if per_row_fake_quant:
         _check_ch_axis(input, ch_axis)
         if not all(t.numel() == input.size(ch_axis) for t in (running_min, running_max, scale, zero_point)):

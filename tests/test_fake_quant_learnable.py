@@ -388,6 +388,27 @@ def test_qparam_grads_are_deterministic(device, backend, axis, group_size, shape
         assert_bitwise_equal(a, b)
 
 
+@pytest.mark.skipif(qkernels.backends.availability("cpu", "cpu") is not None, reason="qkernels._C is not built")
+@pytest.mark.parametrize("axis,shape", [(None, (3000, 70)), (0, (64, 3001)), (1, (3001, 64))],
+                         ids=["per tensor", "per channel, runs", "per channel, rows"])
+def test_cpu_qparam_grads_do_not_depend_on_the_thread_count(axis, shape):
+    """Inputs large enough for the cpu backend to split the backward's work items across threads (each thread
+    takes at least 2^15 elements' worth): the same bits with 1, 2 and 3 threads."""
+    scale, zp = qparams(lref.qparam_shape(shape, axis, None), -128, 127, 2, "cpu")
+    x, dy = inputs(2, shape, scale, zp, axis, None, -128, 127, torch.float32, "cpu")
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            runs.append(forward_backward("cpu", x, scale, zp, dy, axis, None, -128, 127, 1.0))
+    finally:
+        torch.set_num_threads(threads)
+    for again in runs[1:]:
+        for a, b in zip(runs[0], again):
+            assert_bitwise_equal(a, b)
+
+
 @pytest.mark.parametrize("device,backend", CASES)
 def test_zero_point_rounding_modes(device, backend):
     """torch: zp 2.5 is 2 forward and 3 backward (aten); consistent: dx's mask is the forward mask."""

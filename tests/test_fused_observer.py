@@ -367,6 +367,70 @@ class _Subclass(torch.Tensor):
     pass
 
 
+def _entry_update(x, flags, state, averaging_const=0.1, quant_min=-128, quant_max=127, ch_axis=0, per_row=True,
+                  symmetric=True, qparams="fused", eps=torch.finfo(torch.float32).eps, symmetric_zero_point=0,
+                  backend=None):
+    return ops._entry.fused_observer_update(x, *flags, *state, averaging_const, quant_min, quant_max, ch_axis,
+                                            per_row, symmetric, qparams, eps, symmetric_zero_point, backend)
+
+
+def _sized_state(channels):
+    return [torch.full((channels,), math.inf), torch.full((channels,), -math.inf), torch.ones(channels),
+            torch.zeros(channels, dtype=torch.int32)]
+
+
+@needs_entry
+@pytest.mark.parametrize("ch_axis,layout", [(0, "contiguous"), (-1, "contiguous"), (1, "transposed"),
+                                            (1, "sliced"), (None, "sliced")])
+@pytest.mark.parametrize("qparams", ref.QPARAMS_MODES)
+def test_entry_update_equals_the_python_path(ch_axis, layout, qparams, monkeypatch):
+    """The observer step through the entry and through the Python path (its implementation, same launcher): the
+    same state, step after step with the flags toggled, per channel on any axis and layout, and per tensor."""
+    per_row = ch_axis is not None
+    states = []
+    for entry in (True, False):
+        if not entry:
+            monkeypatch.setattr(ops, "_entry", None)
+        x0 = step_input(0, (6, 5, 4))
+        views = {"contiguous": lambda t: t, "transposed": lambda t: t.transpose(0, 2), "sliced": lambda t: t[:, ::2]}
+        state = _sized_state(views[layout](x0).size(ch_axis) if per_row else 1)
+        for step, (observe, fake_quant) in enumerate(FLAGS):
+            x = views[layout](step_input(step, (6, 5, 4)))
+            flags = torch.tensor([observe]), torch.tensor([fake_quant])
+            qkernels.fused_observer.observer_update(x, *flags, *state, 0.25, -128, 127, ch_axis or 0, per_row, False,
+                                                    qparams=qparams)
+            if entry:  # the entry ran (the state is sized and contiguous): it leaves nothing to Python
+                assert _entry_update(x, flags, [t.clone() for t in state], 0.25, ch_axis=ch_axis or 0,
+                                     per_row=per_row, symmetric=False, qparams=qparams) is True
+        states.append(state)
+    for name, a, b in zip(("running_min", "running_max", "scale", "zero_point"), *states):
+        assert_bitwise_equal(a, b, what=name)
+
+
+def _update_entry_fallbacks():
+    x = torch.randn(4, 6)
+    on = (torch.tensor([1]), torch.tensor([1]))
+    return [
+        ("state to be sized", lambda: _entry_update(x, on, [torch.empty(0), torch.empty(0), torch.ones(1),
+                                                            torch.zeros(1, dtype=torch.int32)])),
+        ("wrong state size", lambda: _entry_update(x, on, _sized_state(6))),
+        ("non-contiguous state", lambda: _entry_update(x, on, [t[::2] for t in _sized_state(8)])),
+        ("ch_axis too large", lambda: _entry_update(x, on, _sized_state(4), ch_axis=2)),
+        ("ch_axis too small", lambda: _entry_update(x, on, _sized_state(4), ch_axis=-3)),
+        ("str ch_axis", lambda: _entry_update(x, on, _sized_state(4), ch_axis="0")),
+        ("per_row given as 1", lambda: _entry_update(x, on, _sized_state(4), per_row=1)),
+        ("triton backend", lambda: _entry_update(x, on, _sized_state(4), backend="triton")),
+        ("empty input", lambda: _entry_update(x[:0], on, _sized_state(0))),
+        ("wrong argument count", lambda: ops._entry.fused_observer_update(x, *on, *_sized_state(4))),
+    ]
+
+
+@needs_entry
+@pytest.mark.parametrize("what,call", _update_entry_fallbacks(), ids=[w for w, _ in _update_entry_fallbacks()])
+def test_entry_update_leaves_other_calls_to_python(what, call):
+    assert call() is None
+
+
 @needs_entry
 @pytest.mark.parametrize("what,call", _observer_entry_fallbacks(), ids=[w for w, _ in _observer_entry_fallbacks()])
 def test_entry_leaves_other_calls_to_python(what, call):

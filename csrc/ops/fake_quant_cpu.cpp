@@ -97,7 +97,11 @@ std::tuple<at::Tensor, at::Tensor> learnable_backward_cpu(
   const LearnableBackwardParams p =
       glue::learnable_backward_params(dy, x, dx, scale, zero_point, dims, quant_min, quant_max, grad_factor, flavour,
                                       rule, use_fma, need_qgrads, kLearnableItem, partials);
-  at::parallel_for(0, cpu::learnable_backward_items(p), 1,
+  // Items hold up to kLearnableItem elements, and far fewer in a small input: each thread takes at least kGrain
+  // elements' worth of them (waking the thread pool costs more than a small backward pass).
+  const int64_t items = cpu::learnable_backward_items(p);
+  const int64_t per_item = std::max<int64_t>(1, dims.numel() / std::max<int64_t>(1, items));
+  at::parallel_for(0, items, std::max<int64_t>(1, kGrain / per_item),
                    [&](int64_t b, int64_t e) { cpu::fake_quant_learnable_backward(p, b, e); });
   return reduce_partials_cpu(partials, ds_dtype, dz_dtype);
 }

@@ -5,6 +5,7 @@
 //   fused_moving_avg_obs_fake_quant(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
 //     averaging_const, quant_min, quant_max, ch_axis, per_row_fake_quant, symmetric_quant, qparams, eps,
 //     symmetric_zero_point, backend, pack_mask)  (per tensor only)
+//   fused_observer_update(the same but pack_mask) -> True, or None  (the observer step alone, any granularity)
 //   fake_quantize_learnable(x, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor,
 //     zero_point_rounding, backend)  (axis None: per tensor; group_size None: per channel)
 //     -> Tensor, or None
@@ -31,6 +32,8 @@
 #include <torch/csrc/autograd/python_variable.h>
 
 #include <Python.h>
+
+#include "qkernels/fake_quant_kernels.h"
 
 #include <atomic>
 #include <cctype>
@@ -326,14 +329,19 @@ PyObject* fake_quantize_per_channel_affine(PyObject* /*module*/, PyObject* const
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// The fused observer per tensor: qkernels/fused_observer.py's _check (per tensor, sized state) and its
-// one-call step, the device's _fused_observer_per_tensor_eager op. Empty inputs, per-channel calls and flags
-// or modes given in other types take the Python path.
+// The fused observer: qkernels/fused_observer.py's _check with sized state, then its update launcher, or (per
+// tensor) its one-call step, the device's _fused_observer_per_tensor_eager op. Empty inputs, state still to be
+// sized, non-contiguous state and flags or modes given in other types take the Python path.
 // ---------------------------------------------------------------------------------------------------------------
+using ObserverUpdate = void(const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor&,
+                            at::Tensor&, at::Tensor&, double, int64_t, int64_t, int64_t, bool, int64_t, double, int64_t,
+                            int64_t);
 using ObserverPerTensorEager = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor&,
                                           at::Tensor&, at::Tensor&, at::Tensor&, double, int64_t, int64_t, bool,
                                           int64_t, double, int64_t, bool, bool);
 
+EagerOp<ObserverUpdate> observer_update_cpu{"qkernels::_fused_observer_update_cpu"};
+EagerOp<ObserverUpdate> observer_update_cuda{"qkernels::_fused_observer_update_cuda"};
 EagerOp<ObserverPerTensorEager> observer_cpu{"qkernels::_fused_observer_per_tensor_eager_cpu"};
 EagerOp<ObserverPerTensorEager> observer_cuda{"qkernels::_fused_observer_per_tensor_eager_cuda"};
 
@@ -357,42 +365,88 @@ std::optional<int64_t> qparams_mode(PyObject* o) {
   return std::nullopt;
 }
 
-// (x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const, quant_min,
-//  quant_max, ch_axis, per_row_fake_quant, symmetric_quant, qparams, eps, symmetric_zero_point, backend,
-//  pack_mask)
-PyObject* fused_moving_avg_obs_fake_quant(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
-  HANDLE_TH_ERRORS
-  if (nargs != 18 || !plain_eager() || args[11] != Py_False || !PyBool_Check(args[12])) Py_RETURN_NONE;
-  const at::Tensor* x = plain_tensor(args[0]);
-  if (x == nullptr || !x->is_floating_point() || x->numel() == 0) Py_RETURN_NONE;
-  const at::Tensor* t[6];  // observer_on, fake_quant_on, running_min, running_max, scale, zero_point
-  for (int i = 0; i < 6; ++i) {
-    t[i] = plain_tensor(args[i + 1]);
-    if (t[i] == nullptr || t[i]->device() != x->device() || t[i]->numel() != 1) Py_RETURN_NONE;
+// The observer arguments args[0..16]: (x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
+// averaging_const, quant_min, quant_max, ch_axis, per_row_fake_quant, symmetric_quant, qparams, eps,
+// symmetric_zero_point, backend), converted when the native backend may run them.
+struct ObserverCall {
+  at::Tensor x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point;
+  double averaging_const, eps;
+  int64_t quant_min, quant_max, axis, mode, symmetric_zero_point;
+  bool per_row, symmetric;
+  int64_t inner;  // elements between consecutive channels of x (per tensor: all of them)
+};
+
+std::optional<ObserverCall> observer_call(PyObject* const* args) {
+  if (!plain_eager() || !PyBool_Check(args[11]) || !PyBool_Check(args[12])) return std::nullopt;
+  const at::Tensor* t[7];  // x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point
+  for (int i = 0; i < 7; ++i) {
+    t[i] = plain_tensor(args[i]);
+    if (t[i] == nullptr || t[i]->device() != t[0]->device()) return std::nullopt;
   }
-  const at::Tensor &scale = *t[4], &zero_point = *t[5];
-  const at::ScalarType zt = zero_point.scalar_type();
-  if (!is_flag(*t[0]) || !is_flag(*t[1]) || t[2]->scalar_type() != at::kFloat ||
-      t[3]->scalar_type() != at::kFloat || scale.scalar_type() != at::kFloat || !(zt == at::kInt || zt == at::kLong) ||
-      !qparam_tensors_usable(*x, scale, zero_point)) {
-    Py_RETURN_NONE;
-  }
+  const at::Tensor& x = *t[0];
   const std::optional<double> averaging_const = python_float(args[7]), eps = python_float(args[14]);
   const std::optional<int64_t> quant_min = python_int(args[8]), quant_max = python_int(args[9]),
                                ch_axis = python_int(args[10]), mode = qparams_mode(args[13]),
                                symmetric_zero_point = python_int(args[15]);
   if (!averaging_const || !eps || !quant_min || !quant_max || !ch_axis || !mode || !symmetric_zero_point ||
-      *quant_min > *quant_max || !native_backend_chosen(args[16], *x, *quant_min, *quant_max)) {
-    Py_RETURN_NONE;
+      x.numel() == 0 || !x.is_floating_point() || *quant_min > *quant_max) {
+    return std::nullopt;
   }
-  const auto* op = eager_op(*x, observer_cpu, observer_cuda);
+  const bool per_row = args[11] == Py_True;
+  const int64_t dim = x.dim();
+  if (per_row && (*ch_axis < -dim || *ch_axis >= dim)) return std::nullopt;
+  const int64_t axis = per_row ? (*ch_axis < 0 ? *ch_axis + dim : *ch_axis) : -1;
+  const int64_t channels = per_row ? x.size(axis) : 1;
+  const at::ScalarType zt = t[6]->scalar_type();
+  if (!is_flag(*t[1]) || !is_flag(*t[2]) || t[3]->scalar_type() != at::kFloat || t[4]->scalar_type() != at::kFloat ||
+      t[5]->scalar_type() != at::kFloat || !(zt == at::kInt || zt == at::kLong) ||
+      !qparam_tensors_usable(x, *t[5], *t[6]) || !native_backend_chosen(args[16], x, *quant_min, *quant_max)) {
+    return std::nullopt;
+  }
+  for (int i = 3; i < 7; ++i) {
+    if (t[i]->numel() != channels || !t[i]->is_contiguous()) return std::nullopt;  // (Python sizes or copies)
+  }
+  ObserverCall c{x, *t[1], *t[2], *t[3], *t[4], *t[5], *t[6], *averaging_const, *eps, *quant_min, *quant_max,
+                 axis, *mode, *symmetric_zero_point, per_row, args[12] == Py_True, x.numel()};
+  return c;
+}
+
+// (the arguments of observer_call) -> True, or None: fused_observer.py's observer_update, sized state.
+PyObject* fused_observer_update(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  std::optional<ObserverCall> c;
+  if (nargs != 17 || !(c = observer_call(args))) Py_RETURN_NONE;
+  const auto* op = eager_op(c->x, observer_update_cpu, observer_update_cuda);
   if (op == nullptr) Py_RETURN_NONE;
-  const MaskRequest m = mask_request(*x, args[17]);
-  at::Tensor running_min = *t[2], running_max = *t[3], scale_out = scale, zero_point_out = zero_point;
-  const bool symmetric = args[12] == Py_True;
+  {
+    pybind11::gil_scoped_release no_gil;
+    const at::NoGradGuard no_grad;
+    // The kernels walk x in storage order as [outer, channels, inner] (as fused_observer.py's _update_impl).
+    const at::Tensor x = c->x.is_non_overlapping_and_dense() ? c->x.detach() : c->x.contiguous();
+    if (c->per_row) {
+      const int64_t size = x.size(c->axis);
+      c->inner = size > 1 ? x.stride(c->axis) : std::max<int64_t>(1, x.numel() / size);
+    }
+    op->call(x, c->observer_on, c->fake_quant_on, c->running_min, c->running_max, c->scale, c->zero_point,
+             c->averaging_const, c->quant_min, c->quant_max, c->inner, c->symmetric, c->mode, c->eps,
+             c->symmetric_zero_point, static_cast<int64_t>(x.is_cuda() ? Flavour::Cuda : Flavour::Cpu));
+  }
+  Py_RETURN_TRUE;
+  END_HANDLE_TH_ERRORS
+}
+
+// (the arguments of observer_call, pack_mask) -> Tensor, or None: fused_moving_avg_obs_fake_quant per tensor.
+PyObject* fused_moving_avg_obs_fake_quant(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  std::optional<ObserverCall> c;
+  if (nargs != 18 || !(c = observer_call(args)) || c->per_row) Py_RETURN_NONE;
+  const auto* op = eager_op(c->x, observer_cpu, observer_cuda);
+  if (op == nullptr) Py_RETURN_NONE;
+  const MaskRequest m = mask_request(c->x, args[17]);
   return run([&] {
-    return op->call(*x, *t[0], *t[1], running_min, running_max, scale_out, zero_point_out, *averaging_const,
-                    *quant_min, *quant_max, symmetric, *mode, *eps, *symmetric_zero_point, m.need, m.pack);
+    return op->call(c->x, c->observer_on, c->fake_quant_on, c->running_min, c->running_max, c->scale, c->zero_point,
+                    c->averaging_const, c->quant_min, c->quant_max, c->symmetric, c->mode, c->eps,
+                    c->symmetric_zero_point, m.need, m.pack);
   });
   END_HANDLE_TH_ERRORS
 }
@@ -484,6 +538,8 @@ PyMethodDef methods[] = {
     {"fused_moving_avg_obs_fake_quant", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(
                                             fused_moving_avg_obs_fake_quant)),
      METH_FASTCALL, "qkernels.fused_moving_avg_obs_fake_quant per tensor in plain eager mode, or None"},
+    {"fused_observer_update", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(fused_observer_update)),
+     METH_FASTCALL, "qkernels.fused_observer.observer_update in plain eager mode: True, or None (python_entry.cpp)"},
     {"fake_quantize_learnable", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(fake_quantize_learnable)),
      METH_FASTCALL, "qkernels' learnable fake quantization in plain eager mode, or None (python_entry.cpp)"},
     {nullptr, nullptr, 0, nullptr}};

@@ -146,11 +146,12 @@ def flag_on_device(flag: torch.Tensor) -> torch.Tensor:
 
 
 def flag_is_on(flag) -> bool:
-    """A bool, or a one-element tensor that is nonzero after truncation toward zero (torch's CPU reading)."""
+    """A bool, or a one-element tensor that is nonzero after truncation toward zero (torch's CPU reading): for a
+    float, |v| >= 1 or NaN. (Read as a Python number: tensor ops on one element cost several microseconds.)"""
     if not isinstance(flag, torch.Tensor):
         return bool(flag)
-    v = flag.reshape(-1)[0]
-    return bool((v.trunc() if v.is_floating_point() else v) != 0)
+    v = flag.item()
+    return not -1.0 < v < 1.0 if isinstance(v, float) else v != 0
 
 
 def fused_moving_avg_obs_fake_quant(
