@@ -94,7 +94,8 @@ def parse_common_args(p: argparse.ArgumentParser, cpu_sizes=(20, 22), cuda_sizes
     p.add_argument("--sizes", nargs="+", type=parse_size, help="element counts (e.g. 1048576 or 2^20)")
     p.add_argument("--dtypes", nargs="+", choices=("float32", "bfloat16", "float16"), default=["float32", "bfloat16"])
     p.add_argument("--modes", nargs="+", choices=("fwd", "fwdbwd"), default=["fwd", "fwdbwd"])
-    p.add_argument("--out", type=Path, help="default: benchmarks/results/<gpu-name>/, or results/local/<cpu-name>/ on CPU")
+    p.add_argument("--out", type=Path,
+                   help="default: benchmarks/results/<gpu-name>/, or results/local/<cpu-name>/ on CPU")
     p.add_argument("--quick", action="store_true", help="2^20 elements only (smoke test)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile provider")
     p.add_argument("--threads", type=int, help="torch.set_num_threads on cpu")

@@ -515,8 +515,10 @@ def test_packed_mask_forward_and_backward(device, backend, dtype):
     for name, x in inputs.items():
         s = torch.rand(x.size(0), device=device) + 0.05
         zp = torch.randint(-128, 128, (x.size(0),), dtype=torch.int32, device=device)
-        for call in (lambda pack: qkernels.fake_quantize_per_tensor_affine_cachemask(x, 0.1, 2, -128, 127, True, pack),
-                     lambda pack: qkernels.fake_quantize_per_channel_affine_cachemask(x, s, zp, 0, -128, 127, True, pack)):
+        for call in (
+            lambda pack: qkernels.fake_quantize_per_tensor_affine_cachemask(x, 0.1, 2, -128, 127, True, pack),
+            lambda pack: qkernels.fake_quantize_per_channel_affine_cachemask(x, s, zp, 0, -128, 127, True, pack),
+        ):
             with qkernels.use_backend(backend):
                 y, m = call(False)
                 yp, mp = call(True)
@@ -673,6 +675,9 @@ def _entry_fallbacks():
         ("cuda backend for a CPU tensor", lambda: _entry_per_tensor(x, backend="cuda")),
         ("unknown backend", lambda: _entry_per_tensor(x, backend="c p u")),
         ("float64 input", lambda: _entry_per_tensor(x.double())),
+        ("meta input (the reference backend's)", lambda: _entry_per_tensor(x.to("meta"))),
+        ("meta input, tensor qparams", lambda: _entry_per_tensor(x.to("meta"), one.to("meta"), zero.to("meta"))),
+        ("meta input, per channel", lambda: _entry_per_channel(x.to("meta"), s4.to("meta"), z4.to("meta"))),
         ("integer input", lambda: _entry_per_tensor(x.int())),
         ("bounds beyond 2^22", lambda: _entry_per_tensor(x, 0.1, 0, 0, 2**22 + 1)),
         ("int64-overflowing bound", lambda: _entry_per_tensor(x, 0.1, 0, 0, 2**70)),

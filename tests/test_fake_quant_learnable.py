@@ -143,7 +143,8 @@ def test_against_aten_float32(device, backend, axis, zero_point):
     if axis is None:
         ya = torch._fake_quantize_learnable_per_tensor_affine(xa, sa, za, qmin, qmax, 0.37)
     else:
-        ya = torch._fake_quantize_learnable_per_channel_affine(xa, sa, za, axis % 3, qmin, qmax, 0.37)  # no negative axis in aten
+        # (aten takes no negative axis)
+        ya = torch._fake_quantize_learnable_per_channel_affine(xa, sa, za, axis % 3, qmin, qmax, 0.37)
     ya.backward(dy)
     assert_bitwise_equal(y, ya.detach(), what="output vs aten")
     assert_bitwise_equal(dx, xa.grad, what="dx vs aten")
@@ -287,6 +288,7 @@ def _learnable_entry_fallbacks():
     return [
         ("empty input", lambda: _entry(x[:0], one, one * 0)),
         ("float64 input", lambda: _entry(x.double(), one, one * 0)),
+        ("meta input", lambda: _entry(x.to("meta"), one.to("meta"), one.to("meta") * 0)),
         ("reference backend", lambda: _entry(x, one, one * 0, backend="reference")),
         ("tensor subclass scale", lambda: _entry(x, one.as_subclass(_Subclass), one * 0)),
         ("integer scale", lambda: _entry(x, one.int(), one * 0)),

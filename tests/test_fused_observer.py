@@ -421,6 +421,8 @@ def _update_entry_fallbacks():
         ("per_row given as 1", lambda: _entry_update(x, on, _sized_state(4), per_row=1)),
         ("triton backend", lambda: _entry_update(x, on, _sized_state(4), backend="triton")),
         ("empty input", lambda: _entry_update(x[:0], on, _sized_state(0))),
+        ("meta tensors", lambda: _entry_update(x.to("meta"), [f.to("meta") for f in on],
+                                               [t.to("meta") for t in _sized_state(4)])),
         ("wrong argument count", lambda: ops._entry.fused_observer_update(x, *on, *_sized_state(4))),
     ]
 

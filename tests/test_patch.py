@@ -108,6 +108,7 @@ def test_patch_routes_learnable_ops_and_torch_ao_learnable_module(monkeypatch):
             runs.append((y.detach(), xs.grad, m.scale.grad.clone(), m.zero_point.grad.clone()))
         (y0, dx0, ds0, dz0), (y1, dx1, ds1, dz1) = runs
         assert torch.equal(y0, y1) and torch.equal(dx0, dx1)
-        torch.testing.assert_close(ds1, ds0, rtol=1e-5, atol=1e-6)  # sums in another order (see test_fake_quant_learnable)
+        # (sums in another order: see test_fake_quant_learnable)
+        torch.testing.assert_close(ds1, ds0, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(dz1, dz0, rtol=1e-5, atol=1e-6)
     assert counter.n == 2  # one per patched module call (its qparams are nn.Parameters: plain eager calls)

@@ -109,9 +109,10 @@ std::string requested_backend(PyObject* override_name) {
   return name.empty() ? "auto" : name;
 }
 
-// The native backend of x's device is the one chosen (auto picks it first whenever it is loaded and the kernels
-// take the call) and the kernels take the call: float32/float16/bfloat16 input, |bounds| <= 2^22.
+// The native backend of x's device is the one chosen (auto picks it first on CPU and CUDA tensors whenever it is
+// loaded and the kernels take the call) and the kernels take the call: float32/float16/bfloat16, |bounds| <= 2^22.
 bool native_backend_chosen(PyObject* override_name, const at::Tensor& x, int64_t quant_min, int64_t quant_max) {
+  if (!(x.is_cpu() || x.is_cuda())) return false;  // (meta and other devices: the reference backend)
   const at::ScalarType t = x.scalar_type();
   if (!(t == at::kFloat || t == at::kHalf || t == at::kBFloat16)) return false;
   if (std::llabs(quant_min) > kMaxKernelQuantBound || std::llabs(quant_max) > kMaxKernelQuantBound) return false;
