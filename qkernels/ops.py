@@ -62,6 +62,8 @@ def _fail(msg: str):
 def _check_input(op: str, x: Tensor):
     if x.dtype not in _FLOAT_DTYPES:
         _fail(f"{op}: `input` must be float32, float64, float16 or bfloat16, got {x.dtype}")
+    if x.layout != torch.strided or x.is_nested:
+        _fail(f"{op}: `input` must be a strided tensor, got {'a nested tensor' if x.is_nested else x.layout}")
 
 
 def _check_range(quant_min: int, quant_max: int):

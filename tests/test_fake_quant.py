@@ -359,6 +359,10 @@ BAD_CALLS = [
     ("`input` must be float32", lambda x: qkernels.fake_quantize_per_tensor_affine(x.int(), 0.1, 0, 0, 255)),
     ("`quant_min` should be less than or equal to `quant_max`",
      lambda x: qkernels.fake_quantize_per_tensor_affine(x, 0.1, 0, 5, 4)),
+    ("`input` must be a strided tensor, got torch.sparse_coo",
+     lambda x: qkernels.fake_quantize_per_tensor_affine(x.to_sparse(), 0.1, 0, 0, 255)),
+    ("`input` must be a strided tensor, got a nested tensor", lambda x: qkernels.fake_quantize_per_channel_affine(
+        torch.nested.nested_tensor([x[0], x[1, :2]]), torch.ones(2), torch.zeros(2, dtype=torch.int32), 0, 0, 255)),
     ("`zero_point` must be between", lambda x: qkernels.fake_quantize_per_tensor_affine(x, 0.1, 300, 0, 255)),
     ("`scale` must be a positive finite", lambda x: qkernels.fake_quantize_per_tensor_affine(x, 0.0, 0, 0, 255)),
     ("`scale` must be a positive finite", lambda x: qkernels.fake_quantize_per_tensor_affine(x, -1.0, 0, 0, 255)),

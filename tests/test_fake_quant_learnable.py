@@ -518,6 +518,8 @@ def test_compile_fullgraph_matches_eager(device, backend):
 BAD_CALLS = [
     ("`input` must be float32", lambda x: qkernels.fake_quantize_learnable_per_tensor_affine(
         x.int(), torch.ones(1), torch.zeros(1), 0, 255)),
+    ("`input` must be a strided tensor", lambda x: qkernels.fake_quantize_learnable_per_tensor_affine(
+        x.to_sparse_csr(), torch.ones(1), torch.zeros(1), 0, 255)),
     ("must have exactly one element", lambda x: qkernels.fake_quantize_learnable_per_tensor_affine(
         x, torch.ones(2), torch.zeros(2), 0, 255)),
     ("must have the same shape", lambda x: qkernels.fake_quantize_learnable_per_channel_affine(

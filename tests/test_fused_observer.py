@@ -507,6 +507,7 @@ def test_patch_routes_fused_module():
 
 
 BAD = [
+    ("`input` must be a strided tensor", dict(input=torch.randn(3, 4).to_sparse())),
     ("`observer_on` must be a one-element", dict(observer_on=torch.tensor([1, 1]))),
     ("`running_min` must be float32", dict(running_min=torch.tensor(math.inf, dtype=torch.float64))),
     ("`zero_point` must be int32 or int64", dict(zero_point=torch.zeros(1))),
@@ -526,10 +527,10 @@ def test_op_bad_inputs(match, override, entry, monkeypatch):
         monkeypatch.setattr(ops, "_entry", None)
     args = dict(observer_on=torch.tensor([1]), fake_quant_on=torch.tensor([1]), running_min=torch.tensor(math.inf),
                 running_max=torch.tensor(-math.inf), scale=torch.ones(1), zero_point=torch.zeros(1, dtype=torch.int32),
-                averaging_const=0.1, quant_min=0, quant_max=255, ch_axis=0)
+                averaging_const=0.1, quant_min=0, quant_max=255, ch_axis=0, input=torch.randn(3, 4))
     args.update(override)
     with pytest.raises(RuntimeError, match=match):
-        qkernels.fused_moving_avg_obs_fake_quant(torch.randn(3, 4), **args)
+        qkernels.fused_moving_avg_obs_fake_quant(**args)
 
 
 FLAG_DTYPES = [torch.bool, torch.int8, torch.uint8, torch.int16, torch.uint16, torch.int32, torch.uint32, torch.int64,

@@ -113,6 +113,7 @@ std::string requested_backend(PyObject* override_name) {
 // loaded and the kernels take the call) and the kernels take the call: float32/float16/bfloat16, |bounds| <= 2^22.
 bool native_backend_chosen(PyObject* override_name, const at::Tensor& x, int64_t quant_min, int64_t quant_max) {
   if (!(x.is_cpu() || x.is_cuda())) return false;  // (meta and other devices: the reference backend)
+  if (x.layout() != at::kStrided || x.is_nested()) return false;
   const at::ScalarType t = x.scalar_type();
   if (!(t == at::kFloat || t == at::kHalf || t == at::kBFloat16)) return false;
   if (std::llabs(quant_min) > kMaxKernelQuantBound || std::llabs(quant_max) > kMaxKernelQuantBound) return false;
