@@ -610,6 +610,9 @@ def _entry_per_channel(x, scale, zp, axis=0, qmin=-128, qmax=127, backend=None, 
 def test_entry_runs_valid_plain_eager_calls(device, packed):
     """Each qparam form through the entry: aten's output and gradient, bit for bit, with the autograd node only
     when x needs a gradient; bounds and backend names as the Python path accepts them."""
+    # The device's native library is loaded (the entry finds a CUDA op only then; a first CUDA call through the
+    # Python path would load it).
+    assert qkernels.backends.availability(device, device) is None
     x0 = make_input(71, (6, 9), 0.1, 3, -128, 127, torch.float32, device)
     s6 = torch.rand(6, device=device) + 0.05
     one = torch.ones(1, device=device)

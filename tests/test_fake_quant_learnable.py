@@ -253,6 +253,7 @@ def _entry(x, scale, zp, axis=None, group_size=None, qmin=-8, qmax=7, gf=0.5, ro
 def test_entry_equals_the_python_path(device, granularity, rounding, monkeypatch):
     """Through the entry and through the Python path (checks, then the same eager op): the same outputs and
     gradients, bit for bit, for nn.Parameter qparams (as modules hold them) and a transposed x."""
+    assert qkernels.backends.availability(device, device) is None  # (the native library the entry calls is loaded)
     axis, group_size = granularity
     shape = (1,) if axis is None else (5,) if group_size is None else (4, 2, 5)
     scale, zp = qparams(shape, -8, 7, 3, device)
