@@ -1,7 +1,6 @@
-// The eager path of the public functions in C++ (qkernels/ops.py and qkernels/learnable.py, `_call`; for the
-// fake-quant functions also python_entry.cpp), for plain tensors in eager mode on the native backends, on
-// checked arguments. Compile and export use the
-// registered public ops instead, whose autograd is defined in Python.
+// The eager path of the public functions in C++ (python_entry.cpp, and qkernels/ops.py's, learnable.py's and
+// fused_observer.py's Python paths), for plain tensors in eager mode on the native backends, on checked
+// arguments. Compile and export use the registered public ops instead, whose autograd is defined in Python.
 //
 //   _fake_quant_per_tensor_eager_<device>(Tensor x, float scale, int zero_point, Tensor? scale_t, ...) -> Tensor
 //   _fake_quant_per_channel_eager_<device>(Tensor x, Tensor scale, Tensor zero_point, int axis, ...) -> Tensor
@@ -118,10 +117,6 @@ at::Tensor eager_result(const at::Tensor& x, const EagerLaunch& l) {
   return l.mask.defined() ? StraightThrough<kBackward>::apply(x, ForwardResult{l.out, l.mask}) : l.out;
 }
 
-inline int64_t flavour_of(const at::Tensor& x) {
-  return static_cast<int64_t>(x.is_cuda() ? Flavour::Cuda : Flavour::Cpu);
-}
-
 // One-element tensor qparams as the kernels read them (any shape), as qkernels/ops.py's _device_qparams: float32
 // scale, int32 zero point and flag (a float one truncated toward zero first). No host read.
 inline std::optional<at::Tensor> int32_qparam(const std::optional<at::Tensor>& t) {
@@ -169,9 +164,7 @@ at::Tensor per_channel_eager(const at::Tensor& x, const at::Tensor& scale, const
     l = eager_launch(x, requires_grad, pack_mask);
     if (x.numel() > 0) {
       axis = c10::maybe_wrap_dim(axis, x.dim());
-      const int64_t channels = l.out.size(axis);
-      // Elements between consecutive channels in out's storage (as ops.py's _inner_stride).
-      const int64_t inner = channels > 1 ? l.out.stride(axis) : std::max<int64_t>(1, l.out.numel() / channels);
+      const int64_t inner = inner_stride(l.out, axis);
       const at::Tensor z = zero_point.is_floating_point() ? zero_point.to(at::kFloat) : zero_point;
       kForward(l.x, l.out, l.kernel_mask(), scale.to(at::kFloat).contiguous(), z.contiguous(), inner, quant_min,
                quant_max, flavour_of(x), use_fma);
@@ -297,8 +290,7 @@ inline LearnableLayout learnable_layout(const at::Tensor& x, std::optional<int64
   const int64_t a = c10::maybe_wrap_dim(*axis, l.x.dim());
   if (!group_size) {
     l.C = l.x.size(a);
-    // Elements between consecutive channels (as ops.py's _inner_stride).
-    l.I = l.C > 1 ? l.x.stride(a) : std::max<int64_t>(1, n / std::max<int64_t>(1, l.C));
+    l.I = inner_stride(l.x, a);
     l.O = n / (l.C * l.I);
   } else {
     const int64_t g = *group_size;

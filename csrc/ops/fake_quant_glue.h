@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "qkernels/fake_quant_kernels.h"
@@ -14,6 +15,17 @@
 
 namespace qkernels {
 namespace glue {
+
+inline int64_t flavour_of(const at::Tensor& x) {
+  return static_cast<int64_t>(x.is_cuda() ? Flavour::Cuda : Flavour::Cpu);
+}
+
+// Elements between consecutive indices of `axis` in t's dense storage (as qkernels/ops.py's _inner_stride): its
+// stride, or every element when the axis has one index.
+inline int64_t inner_stride(const at::Tensor& t, int64_t axis) {
+  const int64_t size = t.size(axis);
+  return size > 1 ? t.stride(axis) : std::max<int64_t>(1, t.numel() / std::max<int64_t>(1, size));
+}
 
 inline DType dtype_of(const at::Tensor& t) {
   switch (t.scalar_type()) {

@@ -33,14 +33,14 @@
 
 #include <Python.h>
 
-#include "qkernels/fake_quant_kernels.h"
-
 #include <atomic>
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
 #include <optional>
 #include <string>
+
+#include "fake_quant_glue.h"
 
 namespace qkernels {
 namespace {
@@ -76,6 +76,12 @@ std::optional<double> python_float(PyObject* o) {
     return std::nullopt;
   }
   return v;
+}
+
+// An axis of a dim-D tensor, in [0, dim), or nothing when it is outside [-dim, dim).
+std::optional<int64_t> wrapped_axis(int64_t axis, int64_t dim) {
+  if (axis < -dim || axis >= dim) return std::nullopt;
+  return axis < 0 ? axis + dim : axis;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -314,8 +320,8 @@ PyObject* fake_quantize_per_channel_affine(PyObject* /*module*/, PyObject* const
   const int64_t dim = x->dim(), lo = *quant_min, hi = *quant_max;
   if (!qparam_tensors_usable(*x, *scale, *zero_point) || !(st == at::kFloat || st == at::kBFloat16) ||
       !(zt == at::kInt || zt == at::kFloat || zt == at::kHalf) || scale->dim() != 1 || zero_point->dim() != 1 ||
-      dim == 0 || *axis < -dim || *axis >= dim || scale->numel() != zero_point->numel() ||
-      scale->numel() != x->size(*axis) || lo > hi) {
+      !wrapped_axis(*axis, dim) || scale->numel() != zero_point->numel() || scale->numel() != x->size(*axis) ||
+      lo > hi) {
     Py_RETURN_NONE;
   }
   if (!native_backend_chosen(args[6], *x, lo, hi) || !zero_point_values_pass(*zero_point, lo, hi) ||
@@ -396,9 +402,9 @@ std::optional<ObserverCall> observer_call(PyObject* const* args) {
   }
   const bool per_row = args[11] == Py_True;
   const int64_t dim = x.dim();
-  if (per_row && (*ch_axis < -dim || *ch_axis >= dim)) return std::nullopt;
-  const int64_t axis = per_row ? (*ch_axis < 0 ? *ch_axis + dim : *ch_axis) : -1;
-  const int64_t channels = per_row ? x.size(axis) : 1;
+  const std::optional<int64_t> axis = per_row ? wrapped_axis(*ch_axis, dim) : std::optional<int64_t>(-1);
+  if (!axis) return std::nullopt;
+  const int64_t channels = per_row ? x.size(*axis) : 1;
   const at::ScalarType zt = t[6]->scalar_type();
   if (!is_flag(*t[1]) || !is_flag(*t[2]) || t[3]->scalar_type() != at::kFloat || t[4]->scalar_type() != at::kFloat ||
       t[5]->scalar_type() != at::kFloat || !(zt == at::kInt || zt == at::kLong) ||
@@ -409,7 +415,7 @@ std::optional<ObserverCall> observer_call(PyObject* const* args) {
     if (t[i]->numel() != channels || !t[i]->is_contiguous()) return std::nullopt;  // (Python sizes or copies)
   }
   ObserverCall c{x, *t[1], *t[2], *t[3], *t[4], *t[5], *t[6], *averaging_const, *eps, *quant_min, *quant_max,
-                 axis, *mode, *symmetric_zero_point, per_row, args[12] == Py_True, x.numel()};
+                 *axis, *mode, *symmetric_zero_point, per_row, args[12] == Py_True, x.numel()};
   return c;
 }
 
@@ -426,12 +432,11 @@ PyObject* fused_observer_update(PyObject* /*module*/, PyObject* const* args, Py_
     // The kernels walk x in storage order as [outer, channels, inner] (as fused_observer.py's _update_impl).
     const at::Tensor x = c->x.is_non_overlapping_and_dense() ? c->x.detach() : c->x.contiguous();
     if (c->per_row) {
-      const int64_t size = x.size(c->axis);
-      c->inner = size > 1 ? x.stride(c->axis) : std::max<int64_t>(1, x.numel() / size);
+      c->inner = glue::inner_stride(x, c->axis);
     }
     op->call(x, c->observer_on, c->fake_quant_on, c->running_min, c->running_max, c->scale, c->zero_point,
              c->averaging_const, c->quant_min, c->quant_max, c->inner, c->symmetric, c->mode, c->eps,
-             c->symmetric_zero_point, static_cast<int64_t>(x.is_cuda() ? Flavour::Cuda : Flavour::Cpu));
+             c->symmetric_zero_point, glue::flavour_of(x));
   }
   Py_RETURN_TRUE;
   END_HANDLE_TH_ERRORS
@@ -440,8 +445,8 @@ PyObject* fused_observer_update(PyObject* /*module*/, PyObject* const* args, Py_
 // (the arguments of observer_call, pack_mask) -> Tensor, or None: fused_moving_avg_obs_fake_quant per tensor.
 PyObject* fused_moving_avg_obs_fake_quant(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
-  std::optional<ObserverCall> c;
-  if (nargs != 18 || !(c = observer_call(args)) || c->per_row) Py_RETURN_NONE;
+  std::optional<ObserverCall> c;  // (per channel: the Python path's update and per-channel calls)
+  if (nargs != 18 || args[11] != Py_False || !(c = observer_call(args))) Py_RETURN_NONE;
   const auto* op = eager_op(c->x, observer_cpu, observer_cuda);
   if (op == nullptr) Py_RETURN_NONE;
   const MaskRequest m = mask_request(c->x, args[17]);
@@ -476,8 +481,9 @@ bool learnable_qparams_fit(const at::Tensor& x, const at::Tensor& scale, std::op
                            std::optional<int64_t> group_size) {
   if (!axis) return scale.numel() == 1;
   const int64_t dim = x.dim();
-  if (dim == 0 || *axis < -dim || *axis >= dim) return false;
-  const int64_t a = *axis < 0 ? *axis + dim : *axis, size = x.size(a);
+  const std::optional<int64_t> wrapped = wrapped_axis(*axis, dim);
+  if (!wrapped) return false;
+  const int64_t a = *wrapped, size = x.size(a);
   if (!group_size) return scale.dim() == 1 && scale.numel() == size;
   if (*group_size < 1 || size % *group_size != 0 || scale.dim() != dim) return false;
   for (int64_t d = 0; d < dim; ++d) {
