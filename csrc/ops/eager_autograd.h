@@ -355,13 +355,24 @@ at::Tensor learnable_eager(const at::Tensor& x, const at::Tensor& scale, const a
         "(Tensor x, Tensor scale, Tensor zero_point, int? axis, int? group_size, int quant_min, int quant_max, "    \
         "float grad_factor, int rule, bool use_fma, bool requires_grad) -> Tensor")
 
-// Every op of one device (dev: cpu or cuda; Key: its dispatch key), from the glue functions named <op>_<dev>:
-// the private launcher ops on the device's key, the eager forwards as CompositeImplicitAutograd.
+// The private launcher ops of one device (dev: cpu or cuda; Key: its dispatch key) in library ns, from the glue
+// functions named <op>_<dev>.
+#define QKERNELS_REGISTER_KERNELS(ns, dev, Key)                                                             \
+  TORCH_LIBRARY_FRAGMENT(ns, m) { QKERNELS_FAKE_QUANT_SCHEMAS(m, #dev); }                                   \
+  TORCH_LIBRARY_IMPL(ns, Key, m) {                                                                           \
+    m.impl("_fake_quant_per_tensor_" #dev, &per_tensor_##dev);                                               \
+    m.impl("_fake_quant_per_channel_" #dev, &per_channel_##dev);                                             \
+    m.impl("_fake_quant_backward_" #dev, &backward_##dev);                                                   \
+    m.impl("_fake_quant_learnable_forward_" #dev, &learnable_forward_##dev);                                 \
+    m.impl("_fake_quant_learnable_backward_" #dev, &learnable_backward_##dev);                               \
+    m.impl("_fused_observer_update_" #dev, &fused_observer_update_##dev);                                    \
+  }
+
+// Every op of one device: the private launcher ops on the device's key, the eager forwards as
+// CompositeImplicitAutograd.
 #define QKERNELS_REGISTER_DEVICE(dev, Key)                                                                  \
-  TORCH_LIBRARY_FRAGMENT(qkernels, m) {                                                                      \
-    QKERNELS_FAKE_QUANT_SCHEMAS(m, #dev);                                                                    \
-    QKERNELS_EAGER_AUTOGRAD_SCHEMAS(m, #dev);                                                                \
-  }                                                                                                          \
+  QKERNELS_REGISTER_KERNELS(qkernels, dev, Key)                                                              \
+  TORCH_LIBRARY_FRAGMENT(qkernels, m) { QKERNELS_EAGER_AUTOGRAD_SCHEMAS(m, #dev); }                          \
   TORCH_LIBRARY_IMPL(qkernels, CompositeImplicitAutograd, m) {                                               \
     m.impl("_fake_quant_per_tensor_eager_" #dev, &glue::per_tensor_eager<&per_tensor_##dev, &backward_##dev>); \
     m.impl("_fake_quant_per_channel_eager_" #dev,                                                            \
@@ -371,12 +382,4 @@ at::Tensor learnable_eager(const at::Tensor& x, const at::Tensor& scale, const a
                                                   &backward_##dev>);                                         \
     m.impl("_fake_quant_learnable_eager_" #dev,                                                              \
            &glue::learnable_eager<&learnable_forward_##dev, &learnable_backward_##dev>);                     \
-  }                                                                                                          \
-  TORCH_LIBRARY_IMPL(qkernels, Key, m) {                                                                     \
-    m.impl("_fake_quant_per_tensor_" #dev, &per_tensor_##dev);                                               \
-    m.impl("_fake_quant_per_channel_" #dev, &per_channel_##dev);                                             \
-    m.impl("_fake_quant_backward_" #dev, &backward_##dev);                                                   \
-    m.impl("_fake_quant_learnable_forward_" #dev, &learnable_forward_##dev);                                 \
-    m.impl("_fake_quant_learnable_backward_" #dev, &learnable_backward_##dev);                               \
-    m.impl("_fused_observer_update_" #dev, &fused_observer_update_##dev);                                    \
   }

@@ -1,6 +1,14 @@
 // Private CUDA ops qkernels::_fake_quant_*_cuda: thin torch glue over csrc/cuda/*.cu.
+//
+// Built with QKERNELS_CUDA_EMULATION (by tests/cuda_emulator.py, never by setup.py), the same glue runs the
+// kernels under the CPU emulator of csrc/emu on CPU tensors, registered as qkernels_emu::_*_cuda (the launcher
+// ops only), so that the tests cover the CUDA kernels and this glue on machines without a GPU.
+#ifdef QKERNELS_CUDA_EMULATION
+#include <c10/core/Device.h>
+#else
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#endif
 #include <cuda_runtime.h>
 
 #include "fake_quant_glue.h"
@@ -9,11 +17,19 @@
 namespace qkernels {
 namespace {
 
+#ifdef QKERNELS_CUDA_EMULATION
+struct DeviceGuard {
+  explicit DeviceGuard(c10::Device) {}
+};
+void* current_stream() { return nullptr; }
+#else
+using DeviceGuard = c10::cuda::CUDAGuard;
+void* current_stream() { return at::cuda::getCurrentCUDAStream().stream(); }
+#endif
+
 void check_launch(int err) {
   TORCH_CHECK(err == 0, "qkernels CUDA kernel launch failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
 }
-
-void* current_stream() { return at::cuda::getCurrentCUDAStream().stream(); }
 
 void check_cuda_flavour(int64_t flavour) {
   TORCH_CHECK(flavour == static_cast<int64_t>(Flavour::Cuda), "qkernels: the CUDA kernels implement the CUDA flavour");
@@ -24,7 +40,7 @@ void per_tensor_cuda(const at::Tensor& x, at::Tensor& out, const std::optional<a
                      const std::optional<at::Tensor>& zero_point_t, const std::optional<at::Tensor>& enabled_t,
                      int64_t quant_min, int64_t quant_max, int64_t flavour) {
   check_cuda_flavour(flavour);
-  const c10::cuda::CUDAGuard guard(x.device());
+  const DeviceGuard guard(x.device());
   PerTensorParams p =
       glue::per_tensor_params(x, out, mask, scale, zero_point, quant_min, quant_max, flavour);
   glue::set_tensor_qparams(p, scale_t, zero_point_t, enabled_t);
@@ -36,14 +52,14 @@ void per_channel_cuda(const at::Tensor& x, at::Tensor& out, const std::optional<
                       int64_t quant_max, int64_t flavour, bool use_fma) {
   TORCH_CHECK(flavour == static_cast<int64_t>(Flavour::Cuda) && use_fma,
               "qkernels: the CUDA kernels implement the CUDA flavour");
-  const c10::cuda::CUDAGuard guard(x.device());
+  const DeviceGuard guard(x.device());
   const PerChannelParams p = glue::per_channel_params(x, out, mask, scale, zero_point, inner, quant_min, quant_max,
                                                       flavour, use_fma);
   check_launch(cuda::fake_quant_per_channel(p, current_stream()));
 }
 
 void backward_cuda(const at::Tensor& grad, const at::Tensor& mask, at::Tensor& out) {
-  const c10::cuda::CUDAGuard guard(grad.device());
+  const DeviceGuard guard(grad.device());
   const BackwardParams p = glue::backward_params(grad, mask, out);
   check_launch(cuda::fake_quant_backward(p, current_stream()));
 }
@@ -54,7 +70,7 @@ void learnable_forward_cuda(const at::Tensor& x, at::Tensor& out, const at::Tens
                             const at::Tensor& zero_point, int64_t B, int64_t O, int64_t C, int64_t I,
                             int64_t quant_min, int64_t quant_max, int64_t flavour, bool per_tensor) {
   check_cuda_flavour(flavour);
-  const c10::cuda::CUDAGuard guard(x.device());
+  const DeviceGuard guard(x.device());
   const LearnableDims dims = glue::learnable_dims(x, scale, zero_point, B, O, C, I);
   const LearnableForwardParams p =
       glue::learnable_forward_params(x, out, scale, zero_point, dims, quant_min, quant_max, flavour, per_tensor);
@@ -66,7 +82,7 @@ std::tuple<at::Tensor, at::Tensor> learnable_backward_cuda(
     int64_t B, int64_t O, int64_t C, int64_t I, int64_t quant_min, int64_t quant_max, double grad_factor,
     int64_t flavour, int64_t rule, bool use_fma, bool need_qgrads, at::ScalarType ds_dtype, at::ScalarType dz_dtype) {
   check_cuda_flavour(flavour);
-  const c10::cuda::CUDAGuard guard(x.device());
+  const DeviceGuard guard(x.device());
   const LearnableDims dims = glue::learnable_dims(x, scale, zero_point, B, O, C, I);
   at::Tensor partials;
   const LearnableBackwardParams p =
@@ -82,7 +98,7 @@ void fused_observer_update_cuda(const at::Tensor& x, const at::Tensor& observer_
                                 int64_t inner, bool symmetric, int64_t mode, double eps, int64_t symmetric_zero_point,
                                 int64_t flavour) {
   check_cuda_flavour(flavour);
-  const c10::cuda::CUDAGuard guard(x.device());
+  const DeviceGuard guard(x.device());
   const ObserverParams p = glue::observer_params(x, observer_on, fake_quant_on, running_min, running_max, scale,
                                                  zero_point, averaging_const, quant_min, quant_max, inner, symmetric,
                                                  mode, eps, symmetric_zero_point, flavour);
@@ -94,6 +110,10 @@ void fused_observer_update_cuda(const at::Tensor& x, const at::Tensor& observer_
 
 }  // namespace
 
+#ifdef QKERNELS_CUDA_EMULATION
+QKERNELS_REGISTER_KERNELS(qkernels_emu, cuda, CPU)
+#else
 QKERNELS_REGISTER_DEVICE(cuda, CUDA)
+#endif
 
 }  // namespace qkernels
