@@ -3,8 +3,8 @@
 Bit-exact: the forward output and dx (float32 against aten on the backend's own device flavour; every dtype
 against the reference). dscale/dzero_point are sums, formed in another order than aten's: they must be
 within twice the error of a float32 ``torch.sum`` of the same per-element values (measured against the
-float64 sum), and never need to beat one float32 ulp of the exact result (any float32 result may be half an
-ulp off).
+float64 sum, relative to the sums' magnitudes: conftest.assert_sums_close), and never need to beat one float32
+ulp of the exact result (any float32 result may be half an ulp off).
 """
 
 import math
@@ -18,7 +18,8 @@ import qkernels
 from qkernels import ops
 from qkernels.reference import fake_quant_learnable as lref
 
-from conftest import DEVICES, KERNEL_DTYPES, assert_bitwise_equal, backends_for, flavour_of, interpreted, make_input
+from conftest import (DEVICES, KERNEL_DTYPES, assert_bitwise_equal, assert_sums_close, backends_for, flavour_of,
+                      interpreted, make_input)
 
 CASES = [(dev, be) for dev in DEVICES for be in backends_for(dev)]
 RANGES = [(-128, 127), (0, 255), (-8, 7), (0, 15), (-1, 0), (-32768, 32767)]
@@ -54,19 +55,8 @@ def forward_backward(backend, x, scale, zp, dy, axis, group_size, qmin, qmax, gf
 
 
 def assert_sum_close(actual, elements, axis, group_size, what):
-    """actual (a qparam grad) vs the per-element values: within 2x a float32 torch.sum's error (see top)."""
-    shape = actual.shape
-    exact = lref.reduce_to_qparam(elements.double(), axis, group_size, shape)
-    torch_sum = lref.reduce_to_qparam(elements.float(), axis, group_size, shape).double()
-    err_torch = (torch_sum - exact).abs()
-    one_ulp = torch.nextafter(exact.float().abs(), torch.tensor(math.inf)).double() - exact.float().abs().double()
-    bound = 2 * torch.maximum(err_torch, one_ulp)
-    err = (actual.detach().double().cpu() - exact.cpu()).abs()
-    nan = torch.isnan(exact.cpu())
-    assert torch.equal(torch.isnan(actual.detach().cpu()), nan), f"{what}: NaN positions differ"
-    bad = (err > bound.cpu()) & ~nan
-    assert not bool(bad.any()), (f"{what}: {int(bad.sum())} sums outside 2x torch's error; worst "
-                                 f"{float((err - bound.cpu())[bad].max())}")
+    """actual (a qparam grad) vs the per-element values: within twice torch's summation error (see top)."""
+    assert_sums_close(actual, elements, lambda v: lref.reduce_to_qparam(v, axis, group_size, actual.shape), what)
 
 
 def qparams(shape, qmin, qmax, seed, device, scale_lo=0.01):
