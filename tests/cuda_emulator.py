@@ -1,0 +1,145 @@
+"""Builds and loads the CUDA kernels for the CPU emulator (csrc/emu/emulator.h), for tests on any machine.
+
+The `.cu` files of csrc/cuda are compiled by the host C++ compiler after one source rewrite: every launch
+``kernel<<<grid, block, shared, stream>>>(args)`` becomes
+``::qk_emu::Launch(grid, block, shared, stream)([&](auto... a) { kernel(a...); }, args)``
+(line numbers kept). The emulator's own cuda_runtime.h / cuda_fp16.h / cuda_bf16.h
+(csrc/emu/include) stand in for the toolkit's, so no CUDA toolkit is needed. With the production CUDA glue
+(csrc/ops/fake_quant_cuda.cpp, built with QKERNELS_CUDA_EMULATION) they form one shared library that registers
+the private launcher ops as ``torch.ops.qkernels_emu._<op>_cuda`` on the CPU dispatch key.
+
+The library is cached under build/cuda_emu/, keyed by the sources, the compiler and torch; concurrent test
+workers build it once (file lock).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import fcntl
+import hashlib
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import torch
+import torch.utils.cpp_extension as cpp_extension
+
+ROOT = Path(__file__).resolve().parents[1]
+CSRC = ROOT / "csrc"
+BUILD = ROOT / "build" / "cuda_emu"
+LIBRARY = "libqkernels_cuda_emu.so"
+
+CXX_FLAGS = [
+    "-std=c++17", "-O2", "-fPIC", "-g0",
+    # The arithmetic nvcc --fmad=false compiles: IEEE operations as written (see csrc/emu/emulator.h).
+    "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
+    # The kernels reinterpret element arrays as 16-byte vectors, as CUDA code does.
+    "-fno-strict-aliasing",
+    "-Wall", "-Wextra", "-Wno-unknown-pragmas",
+]
+
+# kernel name (template arguments included), launch configuration, opening parenthesis of the arguments.
+_LAUNCH = re.compile(r"(?P<kernel>[A-Za-z_][\w:]*(?:<[^;{}]*?>)?)\s*<<<(?P<config>[^;]*?)>>>\s*\(")
+
+
+def rewrite_launches(source: str) -> str:
+    """source with every triple-chevron launch in emulator form; the line count is unchanged."""
+
+    def launch(match: re.Match) -> str:
+        newlines = match.group(0).count("\n")
+        config = " ".join(match.group("config").split())
+        kernel = " ".join(match.group("kernel").split())
+        return f"::qk_emu::Launch({config})([&](auto... a) {{ {kernel}(a...); }}, " + "\n" * newlines
+
+    rewritten = _LAUNCH.sub(launch, source)
+    if "<<<" in rewritten or ">>>" in rewritten:
+        raise ValueError("a kernel launch the rewrite does not recognize is left")
+    return rewritten
+
+
+def _sources() -> list[Path]:
+    return sorted((CSRC / "cuda").glob("*.cu"))
+
+
+def _compiler() -> list[str]:
+    return shlex.split(os.environ.get("CXX", "g++"))
+
+
+def _key() -> str:
+    h = hashlib.sha256()
+    for path in sorted(CSRC.rglob("*")):
+        if path.is_file():
+            h.update(str(path.relative_to(ROOT)).encode())
+            h.update(path.read_bytes())
+    version = subprocess.run(_compiler() + ["--version"], capture_output=True, text=True, check=True).stdout
+    h.update(" ".join(CXX_FLAGS + [version, torch.__version__, str(torch._C._GLIBCXX_USE_CXX11_ABI)]).encode())
+    return h.hexdigest()[:16]
+
+
+def _compile_commands(out: Path) -> list[tuple[list[str], Path]]:
+    emu_include = ["-I", str(CSRC / "emu" / "include"), "-I", str(CSRC / "include")]
+    abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
+    commands = []
+    for cu in _sources():
+        rewritten = out / f"{cu.stem}.cu.cpp"
+        text = rewrite_launches(cu.read_text())
+        rewritten.write_text(f'#line 1 "{cu}"\n{text}')
+        obj = out / f"{cu.stem}.cu.o"
+        commands.append((_compiler() + CXX_FLAGS + emu_include + ["-I", str(CSRC / "cuda"), "-c", str(rewritten),
+                                                                 "-o", str(obj)], obj))
+    obj = out / "emulator.o"
+    commands.append((_compiler() + CXX_FLAGS + ["-c", str(CSRC / "emu" / "emulator.cpp"), "-o", str(obj)], obj))
+    torch_include = [a for d in cpp_extension.include_paths() for a in ("-isystem", d)]
+    obj = out / "fake_quant_cuda.o"
+    commands.append((_compiler() + CXX_FLAGS + ["-DQKERNELS_CUDA_EMULATION", abi] + emu_include +
+                     ["-I", str(CSRC / "ops")] + torch_include +
+                     ["-c", str(CSRC / "ops" / "fake_quant_cuda.cpp"), "-o", str(obj)], obj))
+    return commands
+
+
+def _run(command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        log = done.stdout + done.stderr
+        raise RuntimeError(f"CUDA emulator build failed:\n{shlex.join(command)}\n{log[:6000]}")
+
+
+def build() -> Path:
+    """The emulated CUDA library, built if the cache has none for the current sources."""
+    BUILD.mkdir(parents=True, exist_ok=True)
+    key = _key()
+    target = BUILD / key / LIBRARY
+    with open(BUILD / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.exists():
+            return target
+        work = BUILD / f"{key}.partial"
+        work.mkdir(exist_ok=True)
+        commands = _compile_commands(work)
+        with concurrent.futures.ThreadPoolExecutor(max(1, min(len(commands), os.cpu_count() or 1))) as pool:
+            list(pool.map(_run, [c for c, _ in commands]))
+        lib_dirs = [a for d in cpp_extension.library_paths() for a in ("-L", d, f"-Wl,-rpath,{d}")]
+        _run(_compiler() + ["-shared", "-o", str(work / LIBRARY)] + [str(o) for _, o in commands] + lib_dirs +
+             ["-lc10", "-ltorch_cpu"])
+        work.rename(BUILD / key)
+        return target
+
+
+_launchers = None
+
+
+def launchers():
+    """The backend launcher module (qkernels/_backend_native.py, a second instance) with its private ops taken
+    from the emulated library: the CUDA kernels and glue on CPU tensors. Pass flavour "cuda"."""
+    global _launchers
+    if _launchers is None:
+        torch.ops.load_library(str(build()))
+        spec = importlib.util.find_spec("qkernels._backend_native")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module._op = lambda name, x: getattr(torch.ops.qkernels_emu, f"_{name}_cuda").default
+        _launchers = module
+    return _launchers
