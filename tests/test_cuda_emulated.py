@@ -8,12 +8,14 @@ as on the device (conftest.assert_sums_close). The cases reach every kernel vari
 16-byte vectors and the element-wise path (unaligned pointers, odd sizes), channel qparams per vector and per
 element, byte and packed masks, the learnable backward's run and row modes with and without vectors and over
 several tiles, the observer's run and row modes, several parts, flags on and off. Outputs are written inside
-guard bytes, which must come back untouched: a write past an output is a failure here, where on a GPU it may
-go unnoticed. What the emulator cannot show is what only hardware does (timing, memory ordering between CTAs,
+guard bytes, which must come back untouched, and inputs end at an inaccessible page: a write past an output or
+a read past an input is a failure here, where on a GPU it may go unnoticed. What the emulator cannot show is what only hardware does (timing, memory ordering between CTAs,
 launch limits of large grids): the GPU tests cover that on a lent GPU.
 """
 
+import ctypes
 import math
+import mmap
 
 import pytest
 import torch
@@ -55,18 +57,29 @@ class Guarded:
             assert bool((raw[:start] == 0xA5).all()) and bool((raw[end:] == 0xA5).all()), "write outside an output"
 
 
-def shifted(x: torch.Tensor, offset: int) -> torch.Tensor:
-    """x's values and layout, `offset` elements into a larger buffer (offset 1: not 16-byte aligned)."""
-    if offset == 0:
-        return x
-    buf = torch.empty(x.numel() + offset, dtype=x.dtype)
-    out = buf[offset:].as_strided(x.shape, x.stride()) if x.is_contiguous() else None
-    if out is None:  # keep a permuted dense layout: fill through the permutation
-        order = sorted(range(x.dim()), key=lambda d: -x.stride(d))
-        dense = buf[offset:].view([x.shape[d] for d in order])
-        out = dense.permute([order.index(d) for d in range(x.dim())])
-    out.copy_(x)
-    return out
+_PAGE = mmap.PAGESIZE
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+
+
+def fenced(x: torch.Tensor, misalign: int = 0) -> torch.Tensor:
+    """A copy of x (values and dense layout) that ends just before an inaccessible page, so that reading past its
+    last 16-byte chunk faults (kills the test) instead of reading whatever lies there; its first element is
+    `misalign` elements past a 16-byte boundary (1: the kernels' element-wise path)."""
+    size = x.element_size()
+    nbytes = x.numel() * size
+    pages = (nbytes + 16) // _PAGE + 2
+    region = mmap.mmap(-1, pages * _PAGE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    fence = base + (pages - 1) * _PAGE
+    if _libc.mprotect(fence, _PAGE, 0) != 0:  # PROT_NONE
+        raise OSError(ctypes.get_errno(), "mprotect failed")
+    start = fence - nbytes
+    start -= (start - misalign * size) % 16
+    flat = torch.frombuffer(region, dtype=torch.uint8)[start - base:start - base + nbytes].view(x.dtype)
+    order = sorted(range(x.dim()), key=lambda d: -x.stride(d))  # outermost first
+    out = flat.view([x.shape[d] for d in order]).permute([order.index(d) for d in range(x.dim())])
+    return out.copy_(x)
 
 
 def masks_for(kind, x, guard, offset=0):
@@ -88,12 +101,12 @@ def masks_for(kind, x, guard, offset=0):
 @pytest.mark.parametrize("offset", [0, 1])
 def test_per_tensor(emu, dtype, qparams, mask_kind, offset):
     guard = Guarded()
-    x = shifted(make_input(1, (4099 * 3 + 5,), 0.02, 3, -128, 127, dtype, "cpu"), offset)
+    x = fenced(make_input(1, (4099 * 3 + 5,), 0.02, 3, -128, 127, dtype, "cpu"), offset)
     if qparams == "scalar":
         s, z, enabled = 0.02, 3, None
     else:
-        s, z = torch.tensor([0.02]), torch.tensor([3], dtype=torch.int32)
-        enabled = torch.tensor([0 if qparams == "tensor-disabled" else 1], dtype=torch.int32)
+        s, z = fenced(torch.tensor([0.02])), fenced(torch.tensor([3], dtype=torch.int32))
+        enabled = fenced(torch.tensor([0 if qparams == "tensor-disabled" else 1], dtype=torch.int32))
     out, want = guard.empty(x.shape, dtype, offset=offset), torch.empty_like(x)
     mask, want_mask = masks_for(mask_kind, x, guard, offset)
     emu.per_tensor(x, out, mask, s, z, enabled, -128, 127, "cuda")
@@ -120,13 +133,12 @@ def test_per_channel(emu, dtype, zp_dtype, case, mask_kind, offset):
     x = make_input(2, shape, 0.05, 0, -128, 127, dtype, "cpu")
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
-    x = shifted(x, offset)
+    x = fenced(x, offset)
     C = shape[axis]
     g = torch.Generator().manual_seed(3)
-    s = torch.rand(C, generator=g) * 0.1 + 0.01
+    s = fenced(torch.rand(C, generator=g) * 0.1 + 0.01)
     z = torch.randint(-20, 20, (C,), generator=g).to(zp_dtype)
-    if zp_dtype == torch.float32:
-        z = z + torch.rand(C, generator=g)
+    z = fenced(z + torch.rand(C, generator=g) if zp_dtype == torch.float32 else z)
     out, want = guard.empty(None, dtype, like=torch.empty_like(x), offset=offset), torch.empty_like(x)
     mask, want_mask = masks_for(mask_kind, x, guard, offset)
     fma = uses_fma("cuda", z.dtype)
@@ -145,11 +157,12 @@ def test_backward(emu, dtype, mask_kind, offset):
     guard = Guarded()
     n = 4099 * 2 + 3
     g = torch.Generator().manual_seed(4)
-    grad = shifted((torch.randn(n, generator=g) * 3).to(dtype), offset)
+    grad = (torch.randn(n, generator=g) * 3).to(dtype)
     grad[::97] = math.nan
     grad[1::89] = -0.0
+    grad = fenced(grad, offset)
     keep = torch.rand(n, generator=g) < 0.7
-    mask = keep if mask_kind == "bool" else reference.ref.pack_bits(keep)
+    mask = fenced(keep if mask_kind == "bool" else reference.ref.pack_bits(keep))
     out, want = guard.empty((n,), dtype, offset=offset), torch.empty_like(grad)
     emu.backward(grad, mask, out)
     reference.backward(grad, mask, want)
@@ -177,11 +190,12 @@ def test_learnable(emu, dtype, case, rounding):
     guard = Guarded()
     x = make_input(5, shape, 0.1, 0, qmin, qmax, dtype, "cpu")
     x, _, dims = learnable._layout(x, axis, group_size)
+    x = fenced(x)
     B, O, C, I = dims
     g = torch.Generator().manual_seed(6)
-    s = torch.rand(B * C, generator=g) * 0.2 + 0.02
-    z = torch.randint(qmin, qmax + 1, (B * C,), generator=g).float() + torch.tensor([0.0, 0.5, 0.25, -0.5]).repeat(
-        B * C)[: B * C]
+    s = fenced(torch.rand(B * C, generator=g) * 0.2 + 0.02)
+    z = fenced(torch.randint(qmin, qmax + 1, (B * C,), generator=g).float() +
+               torch.tensor([0.0, 0.5, 0.25, -0.5]).repeat(B * C)[: B * C])
     per_tensor = axis is None
     rule = learnable._rule(axis, rounding)
     fma = uses_fma("cuda", torch.float32)
@@ -193,7 +207,7 @@ def test_learnable(emu, dtype, case, rounding):
     assert_bitwise_equal(out, want, what="forward")
 
     dy = make_input(7, shape, 1.0, 0, -4, 4, dtype, "cpu", specials=False)
-    dy = torch.empty_like(x).copy_(dy.view(x.shape) if dy.shape == x.shape else dy.reshape(x.shape))
+    dy = fenced(dy.reshape(x.shape))
     qgrads = None
     for need in (True, False):
         dx, want_dx = guard.empty(None, dtype, like=torch.empty_like(x)), torch.empty_like(x)
@@ -243,9 +257,10 @@ def test_fused_observer(emu, dtype, case, mode, symmetric):
             x.view(-1)[5] = math.inf
         if channels_last:
             x = x.to(memory_format=torch.channels_last)
+        x = fenced(x)
         axis = -1 if ch_axis is None else ch_axis % x.dim()
         inner = x.numel() if ch_axis is None else _inner_stride(x, axis)
-        flags = torch.tensor([observe]), torch.tensor([fake_quant], dtype=torch.uint8)
+        flags = fenced(torch.tensor([observe])), fenced(torch.tensor([fake_quant], dtype=torch.uint8))
         for launcher, state in zip((emu, reference), states):
             launcher.fused_observer_update(x, *flags, *state, 0.01, -128, 127, axis, inner, symmetric, mode, 1e-5,
                                            0, "cuda")
