@@ -8,8 +8,9 @@ The `.cu` files of csrc/cuda are compiled by the host C++ compiler after one sou
 (csrc/ops/fake_quant_cuda.cpp, built with QKERNELS_CUDA_EMULATION) they form one shared library that registers
 the private launcher ops as ``torch.ops.qkernels_emu._<op>_cuda`` on the CPU dispatch key.
 
-The library is cached under build/cuda_emu/, keyed by the sources, the compiler and torch; concurrent test
-workers build it once (file lock).
+The library is cached under build/cuda_emu/, keyed by the sources, the compiler (``CXX``, default g++) and
+torch, latest build only; concurrent test workers build it once (file lock). ``CXX="g++ -fsanitize=undefined
+-fno-sanitize-recover=all"`` builds it with UBSan.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import importlib.util
 import os
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -75,7 +77,8 @@ def _key() -> str:
             h.update(str(path.relative_to(ROOT)).encode())
             h.update(path.read_bytes())
     version = subprocess.run(_compiler() + ["--version"], capture_output=True, text=True, check=True).stdout
-    h.update(" ".join(CXX_FLAGS + [version, torch.__version__, str(torch._C._GLIBCXX_USE_CXX11_ABI)]).encode())
+    h.update(" ".join(_compiler() + CXX_FLAGS + [version, torch.__version__, str(torch._C._GLIBCXX_USE_CXX11_ABI)])
+             .encode())
     return h.hexdigest()[:16]
 
 
@@ -125,6 +128,9 @@ def build() -> Path:
         _run(_compiler() + ["-shared", "-o", str(work / LIBRARY)] + [str(o) for _, o in commands] + lib_dirs +
              ["-lc10", "-ltorch_cpu"])
         work.rename(BUILD / key)
+        for stale in BUILD.iterdir():  # builds of other sources or compilers
+            if stale.is_dir() and stale.name != key:
+                shutil.rmtree(stale, ignore_errors=True)
         return target
 
 
