@@ -42,8 +42,10 @@ from .ops import (
     _check_range,
     _check_scale_tensor_values,
     _fail,
+    _failing_values,
     _inner_stride,
     _plain_eager,
+    _values_checkable,
 )
 from .reference.fake_quant import uses_fma
 from .reference.fake_quant_learnable import ZERO_POINT_ROUNDINGS, lsq_grad_factor, qparam_shape
@@ -110,6 +112,11 @@ def _check(x, scale, zero_point, axis, group_size, quant_min, quant_max, grad_fa
     if zero_point_rounding not in ZERO_POINT_ROUNDINGS:
         _fail(f"{op}: `zero_point_rounding` must be one of {ZERO_POINT_ROUNDINGS}, got {zero_point_rounding!r}")
     _check_scale_tensor_values(scale)
+    if zero_point.is_floating_point() and _values_checkable(zero_point):
+        # torch raises for a NaN zero point (it rounds into no range); elsewhere the kernels take it as quant_min
+        bad = _failing_values(zero_point, lambda v: v == v, lambda z: ~torch.isnan(z).any())
+        if bad is not None:
+            _fail(f"{op}: `zero_point` must not be NaN, got {bad}")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -91,19 +91,27 @@ def _values_checkable(t: Tensor) -> bool:
 _FEW_VALUES = 256
 
 
+def _failing_values(t: Tensor, ok, ok_all):
+    """t's values as a list if one fails ``ok`` (per value; ``ok_all`` tests a whole float32 copy at once), else
+    None. Call only where _values_checkable(t)."""
+    n = t.numel()
+    if n <= _FEW_VALUES:  # (a plain loop: one value, on every per-tensor call, costs no generator)
+        values = [t.item()] if n == 1 else (t if t.dim() == 1 else t.reshape(-1)).tolist()
+        for v in values:
+            if not ok(v):
+                return values
+        return None
+    f = t.detach().float()
+    return None if bool(ok_all(f)) else f.tolist()
+
+
 def _check_scale_tensor_values(scale: Tensor):
     if not _values_checkable(scale):
         return
-    n = scale.numel()
-    if n <= _FEW_VALUES:  # (a plain loop: one value, on every per-tensor call, costs no generator)
-        values = [scale.item()] if n == 1 else (scale if scale.dim() == 1 else scale.reshape(-1)).tolist()
-        for v in values:
-            if not 0.0 < v < math.inf:  # (NaN fails both comparisons)
-                _fail(f"`scale` must be positive and finite, got {values}")
-        return
-    s = scale.detach().float()
-    if not bool(torch.all(torch.isfinite(s) & (s > 0))):
-        _fail(f"`scale` must be positive and finite, got {s.tolist()}")
+    bad = _failing_values(scale, lambda v: 0.0 < v < math.inf,  # (NaN fails both comparisons)
+                          lambda s: torch.all(torch.isfinite(s) & (s > 0)))
+    if bad is not None:
+        _fail(f"`scale` must be positive and finite, got {bad}")
 
 
 def _check_qparam_tensor(name: str, t, x: Tensor, numel: Optional[int] = None):

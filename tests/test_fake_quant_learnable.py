@@ -14,6 +14,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+import cuda_emulator
 import qkernels
 from qkernels import ops
 from qkernels.reference import fake_quant_learnable as lref
@@ -402,6 +403,55 @@ def test_cpu_qparam_grads_do_not_depend_on_the_thread_count(axis, shape):
             assert_bitwise_equal(a, b)
 
 
+def _learnable_launchers():
+    """(name, device, launcher module getter, flavour) of every kernel backend, straight through its launchers,
+    and of the CUDA kernels under the emulator (built when the test runs)."""
+    from qkernels import _backend_native
+
+    out = [("cuda-emulated", "cpu", cuda_emulator.launchers, "cuda")]
+    for device in DEVICES:
+        for backend in backends_for(device):
+            if backend == "reference":
+                continue
+            module = (_backend_native if backend in ("cpu", "cuda") else
+                      qkernels.backends._module(backend, "fake_quant_learnable"))
+            flavours = ["cpu", "cuda"] if backend == "cpu" else [flavour_of(backend, device)]
+            out += [(f"{backend}-{device}-{f}", device, lambda m=module: m, f) for f in flavours]
+    return out
+
+
+@pytest.mark.parametrize("name,device,get_launchers,flavour", _learnable_launchers(),
+                         ids=[c[0] for c in _learnable_launchers()])
+@pytest.mark.parametrize("per_tensor", [True, False])
+def test_unchecked_non_finite_zero_points(name, device, get_launchers, flavour, per_tensor):
+    """Where zero-point values are not read (CUDA tensors), a NaN one reaches the kernels: they take it as
+    quant_min, as the reference does; +-inf clamp to the range, as in torch."""
+    from qkernels import _backend_reference as reference
+
+    C, I = (1, 4000) if per_tensor else (4, 1000)
+    x = make_input(3, (C, I), 0.1, 0, -8, 7, torch.float32, device)
+    dy = torch.randn(C, I, generator=torch.Generator().manual_seed(4)).to(device)
+    dims = (1, 1, C, I)
+    rule = 0 if per_tensor else 1
+    for zp in ([math.nan], [math.inf], [-math.inf]) if per_tensor else ([math.nan, math.inf, -math.inf, 2.0],):
+        s, z = torch.full((C,), 0.2, device=device), torch.tensor(zp, device=device)
+        got, want = [], []
+        for module, results in ((get_launchers(), got), (reference, want)):
+            out, dx = torch.empty_like(x), torch.empty_like(x)
+            module.learnable_forward(x, out, s, z, dims, -8, 7, flavour, per_tensor)
+            grads = module.learnable_backward(dy, x, dx, s, z, dims, -8, 7, 0.5, flavour, rule,
+                                              ops.uses_fma(flavour, torch.float32), True, torch.float32,
+                                              torch.float32)
+            results += [out, dx, *grads]
+        for what, a, b in zip(("y", "dx"), got, want):
+            assert_bitwise_equal(a, b, what=f"{what} for zero point {zp}")
+        _, ds, dz = lref.backward_elements_broadcast(
+            dy.view(1, 1, C, I), x.view(1, 1, C, I), s.view(1, 1, C, 1), z.view(1, 1, C, 1), -8, 7, 0.5,
+            per_tensor=per_tensor, flavour=flavour, use_fma=ops.uses_fma(flavour, torch.float32))
+        for what, a, elements in (("dscale", got[2], ds), ("dzero_point", got[3], dz)):
+            assert_sums_close(a, elements, lambda v: v.sum((0, 1, 3)), f"{what} for zero point {zp}")
+
+
 @pytest.mark.parametrize("device,backend", CASES)
 def test_zero_point_rounding_modes(device, backend):
     """torch: zp 2.5 is 2 forward and 3 backward (aten); consistent: dx's mask is the forward mask."""
@@ -532,6 +582,10 @@ BAD_CALLS = [
      lambda x: qkernels.fake_quantize_learnable_per_tensor_affine(x, torch.ones(1), torch.zeros(1), 1, 4)),
     ("`scale` must be positive and finite", lambda x: qkernels.fake_quantize_learnable_per_channel_affine(
         x, torch.tensor([1.0, -1.0, 1.0, 1.0]), torch.zeros(4), 0, 0, 255)),
+    ("`zero_point` must not be NaN", lambda x: qkernels.fake_quantize_learnable_per_tensor_affine(
+        x, torch.ones(1), torch.tensor([math.nan]), 0, 255)),
+    ("`zero_point` must not be NaN", lambda x: qkernels.fake_quantize_learnable_per_channel_affine(
+        x, torch.ones(4), torch.tensor([0.0, math.nan, 1.0, 2.0]), 0, -128, 127)),
     ("`scale` must be a floating-point", lambda x: qkernels.fake_quantize_learnable_per_tensor_affine(
         x, torch.ones(1, dtype=torch.int32), torch.zeros(1), 0, 255)),
     ("`grad_factor` must be finite", lambda x: qkernels.fake_quantize_learnable_per_tensor_affine(

@@ -152,23 +152,27 @@ bool all_values(const at::Tensor& tensor, Pred ok) {
 
 bool positive_finite(double v) { return 0.0 < v && v < INFINITY; }
 
-// Scale values pass ops.py's _check_scale_tensor_values, zero points its per-channel range check.
-bool scale_values_pass(const at::Tensor& scale) {
-  switch (values_rule(scale)) {
-    case Values::Check: return all_values(scale, positive_finite);
+// Every value of t passes `ok` where its values are checked (values_rule).
+template <typename Pred>
+bool values_pass(const at::Tensor& t, Pred ok) {
+  switch (values_rule(t)) {
+    case Values::Check: return all_values(t, ok);
     case Values::Skip: return true;
     default: return false;
   }
 }
 
+// Scale values pass ops.py's _check_scale_tensor_values; zero points its per-channel range check, and the
+// learnable ops' NaN check (learnable.py's _check).
+bool scale_values_pass(const at::Tensor& scale) { return values_pass(scale, positive_finite); }
+
 bool zero_point_values_pass(const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max) {
-  if (zero_point.is_floating_point()) return true;
-  switch (values_rule(zero_point)) {
-    case Values::Check:
-      return all_values(zero_point, [&](double v) { return quant_min <= v && v <= quant_max; });
-    case Values::Skip: return true;
-    default: return false;
-  }
+  return zero_point.is_floating_point() ||
+         values_pass(zero_point, [&](double v) { return quant_min <= v && v <= quant_max; });
+}
+
+bool learnable_zero_point_values_pass(const at::Tensor& zero_point) {
+  return !zero_point.is_floating_point() || values_pass(zero_point, [](double v) { return !std::isnan(v); });
 }
 
 // Qparam tensors on x's device, of no gradient (ops.py's _check_qparams_not_differentiable raises otherwise).
@@ -523,7 +527,10 @@ PyObject* fake_quantize_learnable(PyObject* /*module*/, PyObject* const* args, P
       (!*axis && *group_size) || !learnable_qparams_fit(*x, *scale, *axis, *group_size)) {
     Py_RETURN_NONE;
   }
-  if (!native_backend_chosen(args[9], *x, lo, hi) || !scale_values_pass(*scale)) Py_RETURN_NONE;
+  if (!native_backend_chosen(args[9], *x, lo, hi) || !scale_values_pass(*scale) ||
+      !learnable_zero_point_values_pass(*zero_point)) {
+    Py_RETURN_NONE;
+  }
   const auto* op = eager_op(*x, learnable_cpu, learnable_cuda);
   if (op == nullptr) Py_RETURN_NONE;
   const bool need = at::GradMode::is_enabled() &&

@@ -117,13 +117,14 @@ def reduce_to_qparam(v: torch.Tensor, axis: int | None, group_size: int | None, 
 
 
 def forward_zero_point(zero_point: torch.Tensor, quant_min: int, quant_max: int) -> torch.Tensor:
-    """The forward pass's zero point: float32 ``clamp(rne(zp), qmin, qmax)`` (integral values)."""
-    return torch.round(zero_point.float()).clamp(quant_min, quant_max)
+    """The forward pass's zero point: float32 ``clamp(rne(zp), qmin, qmax)`` (integral values). A NaN zero point
+    (an error where its values are checked, as in torch) gives quant_min."""
+    return torch.round(zero_point.float()).clamp(quant_min, quant_max).nan_to_num(nan=float(quant_min))
 
 
 def _backward_zero_point(zero_point, quant_min, quant_max, per_tensor: bool, rounding: str) -> torch.Tensor:
     if per_tensor and rounding == "torch":
-        return (zero_point.float() + 0.5).clamp(quant_min, quant_max).trunc()
+        return (zero_point.float() + 0.5).clamp(quant_min, quant_max).nan_to_num(nan=float(quant_min)).trunc()
     return forward_zero_point(zero_point, quant_min, quant_max)
 
 

@@ -16,7 +16,8 @@ namespace qkernels {
 //   Consistent    : zb = the forward zero point and q = rne(x * inv) + zb, so the mask is the forward mask
 enum class ZpRule : int { TorchPerTensor = 0, Torch = 1, Consistent = 2 };
 
-// clamp(rne(zp), qmin, qmax), as aten's learnable forward rounds the zero point (NaN -> qmin).
+// clamp(rne(zp), qmin, qmax), as aten's learnable forward rounds the zero point. A NaN zero point (an error
+// where values are checked, as in torch) gives qmin.
 QK_HOST_DEVICE float forward_zero_point(float zp, float qmin, float qmax) {
   return clamp_nan_low(round_half_even(zp) + 0.0f, qmin, qmax);
 }
