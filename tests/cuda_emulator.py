@@ -6,7 +6,9 @@ The `.cu` files of csrc/cuda are compiled by the host C++ compiler after one sou
 (line numbers kept). The emulator's own cuda_runtime.h / cuda_fp16.h / cuda_bf16.h
 (csrc/emu/include) stand in for the toolkit's, so no CUDA toolkit is needed. With the production CUDA glue
 (csrc/ops/fake_quant_cuda.cpp, built with QKERNELS_CUDA_EMULATION) they form one shared library that registers
-the private launcher ops as ``torch.ops.qkernels_emu._<op>_cuda`` on the CPU dispatch key.
+the private launcher ops as ``torch.ops.qkernels_emu._<op>_cuda`` on the CPU dispatch key. A second build,
+``qkernels_emu_index64``, divides every index in 64 bits (QKERNELS_CUDA_INDEX32_LIMIT=0), the path the kernels
+take only for tensors of 2^31 elements or more.
 
 The library is cached under build/cuda_emu/, keyed by the sources, the compiler (``CXX``, default g++) and
 torch, latest build only; concurrent test workers build it once (file lock). ``CXX="g++ -fsanitize=undefined
@@ -33,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 BUILD = ROOT / "build" / "cuda_emu"
 LIBRARY = "libqkernels_cuda_emu.so"
+# library (op namespace) -> the kernels' extra definitions
+VARIANTS = {"qkernels_emu": [], "qkernels_emu_index64": ["-DQKERNELS_CUDA_INDEX32_LIMIT=0"]}
 
 CXX_FLAGS = [
     "-std=c++17", "-O2", "-fPIC", "-g0",
@@ -70,8 +74,8 @@ def _compiler() -> list[str]:
     return shlex.split(os.environ.get("CXX", "g++"))
 
 
-def _key() -> str:
-    h = hashlib.sha256()
+def _key(library: str) -> str:
+    h = hashlib.sha256(library.encode())
     for path in sorted(CSRC.rglob("*")):
         if path.is_file():
             h.update(str(path.relative_to(ROOT)).encode())
@@ -82,8 +86,8 @@ def _key() -> str:
     return h.hexdigest()[:16]
 
 
-def _compile_commands(out: Path) -> list[tuple[list[str], Path]]:
-    emu_include = ["-I", str(CSRC / "emu" / "include"), "-I", str(CSRC / "include")]
+def _compile_commands(out: Path, library: str) -> list[tuple[list[str], Path]]:
+    emu_include = ["-I", str(CSRC / "emu" / "include"), "-I", str(CSRC / "include")] + VARIANTS[library]
     abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
     commands = []
     for cu in _sources():
@@ -97,7 +101,7 @@ def _compile_commands(out: Path) -> list[tuple[list[str], Path]]:
     commands.append((_compiler() + CXX_FLAGS + ["-c", str(CSRC / "emu" / "emulator.cpp"), "-o", str(obj)], obj))
     torch_include = [a for d in cpp_extension.include_paths() for a in ("-isystem", d)]
     obj = out / "fake_quant_cuda.o"
-    commands.append((_compiler() + CXX_FLAGS + ["-DQKERNELS_CUDA_EMULATION", abi] + emu_include +
+    commands.append((_compiler() + CXX_FLAGS + [f"-DQKERNELS_CUDA_EMULATION={library}", abi] + emu_include +
                      ["-I", str(CSRC / "ops")] + torch_include +
                      ["-c", str(CSRC / "ops" / "fake_quant_cuda.cpp"), "-o", str(obj)], obj))
     return commands
@@ -110,42 +114,44 @@ def _run(command: list[str]) -> None:
         raise RuntimeError(f"CUDA emulator build failed:\n{shlex.join(command)}\n{log[:6000]}")
 
 
-def build() -> Path:
-    """The emulated CUDA library, built if the cache has none for the current sources."""
-    BUILD.mkdir(parents=True, exist_ok=True)
-    key = _key()
-    target = BUILD / key / LIBRARY
+def build(library: str = "qkernels_emu") -> Path:
+    """The emulated CUDA library `library` (a key of VARIANTS), built if the cache has none for the current
+    sources."""
+    root = BUILD / library
+    root.mkdir(parents=True, exist_ok=True)
+    key = _key(library)
+    target = root / key / LIBRARY
     with open(BUILD / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if target.exists():
             return target
-        work = BUILD / f"{key}.partial"
+        work = root / f"{key}.partial"
         work.mkdir(exist_ok=True)
-        commands = _compile_commands(work)
+        commands = _compile_commands(work, library)
         with concurrent.futures.ThreadPoolExecutor(max(1, min(len(commands), os.cpu_count() or 1))) as pool:
             list(pool.map(_run, [c for c, _ in commands]))
         lib_dirs = [a for d in cpp_extension.library_paths() for a in ("-L", d, f"-Wl,-rpath,{d}")]
         _run(_compiler() + ["-shared", "-o", str(work / LIBRARY)] + [str(o) for _, o in commands] + lib_dirs +
              ["-lc10", "-ltorch_cpu"])
-        work.rename(BUILD / key)
-        for stale in BUILD.iterdir():  # builds of other sources or compilers
+        work.rename(root / key)
+        for stale in root.iterdir():  # builds of other sources or compilers
             if stale.is_dir() and stale.name != key:
                 shutil.rmtree(stale, ignore_errors=True)
         return target
 
 
-_launchers = None
+_launchers: dict = {}
 
 
-def launchers():
+def launchers(library: str = "qkernels_emu"):
     """The backend launcher module (qkernels/_backend_native.py, a second instance) with its private ops taken
-    from the emulated library: the CUDA kernels and glue on CPU tensors. Pass flavour "cuda"."""
-    global _launchers
-    if _launchers is None:
-        torch.ops.load_library(str(build()))
+    from the emulated library `library`: the CUDA kernels and glue on CPU tensors. Pass flavour "cuda"."""
+    if library not in _launchers:
+        torch.ops.load_library(str(build(library)))
         spec = importlib.util.find_spec("qkernels._backend_native")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        module._op = lambda name, x: getattr(torch.ops.qkernels_emu, f"_{name}_cuda").default
-        _launchers = module
-    return _launchers
+        ops = getattr(torch.ops, library)
+        module._op = lambda name, x: getattr(ops, f"_{name}_cuda").default
+        _launchers[library] = module
+    return _launchers[library]

@@ -7,10 +7,12 @@ partial sums in an order of the CUDA launch) within 2x the error of a float32 to
 as on the device (conftest.assert_sums_close). The cases reach every kernel variant the launch code picks:
 16-byte vectors and the element-wise path (unaligned pointers, odd sizes), channel qparams per vector and per
 element, byte and packed masks, the learnable backward's run and row modes with and without vectors and over
-several tiles, the observer's run and row modes, several parts, flags on and off. Outputs are written inside
+several tiles, the observer's run and row modes, several parts, flags on and off; the index arithmetic both in
+32 bits and in the 64 bits of tensors of 2^31 elements or more (a second build). Outputs are written inside
 guard bytes, which must come back untouched, and inputs end at an inaccessible page: a write past an output or
-a read past an input is a failure here, where on a GPU it may go unnoticed. What the emulator cannot show is what only hardware does (timing, memory ordering between CTAs,
-launch limits of large grids): the GPU tests cover that on a lent GPU.
+a read past an input is a failure here, where on a GPU it may go unnoticed. What the emulator cannot show is
+what only hardware does (timing, memory ordering between CTAs, launch limits of large grids): the GPU tests
+cover that on a lent GPU.
 """
 
 import ctypes
@@ -35,6 +37,13 @@ GUARD = 64  # bytes of guard on each side of an output
 @pytest.fixture(scope="module")
 def emu():
     return cuda_emulator.launchers()
+
+
+@pytest.fixture(scope="module", params=list(cuda_emulator.VARIANTS), ids=["index32", "index64"])
+def emu_any_index(request):
+    """The kernels with 32-bit index division (below 2^31 elements), and with 64-bit division everywhere (from
+    2^31 elements on), for the kernels that divide indices: per channel, learnable, observer."""
+    return cuda_emulator.launchers(request.param)
 
 
 class Guarded:
@@ -127,7 +136,7 @@ CHANNEL_CASES = [((6, 4000), 0, False), ((4, 6, 9), 1, False), ((5, 33), 1, Fals
 @pytest.mark.parametrize("zp_dtype", [torch.int32, torch.float32])
 @pytest.mark.parametrize("case", CHANNEL_CASES, ids=[f"{c[0]}-{c[1]}{'-cl' if c[2] else ''}" for c in CHANNEL_CASES])
 @pytest.mark.parametrize("mask_kind,offset", [(None, 0), ("bool", 0), ("packed", 0), ("bool", 1), ("packed", 1)])
-def test_per_channel(emu, dtype, zp_dtype, case, mask_kind, offset):
+def test_per_channel(emu_any_index, dtype, zp_dtype, case, mask_kind, offset):
     shape, axis, channels_last = case
     guard = Guarded()
     x = make_input(2, shape, 0.05, 0, -128, 127, dtype, "cpu")
@@ -142,7 +151,7 @@ def test_per_channel(emu, dtype, zp_dtype, case, mask_kind, offset):
     out, want = guard.empty(None, dtype, like=torch.empty_like(x), offset=offset), torch.empty_like(x)
     mask, want_mask = masks_for(mask_kind, x, guard, offset)
     fma = uses_fma("cuda", z.dtype)
-    emu.per_channel(x, out, mask, s, z, axis, _inner_stride(x, axis), -128, 127, "cuda", fma)
+    emu_any_index.per_channel(x, out, mask, s, z, axis, _inner_stride(x, axis), -128, 127, "cuda", fma)
     reference.per_channel(x, want, want_mask, s, z, axis, _inner_stride(x, axis), -128, 127, "cuda", fma)
     guard.check()
     assert_bitwise_equal(out, want, what="out")
@@ -184,7 +193,7 @@ LEARNABLE_CASES = [((70001,), None, None), ((64, 512), None, None), ((6, 1000), 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", LEARNABLE_CASES, ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in LEARNABLE_CASES])
 @pytest.mark.parametrize("rounding", ["torch", "consistent"])
-def test_learnable(emu, dtype, case, rounding):
+def test_learnable(emu_any_index, dtype, case, rounding):
     shape, axis, group_size = case
     qmin, qmax, gf = -8, 7, 0.37
     guard = Guarded()
@@ -201,7 +210,7 @@ def test_learnable(emu, dtype, case, rounding):
     fma = uses_fma("cuda", torch.float32)
 
     out, want = guard.empty(None, dtype, like=torch.empty_like(x)), torch.empty_like(x)
-    emu.learnable_forward(x, out, s, z, dims, qmin, qmax, "cuda", per_tensor)
+    emu_any_index.learnable_forward(x, out, s, z, dims, qmin, qmax, "cuda", per_tensor)
     reference.learnable_forward(x, want, s, z, dims, qmin, qmax, "cuda", per_tensor)
     guard.check()
     assert_bitwise_equal(out, want, what="forward")
@@ -211,8 +220,8 @@ def test_learnable(emu, dtype, case, rounding):
     qgrads = None
     for need in (True, False):
         dx, want_dx = guard.empty(None, dtype, like=torch.empty_like(x)), torch.empty_like(x)
-        grads = emu.learnable_backward(dy, x, dx, s, z, dims, qmin, qmax, gf, "cuda", rule, fma, need,
-                                       torch.float32, torch.float32)
+        grads = emu_any_index.learnable_backward(dy, x, dx, s, z, dims, qmin, qmax, gf, "cuda", rule, fma, need,
+                                                 torch.float32, torch.float32)
         reference.learnable_backward(dy, x, want_dx, s, z, dims, qmin, qmax, gf, "cuda", rule, fma, need,
                                      torch.float32, torch.float32)
         guard.check()
@@ -243,7 +252,7 @@ STEPS = [(1, 1), (1, 0), (0, 1), (1, 1), (0, 0), (1, 1)]  # (observer_on, fake_q
 @pytest.mark.parametrize("case", OBSERVER_CASES,
                          ids=[f"{c[0]}-{c[1]}{'-cl' if c[2] else ''}" for c in OBSERVER_CASES])
 @pytest.mark.parametrize("mode,symmetric", [(0, False), (0, True), (1, False), (1, True)])
-def test_fused_observer(emu, dtype, case, mode, symmetric):
+def test_fused_observer(emu_any_index, dtype, case, mode, symmetric):
     shape, ch_axis, channels_last = case
     C = 1 if ch_axis is None else shape[ch_axis]
     states = []
@@ -261,7 +270,7 @@ def test_fused_observer(emu, dtype, case, mode, symmetric):
         axis = -1 if ch_axis is None else ch_axis % x.dim()
         inner = x.numel() if ch_axis is None else _inner_stride(x, axis)
         flags = fenced(torch.tensor([observe])), fenced(torch.tensor([fake_quant], dtype=torch.uint8))
-        for launcher, state in zip((emu, reference), states):
+        for launcher, state in zip((emu_any_index, reference), states):
             launcher.fused_observer_update(x, *flags, *state, 0.01, -128, 127, axis, inner, symmetric, mode, 1e-5,
                                            0, "cuda")
         for name, a, b in zip(("running_min", "running_max", "scale", "zero_point"), *states):

@@ -55,6 +55,14 @@ __device__ __forceinline__ void store_vec(T* __restrict__ p, const float (&in)[V
   *reinterpret_cast<Vec<T>*>(p) = t;
 }
 
+// Below this many elements (or index units) the kernels divide indices by multiply-shift in 32 bits
+// (FastDivmod), from it on by 64-bit division. Overridable so that the CUDA emulator's tests run the 64-bit
+// path on small tensors.
+#ifndef QKERNELS_CUDA_INDEX32_LIMIT
+#define QKERNELS_CUDA_INDEX32_LIMIT (int64_t(1) << 31)
+#endif
+constexpr int64_t kIndex32Limit = QKERNELS_CUDA_INDEX32_LIMIT;
+
 // Whether a host pointer allows 16-byte vector accesses.
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 

@@ -219,7 +219,7 @@ int fake_quant_per_channel(const PerChannelParams& p, void* stream) {
   ChannelIndex channel;
   channel.inner64 = p.inner;
   channel.channels64 = p.channels;
-  channel.small = p.numel < (int64_t(1) << 31);
+  channel.small = p.numel < kIndex32Limit;
   if (channel.small) {
     channel.inner = FastDivmod(static_cast<uint32_t>(p.inner));
     channel.channels = FastDivmod(static_cast<uint32_t>(p.channels));

@@ -105,7 +105,7 @@ QuantizerIndex make_quantizer_index(const LearnableDims& d) {
   index.I = d.I;
   index.C = d.C;
   index.OCI = d.O * d.C * d.I;
-  index.small = d.numel() < (int64_t(1) << 31);
+  index.small = d.numel() < kIndex32Limit;
   if (index.small) {
     index.inner = FastDivmod(static_cast<uint32_t>(d.I));
     index.channels = FastDivmod(static_cast<uint32_t>(d.C));

@@ -240,7 +240,7 @@ int launch(const ObserverParams& p, float* partials, cudaStream_t stream) {
       index.C = p.channels;
       index.I = p.inner;
       index.W = W;
-      index.small = plan.units < (int64_t(1) << 31) && index.U > 0;
+      index.small = plan.units < kIndex32Limit && index.U > 0;
       if (index.small) index.per_run = FastDivmod(static_cast<uint32_t>(index.U));
       minmax_run_kernel<T, decltype(vec)::value>
           <<<grid_for(p.channels * plan.parts), kThreads, 0, stream>>>(p, index, plan.units, plan.parts, lo_part,

@@ -1,7 +1,7 @@
 // Private CUDA ops qkernels::_fake_quant_*_cuda: thin torch glue over csrc/cuda/*.cu.
 //
-// Built with QKERNELS_CUDA_EMULATION (by tests/cuda_emulator.py, never by setup.py), the same glue runs the
-// kernels under the CPU emulator of csrc/emu on CPU tensors, registered as qkernels_emu::_*_cuda (the launcher
+// Built with QKERNELS_CUDA_EMULATION=<library> (by tests/cuda_emulator.py, never by setup.py), the same glue runs
+// the kernels under the CPU emulator of csrc/emu on CPU tensors, registered as <library>::_*_cuda (the launcher
 // ops only), so that the tests cover the CUDA kernels and this glue on machines without a GPU.
 #ifdef QKERNELS_CUDA_EMULATION
 #include <c10/core/Device.h>
@@ -111,7 +111,7 @@ void fused_observer_update_cuda(const at::Tensor& x, const at::Tensor& observer_
 }  // namespace
 
 #ifdef QKERNELS_CUDA_EMULATION
-QKERNELS_REGISTER_KERNELS(qkernels_emu, cuda, CPU)
+QKERNELS_REGISTER_KERNELS(QKERNELS_CUDA_EMULATION, cuda, CPU)
 #else
 QKERNELS_REGISTER_DEVICE(cuda, CUDA)
 #endif
