@@ -277,6 +277,22 @@ def test_fused_observer(emu_any_index, dtype, case, mode, symmetric):
             assert_bitwise_equal(a, b, what=f"step {step}: {name}")
 
 
+def test_observer_finish_folds_more_parts_than_threads(emu):
+    """A per-tensor step over 2^21 + 4099 float32 elements splits the min/max pass into 257 parts, more than the
+    finish kernel's 256 threads, so its threads fold several partials each."""
+    states = [[torch.full((1,), math.inf), torch.full((1,), -math.inf), torch.ones(1),
+               torch.zeros(1, dtype=torch.int64)] for _ in range(2)]
+    x = fenced(torch.randn(2**21 + 4099, generator=torch.Generator().manual_seed(12)))
+    x[-1] = 7.5  # the extremes in the last part
+    x[-2] = -6.25
+    for launcher, state in zip((emu, reference), states):
+        launcher.fused_observer_update(x, torch.tensor([1]), torch.tensor([1]), *state, 1.0, -128, 127, -1,
+                                       x.numel(), False, 0, 1e-5, 0, "cuda")
+    assert states[0][0].item() == -6.25 and states[0][1].item() == 7.5
+    for name, a, b in zip(("running_min", "running_max", "scale", "zero_point"), *states):
+        assert_bitwise_equal(a, b, what=name)
+
+
 def test_observer_propagates_nan(emu):
     x = torch.randn(5, 4000)
     x[3, 17] = math.nan
