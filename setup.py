@@ -50,7 +50,8 @@ info = {"build_mode": MODE, "extensions": {}}
 
 def git_sha():
     try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, stderr=subprocess.DEVNULL, text=True).strip()
+        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, stderr=subprocess.DEVNULL,
+                                       text=True).strip()
     except Exception:
         return None
 

@@ -6,7 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-has_torch() { "$1" -c 'import sys, torch; v = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]); sys.exit(v < (2, 6))' 2>/dev/null; }
+has_torch() {
+  "$1" -c 'import sys, torch
+v = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+sys.exit(v < (2, 6))' 2>/dev/null
+}
 
 if [ -x .venv/bin/python ]; then
   PY=.venv/bin/python

@@ -170,7 +170,8 @@ void channel_row_float(const T* __restrict__ x, T* __restrict__ y, uint8_t* __re
   for (int64_t i = 0; i < n; ++i) {
     const float inv = 1.0f / scale[i];
     bool in_range;
-    y[i] = from_float<T>(fq_per_channel_float_zp<F>(to_float(x[i]), scale[i], inv, z[i], qmin, qmax, use_fma, in_range));
+    y[i] = from_float<T>(
+        fq_per_channel_float_zp<F>(to_float(x[i]), scale[i], inv, z[i], qmin, qmax, use_fma, in_range));
     if (kMask) mask[i] = in_range;
   }
 }

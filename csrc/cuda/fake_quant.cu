@@ -81,14 +81,16 @@ __global__ void __launch_bounds__(kThreads) per_tensor_kernel(PerTensorParams p)
   const float inv = 1.0f / scale;
   const float lo = static_cast<float>(p.quant_min), hi = static_cast<float>(p.quant_max);
   if (enabled) {
-    elementwise<T, kAligned>(x, y, p.mask, p.mask_packed, p.numel, no_setup, [=] __device__(Nothing, int64_t, float v, bool& m) {
-      return fq_per_tensor<Flavour::Cuda, false>(v, scale, inv, z, lo, hi, m);
-    });
+    elementwise<T, kAligned>(x, y, p.mask, p.mask_packed, p.numel, no_setup,
+                             [=] __device__(Nothing, int64_t, float v, bool& m) {
+                               return fq_per_tensor<Flavour::Cuda, false>(v, scale, inv, z, lo, hi, m);
+                             });
   } else {
-    elementwise<T, kAligned>(x, y, p.mask, p.mask_packed, p.numel, no_setup, [=] __device__(Nothing, int64_t, float v, bool& m) {
-      m = true;
-      return v;
-    });
+    elementwise<T, kAligned>(x, y, p.mask, p.mask_packed, p.numel, no_setup,
+                             [=] __device__(Nothing, int64_t, float v, bool& m) {
+                               m = true;
+                               return v;
+                             });
   }
 }
 
@@ -139,9 +141,10 @@ __device__ __forceinline__ void per_channel(const PerChannelParams& p, const Cha
         x, y, p.mask, p.mask_packed, p.numel, [=] __device__(int64_t i) { return channel_qparams(p, zp, channel, i); },
         [=] __device__(const ChannelQParams<Z>& q, int64_t, float v, bool& m) { return math(q, v, m); });
   } else {
-    elementwise<T, kAligned>(x, y, p.mask, p.mask_packed, p.numel, no_setup, [=] __device__(Nothing, int64_t i, float v, bool& m) {
-      return math(channel_qparams(p, zp, channel, i), v, m);
-    });
+    elementwise<T, kAligned>(x, y, p.mask, p.mask_packed, p.numel, no_setup,
+                             [=] __device__(Nothing, int64_t i, float v, bool& m) {
+                               return math(channel_qparams(p, zp, channel, i), v, m);
+                             });
   }
 }
 
@@ -193,12 +196,13 @@ dim3 grid_for(int64_t n) {
 }
 
 template <typename T, typename Launch>
-int launch_typed(int64_t n, bool aligned, cudaStream_t stream, Launch launch) {
+int launch_typed(int64_t n, bool aligned, void* stream, Launch launch) {
   if (n == 0) return 0;
+  const auto s = static_cast<cudaStream_t>(stream);
   if (aligned) {
-    launch(std::integral_constant<bool, true>{}, grid_for<T>(n), stream);
+    launch(std::integral_constant<bool, true>{}, grid_for<T>(n), s);
   } else {
-    launch(std::integral_constant<bool, false>{}, grid_for<T>(n), stream);
+    launch(std::integral_constant<bool, false>{}, grid_for<T>(n), s);
   }
   return static_cast<int>(cudaGetLastError());
 }
@@ -209,7 +213,7 @@ int fake_quant_per_tensor(const PerTensorParams& p, void* stream) {
   return by_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     const bool aligned = aligned16(p.x) && aligned16(p.out) && (p.mask_packed || aligned_n(p.mask, Vec<T>::kSize));
-    return launch_typed<T>(p.numel, aligned, static_cast<cudaStream_t>(stream), [&](auto al, dim3 grid, cudaStream_t s) {
+    return launch_typed<T>(p.numel, aligned, stream, [&](auto al, dim3 grid, cudaStream_t s) {
       per_tensor_kernel<T, decltype(al)::value><<<grid, kThreads, 0, s>>>(p);
     });
   });
@@ -228,7 +232,7 @@ int fake_quant_per_channel(const PerChannelParams& p, void* stream) {
     using T = decltype(tag);
     const bool aligned = aligned16(p.x) && aligned16(p.out) && (p.mask_packed || aligned_n(p.mask, Vec<T>::kSize));
     const bool uniform = p.inner % Vec<T>::kSize == 0;
-    return launch_typed<T>(p.numel, aligned, static_cast<cudaStream_t>(stream), [&](auto al, dim3 grid, cudaStream_t s) {
+    return launch_typed<T>(p.numel, aligned, stream, [&](auto al, dim3 grid, cudaStream_t s) {
       if (uniform) {
         per_channel_kernel<T, decltype(al)::value, true><<<grid, kThreads, 0, s>>>(p, channel);
       } else {
@@ -242,7 +246,7 @@ int fake_quant_backward(const BackwardParams& p, void* stream) {
   return by_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     const bool aligned = aligned16(p.grad) && aligned16(p.out) && (p.mask_packed || aligned_n(p.mask, Vec<T>::kSize));
-    return launch_typed<T>(p.numel, aligned, static_cast<cudaStream_t>(stream), [&](auto al, dim3 grid, cudaStream_t s) {
+    return launch_typed<T>(p.numel, aligned, stream, [&](auto al, dim3 grid, cudaStream_t s) {
       backward_kernel<T, decltype(al)::value><<<grid, kThreads, 0, s>>>(p);
     });
   });

@@ -37,13 +37,16 @@ __device__ __forceinline__ void fold(float2& m, float v) {
   m.y = nan_max(m.y, v);
 }
 
-__device__ __forceinline__ float2 fold_pair(float2 a, float2 b) { return make_float2(nan_min(a.x, b.x), nan_max(a.y, b.y)); }
+__device__ __forceinline__ float2 fold_pair(float2 a, float2 b) {
+  return make_float2(nan_min(a.x, b.x), nan_max(a.y, b.y));
+}
 
 // NaN-propagating (min, max) over the CTA, valid in thread 0. Ends with a barrier, so smem can be reused.
 __device__ __forceinline__ float2 block_minmax(float2 v, float2 (&smem)[kWarps]) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) {
-    v = fold_pair(v, make_float2(__shfl_down_sync(0xffffffffu, v.x, offset), __shfl_down_sync(0xffffffffu, v.y, offset)));
+    v = fold_pair(v, make_float2(__shfl_down_sync(0xffffffffu, v.x, offset),
+                                 __shfl_down_sync(0xffffffffu, v.y, offset)));
   }
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (lane == 0) smem[warp] = v;
@@ -264,7 +267,9 @@ int64_t fused_observer_parts(const ObserverParams& p) {
 
 int fused_observer_update(const ObserverParams& p, float* partials, void* stream) {
   if (p.outer * p.channels * p.inner == 0) return 0;
-  return by_dtype(p.dtype, [&](auto tag) { return launch<decltype(tag)>(p, partials, static_cast<cudaStream_t>(stream)); });
+  return by_dtype(p.dtype, [&](auto tag) {
+    return launch<decltype(tag)>(p, partials, static_cast<cudaStream_t>(stream));
+  });
 }
 
 }  // namespace cuda

@@ -46,9 +46,11 @@ int main() {
     const float got = round_half_even(v), want = std::nearbyint(v);
     CHECK((std::isnan(want) && std::isnan(got)) || got == want, "round_half_even(%a) = %a, want %a\n", v, got, want);
     const int64_t c = to_int64_cuda(want);
-    const int64_t cw = std::isnan(want) ? INT64_MIN : (want >= 9.223372036854775808e18f ? INT64_MAX
-                                                        : (want < -9.223372036854775808e18f ? INT64_MIN
-                                                                                              : static_cast<int64_t>(want)));
+    const float two63 = 9.223372036854775808e18f;
+    const int64_t cw = std::isnan(want)      ? INT64_MIN
+                       : want >= two63       ? INT64_MAX
+                       : want < -two63       ? INT64_MIN
+                                             : static_cast<int64_t>(want);
     CHECK(c == cw, "to_int64_cuda(%a)\n", want);
   }
   CHECK(wrapping_add(INT64_MIN, -3) == INT64_MAX - 2, "wrapping_add low\n");

@@ -47,7 +47,8 @@ QK_HOST_DEVICE QParams choose_qparams_fused(float mn, float mx, int64_t qmin, in
   mn = mn > 0.0f ? 0.0f : mn;  // min(mn, 0), NaN kept
   mx = mx < 0.0f ? 0.0f : mx;
   const float width = static_cast<float>(qmax - qmin);
-  float scale = static_cast<float>((static_cast<double>(mx) - static_cast<double>(mn)) / static_cast<double>(qmax - qmin));
+  float scale =
+      static_cast<float>((static_cast<double>(mx) - static_cast<double>(mn)) / static_cast<double>(qmax - qmin));
   if (scale == 0.0f || std::isinf(1.0f / scale)) scale = 0.1f;
   const float floor = 6.1e-5f;
   if (small_scale_floor && scale < floor) {
