@@ -41,6 +41,7 @@ struct Block {
   dim3 dim, grid;
   const std::function<void()>* body = nullptr;
   Thread* running = nullptr;
+  bool reverse = false;  // the order of the current round (a member: getcontext makes locals unreliable)
 };
 
 Block block;
@@ -165,8 +166,12 @@ bool release() {
   fail(s.str());
 }
 
-void run_block(uint3 idx) {
+// Runs the block's threads until every one has exited. Between two synchronization points the threads run one
+// at a time, in thread order in even blocks and in reverse order in odd ones, alternating at each point: a read
+// of another thread's write that lacks a barrier in between then sees the stale value in some blocks.
+void run_block(uint3 idx, bool reverse) {
   block.idx = idx;
+  block.reverse = reverse;
   const size_t n = block.threads.size();
   for (size_t t = 0; t < n; ++t) {
     Thread& th = block.threads[t];
@@ -179,8 +184,9 @@ void run_block(uint3 idx) {
     th.context.uc_link = &block.scheduler;
     makecontext(&th.context, thread_main, 0);
   }
-  for (;;) {
-    for (Thread& th : block.threads) {
+  for (;; block.reverse = !block.reverse) {
+    for (size_t k = 0; k < n; ++k) {
+      Thread& th = block.threads[block.reverse ? n - 1 - k : k];
       if (th.state != State::Ready) continue;
       block.running = &th;
       swapcontext(&block.scheduler, &th.context);
@@ -223,7 +229,7 @@ bool run_grid(dim3 grid, dim3 dim, const std::function<void()>& body) {
   block.body = &body;
   for (unsigned int z = 0; z < grid.z; ++z) {
     for (unsigned int y = 0; y < grid.y; ++y) {
-      for (unsigned int x = 0; x < grid.x; ++x) run_block({x, y, z});
+      for (unsigned int x = 0; x < grid.x; ++x) run_block({x, y, z}, (x + y + z) % 2 == 1);
     }
   }
   return true;

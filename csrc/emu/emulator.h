@@ -2,7 +2,9 @@
 // compiler after tests/cuda_emulator.py rewrites their launches) run on machines without a GPU.
 //
 // A launch runs its blocks one after another. A block's threads are fibers (ucontext) on the calling thread,
-// resumed in thread order until each one exits or waits at a __syncthreads() or a __shfl_down_sync(). A barrier
+// resumed one at a time (in thread order, or in reverse order: it alternates between blocks and between
+// synchronization points, so that a missing barrier shows) until each one exits or waits at a __syncthreads()
+// or a __shfl_down_sync(). A barrier
 // opens once every thread of the block waits at it; a shuffle completes once every lane its mask names waits
 // at it. What the hardware leaves undefined is an error here, raised by the launch as std::runtime_error:
 //   - a barrier that some threads of the block wait at while others have exited (or wait at a shuffle);

@@ -67,6 +67,24 @@ __global__ void rotate(const int* in, int* out) {
   out[blockIdx.x * 64 + threadIdx.x] = s[(threadIdx.x + 1) % 64];
 }
 
+// Each thread's turn within its block in two consecutive rounds (between barriers).
+__global__ void turns(int* first, int* second) {
+  __shared__ int counters[2];
+  if (threadIdx.x == 0) counters[0] = counters[1] = 0;
+  __syncthreads();
+  first[blockIdx.x * blockDim.x + threadIdx.x] = counters[0]++;
+  __syncthreads();
+  second[blockIdx.x * blockDim.x + threadIdx.x] = counters[1]++;
+}
+
+// Thread t reads what thread t + 1 wrote, without a barrier in between (a bug the order must expose).
+__global__ void missing_barrier(int* out) {
+  __shared__ int s[33];
+  s[threadIdx.x] = static_cast<int>(blockIdx.x * 100 + threadIdx.x);
+  s[32] = -1;
+  out[blockIdx.x * 32 + threadIdx.x] = s[threadIdx.x + 1];
+}
+
 __global__ void barrier_after_early_exit(int n) {
   if (static_cast<int>(threadIdx.x) >= n) return;
   __syncthreads();
@@ -112,6 +130,20 @@ int main() {
   bool rotated = true;
   for (int i = 0; i < 128; ++i) rotated = rotated && out[i] == in[i / 64 * 64 + (i % 64 + 1) % 64];
   check(rotated, "shared memory written before a barrier is read after it");
+
+  std::vector<int> first(64), second(64);
+  qk_emu::Launch(2, 32)(turns, first.data(), second.data());
+  bool alternating = true;
+  for (int t = 0; t < 32; ++t) {  // block 0 starts in thread order, block 1 reversed; each round turns around
+    alternating = alternating && first[t] == 31 - t && second[t] == t && first[32 + t] == t && second[32 + t] == 31 - t;
+  }
+  check(alternating, "threads run in thread order or reversed, alternating between blocks and barriers");
+
+  std::vector<int> racy(64);
+  qk_emu::Launch(2, 32)(missing_barrier, racy.data());
+  bool stale = false;
+  for (int t = 0; t < 31; ++t) stale = stale || racy[32 * 0 + t] != t + 1 || racy[32 * 1 + t] != 100 + t + 1;
+  check(stale, "a read of a neighbour's write without a barrier sees a stale value in some block");
 
   check_throws([] { qk_emu::Launch(1, 64)(barrier_after_early_exit, 40); }, "have exited",
                "a barrier reached by some threads while others exited");
