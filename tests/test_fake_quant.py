@@ -11,6 +11,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+import cuda_emulator
 import qkernels
 from qkernels import ops
 from qkernels.reference import fake_quant as ref
@@ -206,28 +207,29 @@ def test_unaligned_and_odd_sizes(device, backend):
 
 
 def _cuda_flavour_launchers():
-    """(name, device, per_tensor, per_channel) for every kernel that implements aten-CUDA's rules: the CUDA
-    kernels' shared math through the CPU extension (flavour=1), Triton, and the CUDA extension."""
+    """(name, device, launcher module getter) for every kernel that implements aten-CUDA's rules: the CUDA
+    kernels' shared math through the CPU extension (flavour=1), Triton, the CUDA kernels under the CPU emulator
+    (tests/cuda_emulator.py, built when the test runs), and the CUDA extension."""
     from qkernels import _backend_native as native
 
-    out = []
+    out = [("cuda-emulated", "cpu", cuda_emulator.launchers)]
     if qkernels.backends.availability("cpu", "cpu") is None:
-        out.append(("cpu-ext", "cpu", native.per_tensor, native.per_channel))
+        out.append(("cpu-ext", "cpu", lambda: native))
     for device in DEVICES:
         if qkernels.backends.availability("triton", device) is None:
-            from qkernels.triton_kernels import fake_quant as tk
-
-            out.append(("triton", device, tk.per_tensor, tk.per_channel))
+            out.append(("triton", device, lambda: qkernels.backends._module("triton", "fake_quant")))
     if HAS_CUDA:
-        out.append(("cuda-ext", "cuda", native.per_tensor, native.per_channel))
+        out.append(("cuda-ext", "cuda", lambda: native))
     return out
 
 
-@pytest.mark.parametrize("name,device,per_tensor,per_channel", _cuda_flavour_launchers(),
+@pytest.mark.parametrize("name,device,get_launchers", _cuda_flavour_launchers(),
                          ids=[c[0] + "-" + c[1] for c in _cuda_flavour_launchers()])
-def test_cuda_flavour_kernels_wide_zero_points(name, device, per_tensor, per_channel):
+def test_cuda_flavour_kernels_wide_zero_points(name, device, get_launchers):
     """aten-CUDA's rules at zero points the public checks would reject on CPU (int64 saturation and
     wrapping, float subtraction beyond 2^24), straight through the launchers, against the CUDA reference."""
+    launchers = get_launchers()
+    per_tensor, per_channel = launchers.per_tensor, launchers.per_channel
     x = make_input(17, (5, 4001), 0.3, 0, -128, 127, torch.float32, device)
     for z in (0, 5, -3, 2**25 + 1):
         out, mask = torch.empty_like(x), torch.empty_like(x, dtype=torch.bool)
