@@ -10,7 +10,7 @@ the private launcher ops as ``torch.ops.qkernels_emu._<op>_cuda`` on the CPU dis
 ``qkernels_emu_index64``, divides every index in 64 bits (QKERNELS_CUDA_INDEX32_LIMIT=0), the path the kernels
 take only for tensors of 2^31 elements or more.
 
-The library is cached under build/cuda_emu/, keyed by the sources, the compiler (``CXX``, default g++) and
+The library is cached under build/cuda_emu/, keyed by its sources, the compiler (``CXX``, default g++) and
 torch, latest build only; concurrent test workers build it once (file lock). ``CXX="g++ -fsanitize=undefined
 -fno-sanitize-recover=all"`` builds it with UBSan.
 """
@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 BUILD = ROOT / "build" / "cuda_emu"
 LIBRARY = "libqkernels_cuda_emu.so"
+COMPILED = ("cuda", "emu", "include", "ops")  # the folders of csrc the library is built from
 # library (op namespace) -> the kernels' extra definitions
 VARIANTS = {"qkernels_emu": [], "qkernels_emu_index64": ["-DQKERNELS_CUDA_INDEX32_LIMIT=0"]}
 
@@ -44,7 +45,7 @@ CXX_FLAGS = [
     "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
     # The kernels reinterpret element arrays as 16-byte vectors, as CUDA code does.
     "-fno-strict-aliasing",
-    "-Wall", "-Wextra", "-Wno-unknown-pragmas",
+    # (no warning flags: a successful build's output is not read; nvcc's -Werror build in CMake is the check)
 ]
 
 # kernel name (template arguments included), launch configuration, opening parenthesis of the arguments.
@@ -76,7 +77,7 @@ def _compiler() -> list[str]:
 
 def _key(library: str) -> str:
     h = hashlib.sha256(library.encode())
-    for path in sorted(CSRC.rglob("*")):
+    for path in sorted(p for d in COMPILED for p in (CSRC / d).rglob("*")):
         if path.is_file():
             h.update(str(path.relative_to(ROOT)).encode())
             h.update(path.read_bytes())

@@ -107,8 +107,7 @@ bool complete_shuffle(size_t w) {
         fail(thread_name(t) + " shuffles with another mask, width or size than its warp");
       }
       if (!named) fail(thread_name(t) + " shuffles with a mask that leaves it out");
-    } else if (named) {
-      if (th.state == State::Ready) return false;
+    } else if (named) {  // (no thread is ready here: each ran until it stopped)
       fail(thread_name(t) + " is named by its warp's shuffle mask but is " + state_name(th.state));
     }
   }
@@ -214,12 +213,12 @@ uint64_t shuffle_down(unsigned int mask, uint64_t value, size_t size, unsigned i
   return block.running->shuffle.value;
 }
 
-bool run_grid(dim3 grid, dim3 dim, const std::function<void()>& body) {
+void run_grid(dim3 grid, dim3 dim, const std::function<void()>& body) {
   const uint64_t threads = uint64_t(dim.x) * dim.y * dim.z;
   if (threads == 0 || threads > 1024 || dim.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
       grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
     last_error = cudaErrorInvalidConfiguration;
-    return false;
+    return;
   }
   const std::lock_guard<std::recursive_mutex> lock(launch_lock);
   block.threads.assign(threads, Thread{});
@@ -232,7 +231,6 @@ bool run_grid(dim3 grid, dim3 dim, const std::function<void()>& body) {
       for (unsigned int x = 0; x < grid.x; ++x) run_block({x, y, z}, (x + y + z) % 2 == 1);
     }
   }
-  return true;
 }
 
 Launch::Launch(dim3 g, dim3 b, size_t, cudaStream_t) : grid(g), block(b) {}

@@ -65,9 +65,9 @@ void syncthreads();
 // returns the bytes of the source lane's value, or of the caller's own when the source is past the segment.
 uint64_t shuffle_down(unsigned int mask, uint64_t value, size_t size, unsigned int delta, int width);
 
-// Runs body() as every thread of every block of the grid; false (and the last error set) for an invalid
-// configuration. Throws std::runtime_error for the errors listed at the top.
-bool run_grid(dim3 grid, dim3 block, const std::function<void()>& body);
+// Runs body() as every thread of every block of the grid; for an invalid configuration nothing, and sets the
+// error cudaGetLastError() returns. Throws std::runtime_error for the errors listed at the top.
+void run_grid(dim3 grid, dim3 block, const std::function<void()>& body);
 
 // kernel<<<grid, block, shared_bytes, stream>>>(args...) is rewritten as Launch(grid, block, shared_bytes,
 // stream)([&](auto... a) { kernel(a...); }, args...): the kernel's template arguments are deduced from the

@@ -385,7 +385,6 @@ struct ObserverCall {
   double averaging_const, eps;
   int64_t quant_min, quant_max, axis, mode, symmetric_zero_point;
   bool per_row, symmetric;
-  int64_t inner;  // elements between consecutive channels of x (per tensor: all of them)
 };
 
 std::optional<ObserverCall> observer_call(PyObject* const* args) {
@@ -419,7 +418,7 @@ std::optional<ObserverCall> observer_call(PyObject* const* args) {
     if (t[i]->numel() != channels || !t[i]->is_contiguous()) return std::nullopt;  // (Python sizes or copies)
   }
   ObserverCall c{x, *t[1], *t[2], *t[3], *t[4], *t[5], *t[6], *averaging_const, *eps, *quant_min, *quant_max,
-                 *axis, *mode, *symmetric_zero_point, per_row, args[12] == Py_True, x.numel()};
+                 *axis, *mode, *symmetric_zero_point, per_row, args[12] == Py_True};
   return c;
 }
 
@@ -435,11 +434,10 @@ PyObject* fused_observer_update(PyObject* /*module*/, PyObject* const* args, Py_
     const at::NoGradGuard no_grad;
     // The kernels walk x in storage order as [outer, channels, inner] (as fused_observer.py's _update_impl).
     const at::Tensor x = c->x.is_non_overlapping_and_dense() ? c->x.detach() : c->x.contiguous();
-    if (c->per_row) {
-      c->inner = glue::inner_stride(x, c->axis);
-    }
+    // Elements between consecutive channels of x; per tensor, all of them.
+    const int64_t inner = c->per_row ? glue::inner_stride(x, c->axis) : x.numel();
     op->call(x, c->observer_on, c->fake_quant_on, c->running_min, c->running_max, c->scale, c->zero_point,
-             c->averaging_const, c->quant_min, c->quant_max, c->inner, c->symmetric, c->mode, c->eps,
+             c->averaging_const, c->quant_min, c->quant_max, inner, c->symmetric, c->mode, c->eps,
              c->symmetric_zero_point, glue::flavour_of(x));
   }
   Py_RETURN_TRUE;
