@@ -8,6 +8,7 @@ TORCH_CUDA_ARCH_LIST                CUDA archs (default "8.0;9.0+PTX").
 Native builds need torch at build time: install with `pip install --no-build-isolation .`.
 """
 
+import glob
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import sys
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MODE = os.environ.get("QKERNELS_BUILD", "auto").lower()
@@ -23,18 +25,11 @@ STRICT = os.environ.get("QKERNELS_STRICT_BUILD") == "1" or MODE in ("cpu", "cuda
 if MODE not in ("auto", "none", "cpu", "cuda"):
     sys.exit(f"QKERNELS_BUILD must be auto, none, cpu or cuda, got {MODE!r}")
 
-CPU_SOURCES = [
-    "csrc/cpu/fake_quant.cpp",
-    "csrc/cpu/fake_quant_avx2.cpp",
-    "csrc/ops/fake_quant_cpu.cpp",
-    "csrc/ops/python_entry.cpp",  # the extension's Python module: the public functions' eager entry points
-]
-CUDA_SOURCES = [
-    "csrc/cuda/fake_quant.cu",
-    "csrc/cuda/fake_quant_learnable.cu",
-    "csrc/cuda/fused_observer.cu",
-    "csrc/ops/fake_quant_cuda.cpp",
-]
+# Sources by pattern (a family adds files, never a line here): the CPU extension takes the CPU kernels and every
+# CPU glue file (csrc/ops/<family>_cpu.cpp) plus the eager entry points' Python module; the CUDA extension the
+# CUDA kernels and every CUDA glue file (csrc/ops/<family>_cuda.cpp).
+CPU_SOURCES = sorted(glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/ops/*_cpu.cpp")) + ["csrc/ops/python_entry.cpp"]
+CUDA_SOURCES = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/ops/*_cuda.cpp"))
 INCLUDE = [os.path.join(ROOT, "csrc", "include")]
 # IEEE arithmetic exactly as written: no contraction into FMA, no fast-math (bit-exactness with aten);
 # -fno-trapping-math only lets the vectorizer compute both sides of a select (no flag is ever read).
@@ -131,9 +126,20 @@ def build_ext_class():
     return DegradingBuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
 
 
+class BuildPyWithEnums(build_py):
+    """Installs the enum table the C++ code includes (csrc/include/qkernels/enums.h) as qkernels/enums.h, where
+    qkernels/enums.py reads it (in a source tree it reads the original)."""
+
+    def run(self):
+        super().run()
+        target = os.path.join(self.build_lib, "qkernels", "enums.h")
+        self.mkpath(os.path.dirname(target))
+        self.copy_file(os.path.join(ROOT, "csrc", "include", "qkernels", "enums.h"), target)
+
+
 setup(
     packages=["qkernels", "qkernels.reference", "qkernels.triton_kernels"],
     package_dir={"qkernels.triton_kernels": "triton_kernels"},
     ext_modules=EXTENSIONS,
-    cmdclass={"build_ext": build_ext_class()},
+    cmdclass={"build_ext": build_ext_class(), "build_py": BuildPyWithEnums},
 )

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import torch
 
+from .enums import Flavour
 from .reference.fake_quant import uses_fma
 
-FLAVOURS = {"cpu": 0, "cuda": 1}
+FLAVOURS = {name: int(Flavour.of(name)) for name in ("cpu", "cuda")}  # (a dict: read on every call)
 
 
 _ops: dict = {}

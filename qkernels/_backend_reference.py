@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from .enums import QParamsMode, ZpRule
 from .reference import fake_quant as ref
 from .reference import fake_quant_learnable as lref
 from .reference import fused_observer as oref
 
-_RULES = {0: "torch", 1: "torch", 2: "consistent"}
+_RULES = {ZpRule.TorchPerTensor: "torch", ZpRule.Torch: "torch", ZpRule.Consistent: "consistent"}
 
 
 def _write(out, mask, y, m):
@@ -59,7 +60,7 @@ def learnable_backward(dy, x, dx, scale, zero_point, dims, quant_min, quant_max,
     dy4, x4 = _views(dims, dy, x)
     g, ds, dz = lref.backward_elements_broadcast(
         dy4, x4, scale.view(B, 1, C, 1), zero_point.view(B, 1, C, 1), quant_min, quant_max, grad_factor,
-        per_tensor=rule == 0, zero_point_rounding=_RULES[rule], flavour=flavour, use_fma=use_fma,
+        per_tensor=rule == ZpRule.TorchPerTensor, zero_point_rounding=_RULES[rule], flavour=flavour, use_fma=use_fma,
     )
     ref.storage_view(dx).copy_(g.flatten())
     if not need_qgrads:
@@ -82,7 +83,7 @@ def fused_observer_update(x, observer_on, fake_quant_on, running_min, running_ma
     for running, cur in ((running_min, cur_min), (running_max, cur_max)):
         running.copy_(torch.where(observe, oref.update_running(running, cur.view(running.shape), averaging_const,
                                                                flavour), running))
-    if mode == 0:
+    if mode == QParamsMode.Fused:
         s, z = oref.choose_qparams_fused(running_min, running_max, quant_min, quant_max, symmetric, flavour)
         recompute = oref.flag_on_device(fake_quant_on)
     else:

@@ -51,7 +51,11 @@ from .ops import (
     _plain_eager,
     fake_quantize_per_channel_affine,
 )
+from .enums import QParamsMode
 from .reference.fused_observer import QPARAMS_MODES, flag_on_device
+
+# The kernels' QParamsMode of each `qparams` name ("fused" -> Fused, "observer" -> Observer).
+_MODES = {name: int(QParamsMode[name.capitalize()]) for name in QPARAMS_MODES}
 
 __all__ = ["fused_moving_avg_obs_fake_quant", "observer_update"]
 
@@ -132,7 +136,7 @@ def _update_impl(x, observer_on, fake_quant_on, running_min, running_max, scale,
     work = [t if t.is_contiguous() else t.contiguous() for t in state]
     backends.select(x, quant_min, quant_max, "fused_observer").fused_observer_update(
         x, observer_on, fake_quant_on, *work, float(averaging_const), quant_min, quant_max, axis, inner, symmetric,
-        QPARAMS_MODES.index(qparams), float(eps), symmetric_zero_point, "cuda" if x.is_cuda else "cpu")
+        _MODES[qparams], float(eps), symmetric_zero_point, "cuda" if x.is_cuda else "cpu")
     for t, w in zip(state, work):
         if w is not t:
             t.copy_(w)
@@ -250,7 +254,7 @@ def fused_moving_avg_obs_fake_quant(
         if eager is not None:  # the native backends in plain eager mode: the whole step in one C++ call
             return eager(input, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
                          float(averaging_const), quant_min, quant_max, bool(symmetric_quant),
-                         QPARAMS_MODES.index(qparams), float(eps), int(symmetric_zero_point),
+                         _MODES[qparams], float(eps), int(symmetric_zero_point),
                          *_mask_request(input))
     observer_update(input, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
                     averaging_const, quant_min, quant_max, ch_axis, per_row_fake_quant, symmetric_quant,

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from . import backends, ops
+from .enums import ZpRule
 from .ops import (
     _check_input,
     _check_qparam_tensor,
@@ -60,8 +61,9 @@ __all__ = [
 ]
 
 _FAMILY = "fake_quant_learnable"
-# Backward zero-point rules of the kernels (qkernels::ZpRule).
-_RULE_TORCH_PER_TENSOR, _RULE_TORCH, _RULE_CONSISTENT = 0, 1, 2
+# Backward zero-point rules of the kernels (qkernels.enums.ZpRule), as plain ints: compared on every call.
+_RULE_TORCH_PER_TENSOR, _RULE_TORCH, _RULE_CONSISTENT = (int(ZpRule.TorchPerTensor), int(ZpRule.Torch),
+                                                         int(ZpRule.Consistent))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ The `.cu` files of csrc/cuda are compiled by the host C++ compiler after one sou
 ``::qk_emu::Launch(grid, block, shared, stream)([&](auto... a) { kernel(a...); }, args)``
 (line numbers kept). The emulator's own cuda_runtime.h / cuda_fp16.h / cuda_bf16.h
 (csrc/emu/include) stand in for the toolkit's, so no CUDA toolkit is needed. With the production CUDA glue
-(csrc/ops/fake_quant_cuda.cpp, built with QKERNELS_CUDA_EMULATION) they form one shared library that registers
+(every csrc/ops/<family>_cuda.cpp, built with QKERNELS_CUDA_EMULATION) they form one shared library that registers
 the private launcher ops as ``torch.ops.qkernels_emu._<op>_cuda`` on the CPU dispatch key. A second build,
 ``qkernels_emu_index64``, divides every index in 64 bits (QKERNELS_CUDA_INDEX32_LIMIT=0), the path the kernels
 take only for tensors of 2^31 elements or more.
@@ -47,6 +47,9 @@ CXX_FLAGS = [
     "-fno-strict-aliasing",
     # (no warning flags: a successful build's output is not read; nvcc's -Werror build in CMake is the check)
 ]
+# The glue's launchers have external linkage (one family's eager step calls another's): hidden, so that they never
+# bind to the same names in qkernels._C_cuda when both libraries are loaded.
+GLUE_FLAGS = ["-fvisibility=hidden"]
 
 # kernel name (template arguments included), launch configuration, opening parenthesis of the arguments.
 _LAUNCH = re.compile(r"(?P<kernel>[A-Za-z_][\w:]*(?:<[^;{}]*?>)?)\s*<<<(?P<config>[^;]*?)>>>\s*\(")
@@ -82,8 +85,8 @@ def _key(library: str) -> str:
             h.update(str(path.relative_to(ROOT)).encode())
             h.update(path.read_bytes())
     version = subprocess.run(_compiler() + ["--version"], capture_output=True, text=True, check=True).stdout
-    h.update(" ".join(_compiler() + CXX_FLAGS + [version, torch.__version__, str(torch._C._GLIBCXX_USE_CXX11_ABI)])
-             .encode())
+    abi = str(torch._C._GLIBCXX_USE_CXX11_ABI)
+    h.update(" ".join(_compiler() + CXX_FLAGS + GLUE_FLAGS + [version, torch.__version__, abi]).encode())
     return h.hexdigest()[:16]
 
 
@@ -101,10 +104,11 @@ def _compile_commands(out: Path, library: str) -> list[tuple[list[str], Path]]:
     obj = out / "emulator.o"
     commands.append((_compiler() + CXX_FLAGS + ["-c", str(CSRC / "emu" / "emulator.cpp"), "-o", str(obj)], obj))
     torch_include = [a for d in cpp_extension.include_paths() for a in ("-isystem", d)]
-    obj = out / "fake_quant_cuda.o"
-    commands.append((_compiler() + CXX_FLAGS + [f"-DQKERNELS_CUDA_EMULATION={library}", abi] + emu_include +
-                     ["-I", str(CSRC / "ops")] + torch_include +
-                     ["-c", str(CSRC / "ops" / "fake_quant_cuda.cpp"), "-o", str(obj)], obj))
+    for glue in sorted((CSRC / "ops").glob("*_cuda.cpp")):  # every family's CUDA glue
+        obj = out / f"{glue.stem}.o"
+        flags = GLUE_FLAGS + [f"-DQKERNELS_CUDA_EMULATION={library}", abi]
+        commands.append((_compiler() + CXX_FLAGS + flags + emu_include +
+                         ["-I", str(CSRC / "ops")] + torch_include + ["-c", str(glue), "-o", str(obj)], obj))
     return commands
 
 

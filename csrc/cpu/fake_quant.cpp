@@ -1,40 +1,25 @@
-// CPU fake-quant entry points: the loops of fake_quant_impl.h and fake_quant_learnable_impl.h built for
-// baseline x86-64 (here) and for AVX2+FMA+F16C (fake_quant_avx2.cpp), chosen once from the running CPU.
+// CPU fake-quant entry points: the loops of fake_quant_impl.h built for baseline x86-64 (here) and for
+// AVX2+FMA+F16C (fake_quant_avx2.cpp), chosen once from the running CPU (isa.h).
 // Bit-packed masks are handled here, around the loops: they run on one byte per element in a stack block,
 // packed (or unpacked) 8 to a byte.
 #include <algorithm>
 
 #include "qkernels/fake_quant_kernels.h"
-#include "qkernels/fake_quant_learnable_kernels.h"
-#include "qkernels/fused_observer_kernels.h"
 
 #define QK_CPU_ISA baseline
 #include "fake_quant_impl.h"
-#include "fake_quant_learnable_impl.h"
-#include "fused_observer_impl.h"
 #undef QK_CPU_ISA
+#include "isa.h"
 
 namespace qkernels {
 namespace cpu {
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#ifdef QK_CPU_HAS_AVX2_BUILD
 namespace avx2 {
 void fake_quant_per_tensor(const PerTensorParams& p, int64_t begin, int64_t end, uint8_t* mask);
 void fake_quant_per_channel(const PerChannelParams& p, int64_t begin, int64_t end, uint8_t* mask);
 void fake_quant_backward(const BackwardParams& p, int64_t begin, int64_t end, const uint8_t* mask);
-void fake_quant_learnable_forward(const LearnableForwardParams& p, int64_t begin, int64_t end);
-void fake_quant_learnable_backward(const LearnableBackwardParams& p, int64_t begin, int64_t end);
-void fused_observer_minmax(const ObserverParams& p, int64_t row_begin, int64_t row_end, float* lo, float* hi);
 }  // namespace avx2
-
-static bool has_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("f16c");
-  return yes;
-}
-#define QK_CPU_DISPATCH(fn, ...) (has_avx2() ? avx2::fn(__VA_ARGS__) : baseline::fn(__VA_ARGS__))
-#else
-#define QK_CPU_DISPATCH(fn, ...) baseline::fn(__VA_ARGS__)
 #endif
 
 namespace {
@@ -96,17 +81,5 @@ void fake_quant_backward(const BackwardParams& p, int64_t begin, int64_t end) {
   with_mask<false>(p, begin, end,
                    [&](int64_t b, int64_t e, auto m) { QK_CPU_DISPATCH(fake_quant_backward, p, b, e, m); });
 }
-
-void fake_quant_learnable_forward(const LearnableForwardParams& p, int64_t begin, int64_t end) {
-  QK_CPU_DISPATCH(fake_quant_learnable_forward, p, begin, end);
-}
-void fake_quant_learnable_backward(const LearnableBackwardParams& p, int64_t begin, int64_t end) {
-  QK_CPU_DISPATCH(fake_quant_learnable_backward, p, begin, end);
-}
-
-void fused_observer_minmax(const ObserverParams& p, int64_t row_begin, int64_t row_end, float* lo, float* hi) {
-  QK_CPU_DISPATCH(fused_observer_minmax, p, row_begin, row_end, lo, hi);
-}
-
 }  // namespace cpu
 }  // namespace qkernels

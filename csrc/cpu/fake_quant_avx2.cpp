@@ -8,13 +8,9 @@
 #include <vector>
 
 #include "qkernels/fake_quant_kernels.h"
-#include "qkernels/fake_quant_learnable_kernels.h"
-#include "qkernels/fused_observer_kernels.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC target("avx2,fma,f16c")
 #define QK_CPU_ISA avx2
 #include "fake_quant_impl.h"
-#include "fake_quant_learnable_impl.h"
-#include "fused_observer_impl.h"
 #endif

@@ -1,6 +1,6 @@
-// The CPU loops of learnable (LSQ) fake quantization, compiled once per instruction set next to
-// fake_quant_impl.h (whose dtype conversions and per-channel loops they reuse). Layout and block contract:
-// qkernels/fake_quant_learnable_kernels.h; per-element math: qkernels/fake_quant_learnable_math.h.
+// The CPU loops of learnable (LSQ) fake quantization, compiled once per instruction set (csrc/cpu/
+// fake_quant_learnable.cpp and its _avx2 variant); the forward runs fake_quant_loops.h. Layout and block
+// contract: qkernels/fake_quant_learnable_kernels.h; per-element math: qkernels/fake_quant_learnable_math.h.
 //
 // Determinism: every partial sum belongs to one work item, whose elements are always visited in the same
 // order and summed into 8 lane accumulators (a vertical add the compiler vectorizes), folded in a fixed
@@ -13,10 +13,7 @@
 #include <vector>
 
 #include "qkernels/fake_quant_learnable_kernels.h"
-
-#ifndef QK_CPU_ISA
-#error "include fake_quant_impl.h with QK_CPU_ISA defined first"
-#endif
+#include "fake_quant_loops.h"
 
 namespace qkernels {
 namespace cpu {

@@ -1,14 +1,11 @@
-// CPU loops of the fused observer (min/max of x per channel), compiled once per instruction set next to
-// fake_quant_impl.h, whose dtype conversions they use. The per-quantizer math is fused_observer_math.h.
+// CPU loops of the fused observer (min/max of x per channel), compiled once per instruction set (csrc/cpu/
+// fused_observer.cpp and its _avx2 variant). The per-quantizer math is fused_observer_math.h.
 #include <algorithm>
 #include <cstring>
 #include <vector>
 
 #include "qkernels/fused_observer_kernels.h"
-
-#ifndef QK_CPU_ISA
-#error "include fake_quant_impl.h with QK_CPU_ISA defined first"
-#endif
+#include "element_io.h"
 
 namespace qkernels {
 namespace cpu {

@@ -8,7 +8,7 @@
 
 #include <cstdint>
 
-#include "qkernels/fake_quant_kernels.h"
+#include "qkernels/enums.h"
 
 namespace qkernels {
 namespace cuda {

@@ -1,63 +1,34 @@
-// Torch glue shared by the CPU and CUDA private ops: tensors -> the POD params of fake_quant_kernels.h.
-// Argument checking of public inputs happens once, in Python (qkernels/ops.py) or in the entry points that
-// stand in for it (python_entry.cpp); these are internal checks of what they hand over.
+// Torch glue of the fake-quant family: its private launcher ops (_fake_quant_{per_tensor,per_channel,backward}_
+// <device>, csrc/ops/fake_quant_{cpu,cuda}.cpp) and its eager forwards with the C++ straight-through node
+// (_fake_quant_per_{tensor,channel}_eager_<device>: allocation, launch and node in one call from Python, for plain
+// tensors in eager mode on the native backends, on checked arguments; compile and export use the registered
+// public ops, whose autograd is defined in Python). Backward then runs in C++ without a call back into Python;
+// double backward calls the registered backward op, which is differentiable.
 #pragma once
 
-#include <ATen/ATen.h>
-#include <torch/library.h>
+#include <torch/autograd.h>
 
-#include <algorithm>
-#include <vector>
-
+#include "glue.h"
 #include "qkernels/fake_quant_kernels.h"
-#include "qkernels/fake_quant_learnable_kernels.h"
-#include "qkernels/fused_observer_kernels.h"
 
 namespace qkernels {
+
+// The family's launchers, one per device (the private ops; the fused observer's eager forward calls them too).
+using PerTensorLauncher = void(const at::Tensor& x, at::Tensor& out, const std::optional<at::Tensor>& mask,
+                               double scale, int64_t zero_point, const std::optional<at::Tensor>& scale_t,
+                               const std::optional<at::Tensor>& zero_point_t,
+                               const std::optional<at::Tensor>& enabled_t, int64_t quant_min, int64_t quant_max,
+                               int64_t flavour);
+using PerChannelLauncher = void(const at::Tensor& x, at::Tensor& out, const std::optional<at::Tensor>& mask,
+                                const at::Tensor& scale, const at::Tensor& zero_point, int64_t inner,
+                                int64_t quant_min, int64_t quant_max, int64_t flavour, bool use_fma);
+// Writes dy * mask into its last argument.
+using BackwardLauncher = void(const at::Tensor& grad, const at::Tensor& mask, at::Tensor& out);
+PerTensorLauncher per_tensor_cpu, per_tensor_cuda;
+PerChannelLauncher per_channel_cpu, per_channel_cuda;
+BackwardLauncher backward_cpu, backward_cuda;
+
 namespace glue {
-
-inline int64_t flavour_of(const at::Tensor& x) {
-  return static_cast<int64_t>(x.is_cuda() ? Flavour::Cuda : Flavour::Cpu);
-}
-
-// Elements between consecutive indices of `axis` in t's dense storage (as qkernels/ops.py's _inner_stride): its
-// stride, or every element when the axis has one index.
-inline int64_t inner_stride(const at::Tensor& t, int64_t axis) {
-  const int64_t size = t.size(axis);
-  return size > 1 ? t.stride(axis) : std::max<int64_t>(1, t.numel() / std::max<int64_t>(1, size));
-}
-
-inline DType dtype_of(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat:
-      return DType::Float32;
-    case at::kHalf:
-      return DType::Float16;
-    case at::kBFloat16:
-      return DType::BFloat16;
-    default:
-      TORCH_CHECK(false, "qkernels: unsupported dtype ", t.scalar_type());
-  }
-}
-
-// A mask is bool with the layout of `like`, or packed: uint8, contiguous, one bit per element.
-inline bool mask_is_packed(const at::Tensor& mask, const at::Tensor& like) {
-  if (mask.scalar_type() == at::kByte) {
-    TORCH_CHECK(mask.is_contiguous() && mask.numel() == (like.numel() + 7) / 8,
-                "qkernels: a packed mask is contiguous uint8 with one bit per element");
-    return true;
-  }
-  TORCH_CHECK(mask.scalar_type() == at::kBool && mask.strides() == like.strides() && mask.sizes() == like.sizes(),
-              "qkernels: mask must be bool with the sizes and strides of its tensor, or packed uint8");
-  return false;
-}
-
-// x and out must share one dense layout; the kernels walk storage order.
-inline void check_pair(const at::Tensor& x, const at::Tensor& out) {
-  TORCH_CHECK(out.scalar_type() == x.scalar_type() && out.strides() == x.strides() && out.sizes() == x.sizes(),
-              "qkernels: out must match x in dtype, sizes and strides");
-  TORCH_CHECK(x.is_non_overlapping_and_dense(), "qkernels: x must be dense");
-}
 
 // The fields both forward param structs share: element type, flavour, and the x/out/mask pointers.
 template <typename Params>
@@ -134,169 +105,163 @@ inline BackwardParams backward_params(const at::Tensor& grad, const at::Tensor& 
   return p;
 }
 
-// Learnable ops: x viewed as [B, O, C, I] in storage order; float32 contiguous qparams of B * C elements.
-inline LearnableDims learnable_dims(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
-                                    int64_t B, int64_t O, int64_t C, int64_t I) {
-  TORCH_CHECK(B > 0 && O > 0 && C > 0 && I > 0 && B * O * C * I == x.numel(),
-              "qkernels: learnable dims [B, O, C, I] must be positive and multiply to numel");
-  TORCH_CHECK(x.is_non_overlapping_and_dense(), "qkernels: x must be dense");
-  for (const at::Tensor* t : {&scale, &zero_point}) {
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == B * C &&
-                    t->device() == x.device(),
-                "qkernels: learnable qparams must be contiguous float32 with B * C elements on x's device");
+// Out and mask of a forward call, passed to the autograd function as one non-tensor argument so that out
+// is not taken for an input returned as is.
+struct ForwardResult {
+  at::Tensor out, mask;
+};
+
+template <BackwardLauncher* kBackward>
+struct StraightThrough : torch::autograd::Function<StraightThrough<kBackward>> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& /*x*/,
+                            const ForwardResult& result) {
+    ctx->save_for_backward({result.mask});
+    // Packed mask bits follow out's storage order. (saved_data entries cost an allocation each: only this one,
+    // and only when needed.)
+    if (result.mask.scalar_type() == at::kByte) ctx->saved_data["strides"] = result.out.strides().vec();
+    return result.out;
   }
-  return LearnableDims{B, O, C, I};
-}
 
-inline LearnableForwardParams learnable_forward_params(const at::Tensor& x, at::Tensor& out, const at::Tensor& scale,
-                                                       const at::Tensor& zero_point, const LearnableDims& dims,
-                                                       int64_t quant_min, int64_t quant_max, int64_t flavour,
-                                                       bool per_tensor) {
-  check_pair(x, out);
-  LearnableForwardParams p{};
-  p.dtype = dtype_of(x);
-  p.flavour = static_cast<Flavour>(flavour);
-  p.dims = dims;
-  p.x = x.data_ptr();
-  p.out = out.data_ptr();
-  p.scale = scale.data_ptr<float>();
-  p.zero_point = zero_point.data_ptr<float>();
-  p.quant_min = quant_min;
-  p.quant_max = quant_max;
-  p.per_tensor = per_tensor;
-  return p;
-}
-
-// Also allocates the partial sums: one float32 tensor [2, B, P, C] (ds, then dz; empty when the qparams need
-// no gradient), so that one reduction gives both gradients (reduce_partials).
-inline LearnableBackwardParams learnable_backward_params(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx,
-                                                         const at::Tensor& scale, const at::Tensor& zero_point,
-                                                         const LearnableDims& dims, int64_t quant_min,
-                                                         int64_t quant_max, double grad_factor, int64_t flavour,
-                                                         int64_t rule, bool use_fma, bool need_qgrads,
-                                                         int64_t target, at::Tensor& partials) {
-  check_pair(x, dx);
-  check_pair(x, dy);
-  TORCH_CHECK(rule >= 0 && rule <= 2, "qkernels: zero-point rule must be 0, 1 or 2");
-  LearnableBackwardParams p{};
-  p.dtype = dtype_of(x);
-  p.flavour = static_cast<Flavour>(flavour);
-  p.dims = dims;
-  p.blocks = make_learnable_blocks(dims, target);
-  p.x = x.data_ptr();
-  p.dy = dy.data_ptr();
-  p.dx = dx.data_ptr();
-  p.scale = scale.data_ptr<float>();
-  p.zero_point = zero_point.data_ptr<float>();
-  p.quant_min = quant_min;
-  p.quant_max = quant_max;
-  p.grad_factor = static_cast<float>(grad_factor);
-  p.rule = static_cast<ZpRule>(rule);
-  p.use_fma = use_fma;
-  const auto shape = need_qgrads ? std::vector<int64_t>{2, dims.B, p.blocks.P, dims.C} : std::vector<int64_t>{0};
-  partials = at::empty(shape, x.options().dtype(at::kFloat));
-  p.ds_partial = need_qgrads ? partials.data_ptr<float>() : nullptr;
-  p.dz_partial = need_qgrads ? partials.data_ptr<float>() + dims.B * p.blocks.P * dims.C : nullptr;
-  return p;
-}
-
-// (dscale, dzero_point) from the [2, B, P, C] partials: each summed over P in float64 and rounded once to
-// its dtype, 1-D [B * C], in storages of their own; empty tensors when the partials are (no qparam grads).
-inline std::tuple<at::Tensor, at::Tensor> reduce_partials(const at::Tensor& partials, at::ScalarType ds_dtype,
-                                                          at::ScalarType dz_dtype) {
-  if (partials.dim() != 4) return {partials.new_empty({0}, ds_dtype), partials.new_empty({0}, dz_dtype)};
-  const at::Tensor sums = partials.sum(2, /*keepdim=*/false, at::kDouble);
-  return {sums[0].reshape(-1).to(ds_dtype, false, /*copy=*/true), sums[1].reshape(-1).to(dz_dtype, false, true)};
-}
-
-// Fused observer: x (dense) in storage order as [outer, channels, inner], channels = running_min.numel();
-// float32 running stats and scale, int32 or int64 zero point, all contiguous with `channels` elements.
-inline Flag flag_of(const at::Tensor& t, const at::Tensor& x) {
-  TORCH_CHECK(t.numel() == 1 && t.device() == x.device(), "qkernels: an observer flag has one element on x's device");
-  FlagType type;
-  switch (t.scalar_type()) {
-    // Integer flags are read as bit patterns (on = nonzero), so signedness does not matter; a bool is a byte.
-    case at::kBool:
-    case at::kChar:
-    case at::kByte: type = FlagType::Int8; break;
-    case at::kShort:
-    case at::kUInt16: type = FlagType::Int16; break;
-    case at::kInt:
-    case at::kUInt32: type = FlagType::Int32; break;
-    case at::kLong:
-    case at::kUInt64: type = FlagType::Int64; break;
-    case at::kHalf: type = FlagType::Float16; break;
-    case at::kBFloat16: type = FlagType::BFloat16; break;
-    case at::kFloat: type = FlagType::Float32; break;
-    case at::kDouble: type = FlagType::Float64; break;
-    default: TORCH_CHECK(false, "qkernels: unsupported observer flag dtype ", t.scalar_type());
+  // As qkernels/ops.py's _grad_input and _backward_impl: dy in out's layout for a packed mask, aten's
+  // broadcasting product where a bool mask's layout differs from dy's.
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const at::Tensor mask = ctx->get_saved_variables()[0];
+    at::Tensor grad = grads[0];
+    if (!grad.defined()) return {at::Tensor(), at::Tensor()};  // (x, the ForwardResult argument)
+    const bool packed = mask.scalar_type() == at::kByte;
+    if (packed) {
+      const std::vector<int64_t> strides = ctx->saved_data["strides"].toIntVector();
+      if (grad.strides() != at::IntArrayRef(strides)) {
+        grad = at::empty_strided(grad.sizes(), strides, grad.options()).copy_(grad);
+      }
+    }
+    if (at::GradMode::is_enabled()) {  // create_graph: the registered backward op, whose autograd is defined
+      static const auto op = c10::Dispatcher::singleton()
+                                  .findSchemaOrThrow("qkernels::fake_quantize_cachemask_backward", "")
+                                  .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
+      return {op.call(grad, mask), at::Tensor()};
+    }
+    if (!packed && (grad.strides() != mask.strides() || grad.sizes() != mask.sizes())) {
+      return {grad * mask.view(grad.sizes()), at::Tensor()};
+    }
+    at::Tensor dx = at::empty_like(grad);
+    if (grad.numel() > 0) kBackward(grad, mask, dx);
+    return {dx, at::Tensor()};
   }
-  return {t.data_ptr(), type};
-}
+};
 
-// x dense, viewed in storage order as [outer, channels, inner] with channels = running_min.numel().
-inline ObserverParams observer_params(const at::Tensor& x, const at::Tensor& observer_on,
-                                      const at::Tensor& fake_quant_on, at::Tensor& running_min,
-                                      at::Tensor& running_max, at::Tensor& scale, at::Tensor& zero_point,
-                                      double averaging_const, int64_t quant_min, int64_t quant_max, int64_t inner,
-                                      bool symmetric, int64_t mode, double eps, int64_t symmetric_zero_point,
-                                      int64_t flavour) {
-  const int64_t channels = running_min.numel();
-  TORCH_CHECK(x.is_non_overlapping_and_dense() && channels > 0 && inner > 0 && x.numel() % (channels * inner) == 0,
-              "qkernels: observer x must be dense and split into [outer, channels, inner]");
-  for (const at::Tensor* t : {&running_min, &running_max, &scale}) {
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == channels &&
-                    t->device() == x.device(),
-                "qkernels: observer running stats and scale must be contiguous float32 with one value per channel");
+// As qkernels/ops.py's _launch_args: out (and a bool mask) in x's layout when x is dense, else in the layout
+// empty_like picks (contiguous or channels-last); the mask only when a gradient needs it (bit-packed on
+// request); x in out's layout.
+struct EagerLaunch {
+  at::Tensor x, out, mask;
+  std::optional<at::Tensor> kernel_mask() const {
+    return mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt;
   }
-  TORCH_CHECK((zero_point.scalar_type() == at::kInt || zero_point.scalar_type() == at::kLong) &&
-                  zero_point.is_contiguous() && zero_point.numel() == channels && zero_point.device() == x.device(),
-              "qkernels: observer zero point must be contiguous int32 or int64 with one value per channel");
-  TORCH_CHECK(mode == 0 || mode == 1, "qkernels: observer qparams mode must be 0 (fused) or 1 (observer)");
-  ObserverParams p{};
-  p.dtype = dtype_of(x);
-  p.outer = x.numel() / (channels * inner);
-  p.channels = channels;
-  p.inner = inner;
-  p.x = x.data_ptr();
-  p.observer_on = flag_of(observer_on, x);
-  p.fake_quant_on = flag_of(fake_quant_on, x);
-  p.running_min = running_min.data_ptr<float>();
-  p.running_max = running_max.data_ptr<float>();
-  p.scale = scale.data_ptr<float>();
-  p.zero_point_i32 = zero_point.scalar_type() == at::kInt ? zero_point.data_ptr<int32_t>() : nullptr;
-  p.zero_point_i64 = zero_point.scalar_type() == at::kLong ? zero_point.data_ptr<int64_t>() : nullptr;
-  p.averaging_const = static_cast<float>(averaging_const);
-  p.quant_min = quant_min;
-  p.quant_max = quant_max;
-  p.symmetric = symmetric;
-  p.mode = static_cast<QParamsMode>(mode);
-  p.eps = static_cast<float>(eps);
-  p.symmetric_zero_point = static_cast<int32_t>(symmetric_zero_point);
-  p.flavour = static_cast<Flavour>(flavour);
-  return p;
+};
+
+inline EagerLaunch eager_launch(const at::Tensor& x, bool need_mask, bool pack_mask) {
+  EagerLaunch l;
+  l.out = at::empty_like(x);
+  if (need_mask) {
+    l.mask = pack_mask ? at::empty({(x.numel() + 7) / 8}, x.options().dtype(at::kByte))
+                       : at::empty_like(x, x.options().dtype(at::kBool));
+  }
+  l.x = x.strides() == l.out.strides() ? x
+                                       : at::empty_strided(l.out.sizes(), l.out.strides(), x.options()).copy_(x);
+  return l;
 }
 
-// Schemas of the private ops, identical for each device (the suffix names the device).
+// The output, with the straight-through node from x when a gradient is needed.
+template <BackwardLauncher* kBackward>
+at::Tensor eager_result(const at::Tensor& x, const EagerLaunch& l) {
+  return l.mask.defined() ? StraightThrough<kBackward>::apply(x, ForwardResult{l.out, l.mask}) : l.out;
+}
+
+// One-element tensor qparams as the kernels read them (any shape), as qkernels/ops.py's _device_qparams: float32
+// scale, int32 zero point and flag (a float one truncated toward zero first). No host read.
+inline std::optional<at::Tensor> int32_qparam(const std::optional<at::Tensor>& t) {
+  if (!t) return std::nullopt;
+  return (t->is_floating_point() ? t->trunc() : *t).to(at::kInt);
+}
+
+// The per-tensor kernel on a prepared launch (under no-grad): one-element tensor qparams, when given, are converted
+// as the kernels read them.
+template <PerTensorLauncher* kForward>
+void per_tensor_launch(EagerLaunch& l, double scale, int64_t zero_point, const std::optional<at::Tensor>& scale_t,
+                       const std::optional<at::Tensor>& zero_point_t, const std::optional<at::Tensor>& enabled_t,
+                       int64_t quant_min, int64_t quant_max) {
+  if (l.x.numel() == 0) return;
+  const std::optional<at::Tensor> s = scale_t ? std::optional<at::Tensor>(scale_t->to(at::kFloat)) : std::nullopt;
+  kForward(l.x, l.out, l.kernel_mask(), scale, zero_point, s, int32_qparam(zero_point_t), int32_qparam(enabled_t),
+           quant_min, quant_max, flavour_of(l.x));
+}
+
+// The whole eager forward of the public functions (qkernels/ops.py, `_call`) on arguments Python has checked:
+// allocation, the launch and the autograd node, in one call from Python. requires_grad: write the mask and
+// attach the node (dx = dy * mask).
+template <PerTensorLauncher* kForward, BackwardLauncher* kBackward>
+at::Tensor per_tensor_eager(const at::Tensor& x, double scale, int64_t zero_point,
+                            const std::optional<at::Tensor>& scale_t, const std::optional<at::Tensor>& zero_point_t,
+                            const std::optional<at::Tensor>& enabled_t, int64_t quant_min, int64_t quant_max,
+                            bool requires_grad, bool pack_mask) {
+  EagerLaunch l;
+  {
+    const at::NoGradGuard no_grad;  // the kernels' inputs carry no history; the node connects out to x
+    l = eager_launch(x, requires_grad, pack_mask);
+    per_tensor_launch<kForward>(l, scale, zero_point, scale_t, zero_point_t, enabled_t, quant_min, quant_max);
+  }
+  return eager_result<kBackward>(x, l);
+}
+
+// Per channel: float32 scale, int32 or float32 zero point (as qkernels/ops.py's _per_channel_run); use_fma is
+// the spec's uses_fma for the zero point's original dtype.
+template <PerChannelLauncher* kForward, BackwardLauncher* kBackward>
+at::Tensor per_channel_eager(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point, int64_t axis,
+                             int64_t quant_min, int64_t quant_max, bool use_fma, bool requires_grad, bool pack_mask) {
+  EagerLaunch l;
+  {
+    const at::NoGradGuard no_grad;
+    l = eager_launch(x, requires_grad, pack_mask);
+    if (x.numel() > 0) {
+      axis = c10::maybe_wrap_dim(axis, x.dim());
+      const int64_t inner = inner_stride(l.out, axis);
+      const at::Tensor z = zero_point.is_floating_point() ? zero_point.to(at::kFloat) : zero_point;
+      kForward(l.x, l.out, l.kernel_mask(), scale.to(at::kFloat).contiguous(), z.contiguous(), inner, quant_min,
+               quant_max, flavour_of(x), use_fma);
+    }
+  }
+  return eager_result<kBackward>(x, l);
+}
+
+}  // namespace glue
+}  // namespace qkernels
+
 #define QKERNELS_FAKE_QUANT_SCHEMAS(m, suffix)                                                                     \
   m.def("_fake_quant_per_tensor_" suffix                                                                          \
-        "(Tensor x, Tensor(a!) out, Tensor(b!)? mask, float scale, int zero_point, Tensor? scale_t, " \
+        "(Tensor x, Tensor(a!) out, Tensor(b!)? mask, float scale, int zero_point, Tensor? scale_t, "             \
         "Tensor? zero_point_t, Tensor? enabled_t, int quant_min, int quant_max, int flavour) -> ()");              \
   m.def("_fake_quant_per_channel_" suffix                                                                         \
         "(Tensor x, Tensor(a!) out, Tensor(b!)? mask, Tensor scale, Tensor zero_point, int inner, int quant_min, " \
         "int quant_max, int flavour, bool use_fma) -> ()");                                                         \
-  m.def("_fake_quant_backward_" suffix "(Tensor grad, Tensor mask, Tensor(a!) out) -> ()");                    \
-  m.def("_fake_quant_learnable_forward_" suffix                                                                 \
-        "(Tensor x, Tensor(a!) out, Tensor scale, Tensor zero_point, int B, int O, int C, int I, int quant_min, " \
-        "int quant_max, int flavour, bool per_tensor) -> ()");                                                      \
-  m.def("_fake_quant_learnable_backward_" suffix                                                                \
-        "(Tensor dy, Tensor x, Tensor(a!) dx, Tensor scale, Tensor zero_point, int B, int O, int C, int I, "       \
-        "int quant_min, int quant_max, float grad_factor, int flavour, int rule, bool use_fma, bool need_qgrads, " \
-        "ScalarType ds_dtype, ScalarType dz_dtype) -> (Tensor, Tensor)");                                          \
-  m.def("_fused_observer_update_" suffix                                                                        \
-        "(Tensor x, Tensor observer_on, Tensor fake_quant_on, Tensor(a!) running_min, Tensor(b!) running_max, "    \
-        "Tensor(c!) scale, Tensor(d!) zero_point, float averaging_const, int quant_min, int quant_max, int inner, " \
-        "bool symmetric, int mode, float eps, int symmetric_zero_point, int flavour) -> ()")
+  m.def("_fake_quant_backward_" suffix "(Tensor grad, Tensor mask, Tensor(a!) out) -> ()")
 
-}  // namespace glue
-}  // namespace qkernels
+#define QKERNELS_FAKE_QUANT_IMPLS(m, dev)                           \
+  m.impl("_fake_quant_per_tensor_" #dev, &qkernels::per_tensor_##dev);   \
+  m.impl("_fake_quant_per_channel_" #dev, &qkernels::per_channel_##dev); \
+  m.impl("_fake_quant_backward_" #dev, &qkernels::backward_##dev)
+
+#define QKERNELS_FAKE_QUANT_EAGER_SCHEMAS(m, suffix)                                                               \
+  m.def("_fake_quant_per_tensor_eager_" suffix                                                                    \
+        "(Tensor x, float scale, int zero_point, Tensor? scale_t, Tensor? zero_point_t, Tensor? enabled_t, "       \
+        "int quant_min, int quant_max, bool requires_grad, bool pack_mask) -> Tensor");                            \
+  m.def("_fake_quant_per_channel_eager_" suffix                                                                   \
+        "(Tensor x, Tensor scale, Tensor zero_point, int axis, int quant_min, int quant_max, bool use_fma, "       \
+        "bool requires_grad, bool pack_mask) -> Tensor")
+
+#define QKERNELS_FAKE_QUANT_EAGER_IMPLS(m, dev)                                                                  \
+  m.impl("_fake_quant_per_tensor_eager_" #dev,                                                                    \
+         &qkernels::glue::per_tensor_eager<&qkernels::per_tensor_##dev, &qkernels::backward_##dev>);              \
+  m.impl("_fake_quant_per_channel_eager_" #dev,                                                                   \
+         &qkernels::glue::per_channel_eager<&qkernels::per_channel_##dev, &qkernels::backward_##dev>)

@@ -40,7 +40,7 @@
 #include <optional>
 #include <string>
 
-#include "fake_quant_glue.h"
+#include "glue.h"
 
 namespace qkernels {
 namespace {
@@ -369,11 +369,11 @@ bool is_flag(const at::Tensor& flag) {
   }
 }
 
-// QPARAMS_MODES.index(qparams) of qkernels.reference.fused_observer: "fused" 0, "observer" 1.
+// The QParamsMode of fused_observer.py's qparams: "fused" Fused, "observer" Observer.
 std::optional<int64_t> qparams_mode(PyObject* o) {
   if (!PyUnicode_CheckExact(o)) return std::nullopt;
-  if (PyUnicode_CompareWithASCIIString(o, "fused") == 0) return 0;
-  if (PyUnicode_CompareWithASCIIString(o, "observer") == 0) return 1;
+  if (PyUnicode_CompareWithASCIIString(o, "fused") == 0) return static_cast<int64_t>(QParamsMode::Fused);
+  if (PyUnicode_CompareWithASCIIString(o, "observer") == 0) return static_cast<int64_t>(QParamsMode::Observer);
   return std::nullopt;
 }
 
@@ -494,11 +494,13 @@ bool learnable_qparams_fit(const at::Tensor& x, const at::Tensor& scale, std::op
   return true;
 }
 
-// qkernels::ZpRule of learnable.py's _rule: "consistent" 2; "torch" 0 per tensor, else 1.
+// The ZpRule of learnable.py's _rule: "consistent" Consistent; "torch" TorchPerTensor per tensor, else Torch.
 std::optional<int64_t> zero_point_rule(PyObject* o, bool per_tensor) {
   if (!PyUnicode_CheckExact(o)) return std::nullopt;
-  if (PyUnicode_CompareWithASCIIString(o, "consistent") == 0) return 2;
-  if (PyUnicode_CompareWithASCIIString(o, "torch") == 0) return per_tensor ? 0 : 1;
+  if (PyUnicode_CompareWithASCIIString(o, "consistent") == 0) return static_cast<int64_t>(ZpRule::Consistent);
+  if (PyUnicode_CompareWithASCIIString(o, "torch") == 0) {
+    return static_cast<int64_t>(per_tensor ? ZpRule::TorchPerTensor : ZpRule::Torch);
+  }
   return std::nullopt;
 }
 

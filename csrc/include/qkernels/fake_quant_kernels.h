@@ -9,9 +9,6 @@
 
 namespace qkernels {
 
-// Element type of x, out and grad. fp16/bf16 travel as raw 16-bit patterns.
-enum class DType : int { Float32 = 0, Float16 = 1, BFloat16 = 2 };
-
 // Elements are addressed in storage order: x, out and mask share one dense layout. The mask is one byte
 // (0/1) per element, or with mask_packed one bit per element: bit k of mask[j] belongs to element 8j + k.
 struct PerTensorParams {

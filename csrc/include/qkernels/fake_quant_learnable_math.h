@@ -10,12 +10,6 @@
 
 namespace qkernels {
 
-// Which zero point and which integer level the backward pass uses (reference: zero_point_rounding).
-//   TorchPerTensor: aten's per-tensor backward, zb = trunc(clamp(zp + 0.5, qmin, qmax)), flavour's level
-//   Torch         : aten's per-channel backward, zb = clamp(rne(zp), qmin, qmax), flavour's level
-//   Consistent    : zb = the forward zero point and q = rne(x * inv) + zb, so the mask is the forward mask
-enum class ZpRule : int { TorchPerTensor = 0, Torch = 1, Consistent = 2 };
-
 // clamp(rne(zp), qmin, qmax), as aten's learnable forward rounds the zero point. A NaN zero point (an error
 // where values are checked, as in torch) gives qmin.
 QK_HOST_DEVICE float forward_zero_point(float zp, float qmin, float qmax) {

@@ -16,19 +16,10 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define QK_HOST_DEVICE __host__ __device__ __forceinline__
-#elif defined(__GNUC__)
-// Forced: without it GCC leaves some of these calls out of line in the AVX2 build (`#pragma GCC target` in
-// csrc/cpu/fake_quant_avx2.cpp), and those loops are then not vectorized.
-#define QK_HOST_DEVICE inline __attribute__((always_inline))
-#else
-#define QK_HOST_DEVICE inline
-#endif
+#include "qkernels/enums.h"
+#include "qkernels/host_device.h"
 
 namespace qkernels {
-
-enum class Flavour : int { Cpu = 0, Cuda = 1 };
 
 // Zero points up to this magnitude keep (q - z) exact in float; larger ones take the double path.
 constexpr int64_t kMaxFloatZeroPoint = int64_t(1) << 23;

@@ -9,8 +9,6 @@
 
 namespace qkernels {
 
-enum class QParamsMode : int { Fused = 0, Observer = 1 };
-
 // A one-element flag tensor, read where it lives (the CUDA kernels read it on the device: no host sync).
 // Integer types by width (their bits are compared with zero, so signedness and bool need no type of their own).
 enum class FlagType : int { Int8, Int16, Int32, Int64, Float16, BFloat16, Float32, Float64 };

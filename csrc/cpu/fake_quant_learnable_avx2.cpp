@@ -1,0 +1,16 @@
+// The CPU learnable fake-quant loops built for AVX2+FMA+F16C (selected at run time by fake_quant_learnable.cpp).
+// Every header is parsed before the target pragma, so only the loops below are compiled for this instruction set;
+// the math header's functions are force-inlined into them.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "qkernels/fake_quant_learnable_kernels.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC target("avx2,fma,f16c")
+#define QK_CPU_ISA avx2
+#include "fake_quant_learnable_impl.h"
+#endif
