@@ -196,3 +196,25 @@ def backward(grad, mask, out):
     _fq_backward_kernel[_grid(n)](
         _flat(grad), _flat(mask), _flat(out), n, _packed(mask), BLOCK=_BLOCK, num_warps=_WARPS, enable_fp_fusion=False
     )
+
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def launch_every_specialization():
+    """Calls the launchers on CPU tensors once per kernel specialization they make (tests/triton_compile_check.py
+    compiles each for a GPU): per-tensor (Python-number and tensor qparams, with and without the enable flag),
+    per-channel (int and float zero points) and backward, for every dtype and mask form."""
+    for dtype in _DTYPES:
+        x = torch.randn(3, 700, dtype=dtype)
+        masks = (None, torch.empty_like(x, dtype=torch.bool), torch.empty((x.numel() + 7) // 8, dtype=torch.uint8))
+        for mask in masks:
+            out = torch.empty_like(x)
+            per_tensor(x, out, mask, 0.1, 3, None, -128, 127, "cuda")
+            for flag in (None, torch.ones(1, dtype=torch.int32)):
+                per_tensor(x, out, mask, torch.ones(1), torch.zeros(1, dtype=torch.int32), flag, -128, 127,
+                                      "cuda")
+            for zp in (torch.zeros(700, dtype=torch.int32), torch.zeros(700)):
+                per_channel(x, out, mask, torch.ones(700), zp, 1, 1, -128, 127, "cuda", True)
+            if mask is not None:
+                backward(x, mask, out)

@@ -37,10 +37,13 @@ program covers about numel / 1024 elements (at least _BLOCK, at most _MAX_TARGET
 large tensors give enough programs to fill a GPU and few partials.
 """
 
+import itertools
+
 import torch
 import triton
 import triton.language as tl
 
+from ..enums import ZpRule
 from ..reference.fake_quant_learnable import reduce_partials
 from .fake_quant import _clamp_nan_low, _flat, _round_half_even
 
@@ -51,8 +54,9 @@ _WARPS = 8
 _MAX_TARGET = 16384  # most elements per program
 _PROGRAMS = 1024  # programs to aim for on large tensors
 
-# Zero point rules (qkernels::ZpRule): 0 TorchPerTensor, 1 Torch, 2 Consistent.
-_TORCH, _CONSISTENT = 1, 2
+# The zero-point rules (qkernels.enums.ZpRule), as constants the kernels compare with.
+_TORCH_PER_TENSOR = tl.constexpr(int(ZpRule.TorchPerTensor))
+_TORCH, _CONSISTENT = int(ZpRule.Torch), int(ZpRule.Consistent)
 
 
 @triton.jit
@@ -74,8 +78,8 @@ def _cuda_level(r, z):
 
 @triton.jit
 def _inv_and_zero_point(s, zp, lo, hi, RULE: tl.constexpr):
-    """1 / scale and the integral float zero point of the rule (the forward pass uses rule 1's)."""
-    if RULE == 0:
+    """1 / scale and the integral float zero point of the rule (the forward pass uses Torch's)."""
+    if RULE == _TORCH_PER_TENSOR:
         # trunc by an int32 round trip, exact within the bounds; it turns -0.0 into +0.0, which no result
         # depends on (z only enters through r + z, level - z and bound - z)
         z = _clamp_nan_low(zp + 0.5, lo, hi).to(tl.int32).to(tl.float32)
@@ -322,3 +326,25 @@ def learnable_backward(dy, x, dx, scale, zero_point, dims, quant_min, quant_max,
             FORWARD=False, FLOAT_LEVEL=rule == _CONSISTENT, RULE=int(rule), USE_FMA=bool(use_fma),
             NEED_Q=bool(need_qgrads))
     return reduce_partials(partials, ds_dtype, dz_dtype) if need_qgrads else None
+
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def launch_every_specialization():
+    """Calls the launchers on CPU tensors once per kernel specialization they make (tests/triton_compile_check.py
+    compiles each for a GPU): forward and backward for every dtype, blocking plan, zero-point rule and
+    qparam-gradient need."""
+    # [B, O, C, I] of the three blocking plans: segments (per tensor, small), rows (C channels, inner 1), runs.
+    plans = ((1, 1, 1, 1000), (1, 40, 24, 1), (1, 3, 2, 5000))
+    for dtype, dims in itertools.product(_DTYPES, plans):
+        n = dims[0] * dims[1] * dims[2] * dims[3]
+        x, out = torch.randn(n, dtype=dtype), torch.empty(n, dtype=dtype)
+        q = dims[0] * dims[2]
+        s, z = torch.ones(q), torch.zeros(q)
+        for per_tensor in (True, False):
+            learnable_forward(x, out, s, z, dims, -128, 127, "cuda", per_tensor)
+        rules = tuple(ZpRule) if dtype == torch.float32 else (ZpRule.Torch,)
+        for rule, use_fma, need in itertools.product(rules, (True, False), (True, False)):
+            learnable_backward(x, x, out, s, z, dims, -128, 127, 1.0, "cuda", rule, use_fma, need, torch.float32,
+                               torch.float32)

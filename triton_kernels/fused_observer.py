@@ -47,10 +47,13 @@ the rounding tricks rely on plain adds), float32 divisions use ``div_rn``, float
 GPU and in the interpreter), and the only FMA is the explicit ``tl.fma`` of flavour "cuda".
 """
 
+import itertools
+
 import torch
 import triton
 import triton.language as tl
 
+from ..enums import QParamsMode
 from .fake_quant import _flat, _round_half_even
 
 __all__ = ["fused_observer_update"]
@@ -62,6 +65,7 @@ _MAX_PROGRAMS = 2048  # min/max programs to aim for on large tensors
 _FINISH_TILE = 2048  # partials per folding tile of the finish kernel
 _FINISH_CH = 128  # most channels per finish program
 _WARPS = 8
+_FUSED = tl.constexpr(int(QParamsMode.Fused))  # (qkernels.enums.QParamsMode, as the kernels compare with it)
 _FINISH_WARPS = 4
 
 
@@ -247,7 +251,7 @@ def _finish_kernel(
     ch = tl.program_id(0) * BLOCK_CH + tl.arange(0, BLOCK_CH)
     cm = ch < C
     observe = _flag_on(obs_ptr)
-    if MODE == 0:
+    if MODE == _FUSED:
         recompute = _flag_on(fq_ptr)
     else:
         recompute = observe
@@ -270,7 +274,7 @@ def _finish_kernel(
     written = ch < tl.where(observe, C, 0)
     tl.store(rmin_ptr + ch, rmin, mask=written)
     tl.store(rmax_ptr + ch, rmax, mask=written)
-    if MODE == 0:
+    if MODE == _FUSED:
         scale, zi = _qparams_fused(rmin, rmax, quant_min, quant_max, SYMMETRIC, FLOOR)
     else:
         scale, zi = _qparams_observer(rmin, rmax, quant_min, quant_max, tl.full((), eps, tl.float32),
@@ -332,3 +336,21 @@ def fused_observer_update(x, observer_on, fake_quant_on, running_min, running_ma
         BLOCK_CH=block_ch, BLOCK_P=block_p,
         num_warps=_FINISH_WARPS, enable_fp_fusion=False,
     )
+
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def launch_every_specialization():
+    """Calls the launchers on CPU tensors once per kernel specialization they make (tests/triton_compile_check.py
+    compiles each for a GPU): the observer update for every dtype, blocking plan, flavour, scheme and qparams mode."""
+    on = torch.ones(1, dtype=torch.long)
+    # (x shape, channels, inner): per tensor, per channel along the last axis (rows), along the first (runs)
+    for dtype, (shape, C, inner) in itertools.product(_DTYPES, (((64, 50), 1, 3200), ((64, 50), 50, 1),
+                                                               ((6, 900), 6, 900))):
+        x = torch.randn(shape, dtype=dtype)
+        flavours = ("cpu", "cuda") if dtype == torch.float32 else ("cuda",)
+        for flavour, symmetric, mode in itertools.product(flavours, (False, True), tuple(QParamsMode)):
+            state = [torch.zeros(C), torch.zeros(C), torch.ones(C), torch.zeros(C, dtype=torch.int32)]
+            fused_observer_update(x, on, on, *state, 0.01, -128, 127, -1 if C == 1 else 0, inner, symmetric, mode,
+                                  1e-5, 0, flavour)
