@@ -26,9 +26,10 @@ from triton.runtime.jit import JITFunction
 
 import qkernels.triton_kernels
 
-# Every family's Triton module, found by pattern; each declares the launches that make its specializations.
+# Every family's Triton module, found by pattern (shared helpers are private: _name); each declares the launches
+# that make its specializations.
 MODULES = [importlib.import_module(f"qkernels.triton_kernels.{m.name}")
-           for m in pkgutil.iter_modules(qkernels.triton_kernels.__path__)]
+           for m in pkgutil.iter_modules(qkernels.triton_kernels.__path__) if not m.name.startswith("_")]
 
 
 class CompileOnlyDriver:
