@@ -11,14 +11,16 @@ Backends are chosen per call (``QKERNELS_BACKEND`` or ``qkernels.use_backend``);
 routes existing ``torch.fake_quantize_*`` calls here. ``python -m qkernels.info`` tells what is live.
 """
 
+import sys as _sys
+
 import torch as _torch
 
 if tuple(int(p) for p in _torch.__version__.split("+")[0].split(".")[:2]) < (2, 6):
     raise ImportError(f"qkernels needs torch >= 2.6, found {_torch.__version__}")
 
-from . import backends, ops, reference  # noqa: E402
+from . import backends, fake_quant, fake_quant_learnable, reference  # noqa: E402
 from .backends import use_backend  # noqa: E402
-from .ops import (  # noqa: E402
+from .fake_quant import (  # noqa: E402
     _fake_quantize_per_tensor_affine_cachemask_tensor_qparams,
     fake_quantize_cachemask_backward,
     fake_quantize_per_channel_affine,
@@ -28,7 +30,7 @@ from .ops import (  # noqa: E402
     packed_masks,
 )
 from .fused_observer import fused_moving_avg_obs_fake_quant  # noqa: E402
-from .learnable import (  # noqa: E402
+from .fake_quant_learnable import (  # noqa: E402
     fake_quantize_learnable_per_channel_affine,
     fake_quantize_learnable_per_group_affine,
     fake_quantize_learnable_per_tensor_affine,
@@ -36,6 +38,11 @@ from .learnable import (  # noqa: E402
 )
 from .patch import patch_torch, patched_torch, unpatch_torch  # noqa: E402
 from . import nn, qconfig  # noqa: E402  (torch.ao-compatible modules and qconfigs)
+
+# The families' public modules under their former names, kept for the public API: qkernels.ops is
+# qkernels.fake_quant, qkernels.learnable is qkernels.fake_quant_learnable (both import forms work).
+ops, learnable = fake_quant, fake_quant_learnable
+_sys.modules[f"{__name__}.ops"], _sys.modules[f"{__name__}.learnable"] = ops, learnable
 
 __version__ = "0.1.0"
 

@@ -133,35 +133,36 @@ def kernel_support(x: torch.Tensor, quant_min: int, quant_max: int) -> str | Non
     return None
 
 
-# Launcher modules per backend; the Triton kernels have one module per op family (triton_kernels/<family>.py).
-_MODULES = {
-    "reference": "qkernels._backend_reference",
-    "triton": "qkernels.triton_kernels.{family}",
-    "cpu": "qkernels._backend_native",
-    "cuda": "qkernels._backend_native",
-}
-FAMILIES = ("fake_quant", "fake_quant_learnable", "fused_observer")
-
-
-def _module(name: str, family: str):
-    return importlib.import_module(_MODULES[name].format(family=family))
+def _launchers(name: str, family: str):
+    """The adapter of backend ``name`` for op family ``family``: the object whose attributes are the family's
+    launchers (its launcher contract, qkernels/_launchers.py), found by the family's name."""
+    if name == "reference":
+        return importlib.import_module(f"qkernels.reference.{family}").Launchers
+    if name == "triton":
+        return importlib.import_module(f"qkernels.triton_kernels.{family}")
+    return importlib.import_module(f"qkernels.{family}").LAUNCHERS.native(name)  # cpu or cuda: the device
 
 
 _selected: dict = {}
 
 
 def select(x: torch.Tensor, quant_min: int, quant_max: int, family: str = "fake_quant"):
-    """The launcher module of op family ``family`` that runs this call (rules: the module docstring)."""
+    """The launchers of op family ``family`` that run this call (rules: the module docstring)."""
     raw = _override.get() or _backend_variable()
     # Everything the choice depends on, read as cheaply as possible: this runs on every eager call, and costs
     # more than the whole kernel launch once it is a few microseconds. A choice that raises is not cached, so it
     # raises every time.
     bound = MAX_KERNEL_QUANT_BOUND
     key = (raw, family, x.device, x.dtype, -bound <= quant_min <= bound and -bound <= quant_max <= bound)
-    module = _selected.get(key)
-    if module is None:
-        module = _selected[key] = _module(_select(_requested(raw), x, quant_min, quant_max), family)
-    return module
+    launchers = _selected.get(key)
+    if launchers is None:
+        launchers = _selected[key] = _launchers(_select(_requested(raw), x, quant_min, quant_max), family)
+    return launchers
+
+
+def chosen(x: torch.Tensor, quant_min: int, quant_max: int) -> str:
+    """The name of the backend that runs a call on ``x`` with this range (raises as ``select`` does)."""
+    return _select(requested(), x, quant_min, quant_max)
 
 
 def _select(name: str, x: torch.Tensor, quant_min: int, quant_max: int) -> str:

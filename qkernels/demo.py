@@ -151,7 +151,7 @@ def _run() -> int:
 
     counts = ", ".join(f"{k}: {v}" for k, v in calls.items())
     print(f"\nfake-quant calls that ran on qkernels while patched: {sum(calls.values())} ({counts or 'none'})")
-    print(f"backend for a float32 CPU tensor: {backends.select(x[:1], -128, 127).__name__} "
+    print(f"backend for a float32 CPU tensor: {backends.chosen(x[:1], -128, 127)} "
           f"(requested: {backends.requested()})")
     changed = (q_logits.argmax(1) != float_logits.argmax(1)).sum().item()
     print(f"test accuracy: float {accuracy(float_logits, y[test]):.4f}, fake-quantized "

@@ -7,7 +7,7 @@ zero_point, averaging_const, quant_min, quant_max, ch_axis, per_row_fake_quant=F
 torch.ao observer). Unlike torch's op it takes fp32, fp16 and bf16 ``x`` (stats and qparams in fp32), any
 ``ch_axis``, and reads the flags where they live (nonzero after truncation toward zero = on): no host
 sync for CUDA tensors, and no data-dependent Python branch under compile/export or on CUDA tensors (on
-CPU tensors in eager mode the per-channel fake-quant flag is read on the host, ``ops._host_flag``).
+CPU tensors in eager mode the per-channel fake-quant flag is read on the host, ``fake_quant._host_flag``).
 
 Two registered ops make it up, so that compile/export see a functional, differentiable fake-quant step:
 
@@ -15,7 +15,7 @@ Two registered ops make it up, so that compile/export see a functional, differen
   Tensor(b!) running_max, Tensor(c!) scale, Tensor(d!) zero_point, float averaging_const, int quant_min,
   int quant_max, int ch_axis, bool per_row, bool symmetric, str qparams, float eps, int symmetric_zero_point)
   -> ()``: the observer and qparam steps, in place;
-* then the fake-quant ops of ``qkernels.ops`` with the tensor qparams and the ``fake_quant_on`` flag (per
+* then the fake-quant ops of ``qkernels.fake_quant`` with the tensor qparams and the ``fake_quant_on`` flag (per
   tensor: the tensor-qparams op's own flag; per channel: the per-channel op, then ``where(on, y, x)``).
 
 The update runs on the backend ``qkernels.backends`` picks (family ``fused_observer``): the C++ kernel for CPU
@@ -37,18 +37,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import backends, ops
-from .ops import (
-    _call,
+from . import _shared, backends, fake_quant
+from ._launchers import LauncherContract
+from ._shared import (
+    _backend_override,
     _check_input,
     _check_range,
     _fail,
+    _flavour_of,
     _inner_stride,
+    _is_compiling,
+    _plain_eager,
+)
+from .fake_quant import (  # the fused observer's fake quantization is the fake-quant family's
+    _call,
     _check_qparams_not_differentiable,
     _host_flag,
     _mask_request,
     _PER_TENSOR_TENSOR,
-    _plain_eager,
     fake_quantize_per_channel_affine,
 )
 from .enums import QParamsMode
@@ -56,6 +62,17 @@ from .reference.fused_observer import QPARAMS_MODES, flag_on_device
 
 # The kernels' QParamsMode of each `qparams` name ("fused" -> Fused, "observer" -> Observer).
 _MODES = {name: int(QParamsMode[name.capitalize()]) for name in QPARAMS_MODES}
+
+_FAMILY = "fused_observer"
+# The family's launcher contract (qkernels/_launchers.py): the observer and qparam step in place on contiguous
+# state (float32 running_min/max and scale, int32 or int64 zero point, C = running_min.numel() values each), x
+# (dense, numel > 0) in storage order as [outer, C, inner]; the flags are one-element tensors read where they
+# live; mode a QParamsMode. The C++ eager forward per tensor (ARCHITECTURE.md) adds the fake quantization.
+LAUNCHERS = LauncherContract(_FAMILY, {
+    "update": "(Tensor x, Tensor observer_on, Tensor fake_quant_on, Tensor(a!) running_min, Tensor(b!) running_max, "
+              "Tensor(c!) scale, Tensor(d!) zero_point, float averaging_const, int quant_min, int quant_max, "
+              "int inner, bool symmetric, int mode, float eps, int symmetric_zero_point, int flavour) -> ()",
+}, eager=("per_tensor",))
 
 __all__ = ["fused_moving_avg_obs_fake_quant", "observer_update"]
 
@@ -130,13 +147,12 @@ def _update_impl(x, observer_on, fake_quant_on, running_min, running_max, scale,
     x = x.detach()
     if not _is_dense(x):
         x = x.contiguous()
-    axis = ch_axis % x.dim() if per_row else -1
-    inner = _inner_stride(x, axis) if per_row else x.numel()
+    inner = _inner_stride(x, ch_axis % x.dim()) if per_row else x.numel()
     state = (running_min, running_max, scale, zero_point)
     work = [t if t.is_contiguous() else t.contiguous() for t in state]
-    backends.select(x, quant_min, quant_max, "fused_observer").fused_observer_update(
-        x, observer_on, fake_quant_on, *work, float(averaging_const), quant_min, quant_max, axis, inner, symmetric,
-        _MODES[qparams], float(eps), symmetric_zero_point, "cuda" if x.is_cuda else "cpu")
+    backends.select(x, quant_min, quant_max, _FAMILY).update(
+        x, observer_on, fake_quant_on, *work, float(averaging_const), quant_min, quant_max, inner, symmetric,
+        _MODES[qparams], float(eps), symmetric_zero_point, _flavour_of(x))
     for t, w in zip(state, work):
         if w is not t:
             t.copy_(w)
@@ -184,10 +200,10 @@ def observer_update(input, observer_on, fake_quant_on, running_min, running_max,
                     qparams="fused", eps=_F32_EPS, symmetric_zero_point=0) -> None:
     """The observer and qparam step of ``fused_moving_avg_obs_fake_quant`` alone (no fake quantization),
     in place; sizes empty per-channel state on the first eager call."""
-    if ops._entry is not None and not ops._is_compiling() and ops._entry.fused_observer_update(
+    if _shared._entry is not None and not _is_compiling() and _shared._entry.fused_observer_update(
             input, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const,
             quant_min, quant_max, ch_axis, per_row_fake_quant, symmetric_quant, qparams, eps, symmetric_zero_point,
-            ops._backend_override()):
+            _backend_override()):
         return  # plain eager, sized state, native backend: one C++ call
     if per_row_fake_quant:
         _check_ch_axis(input, ch_axis)
@@ -206,15 +222,14 @@ def observer_update(input, observer_on, fake_quant_on, running_min, running_max,
 
 def _per_tensor_eager(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, quant_min,
                       quant_max, ch_axis, qparams):
-    """The native backends' one-call per-tensor step (``fused_observer_per_tensor_eager``) for plain eager calls,
+    """The native backends' one-call per-tensor step (their launchers' ``per_tensor_eager``) for plain eager calls,
     after every argument check; else None."""
     if not _plain_eager(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point):
         return None
     _check(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, quant_min, quant_max,
            ch_axis, False, qparams)
     _check_qparams_not_differentiable(scale, zero_point)
-    return getattr(backends.select(x, quant_min, quant_max, "fused_observer"), "fused_observer_per_tensor_eager",
-                   None)
+    return getattr(backends.select(x, quant_min, quant_max, _FAMILY), "per_tensor_eager", None)
 
 
 def fused_moving_avg_obs_fake_quant(
@@ -239,11 +254,11 @@ def fused_moving_avg_obs_fake_quant(
     """Drop-in for ``torch.fused_moving_avg_obs_fake_quant`` (see the module docstring); updates
     running_min/max, scale and zero_point in place and returns the fake-quantized input (gradient: the
     straight-through mask)."""
-    if ops._entry is not None and not ops._is_compiling():  # plain eager per-tensor calls: one C++ call
-        out = ops._entry.fused_moving_avg_obs_fake_quant(
+    if _shared._entry is not None and not _is_compiling():  # plain eager per-tensor calls: one C++ call
+        out = _shared._entry.fused_moving_avg_obs_fake_quant(
             input, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const,
             quant_min, quant_max, ch_axis, per_row_fake_quant, symmetric_quant, qparams, eps, symmetric_zero_point,
-            ops._backend_override(), ops._PACK_MASKS)
+            _backend_override(), fake_quant._PACK_MASKS)
         if out is not None:
             return out
     if input.numel() == 0:
@@ -259,7 +274,7 @@ def fused_moving_avg_obs_fake_quant(
     observer_update(input, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
                     averaging_const, quant_min, quant_max, ch_axis, per_row_fake_quant, symmetric_quant,
                     qparams=qparams, eps=eps, symmetric_zero_point=symmetric_zero_point)
-    # The fake-quant ops through their public entry (ops._call): in plain eager mode their implementations
+    # The fake-quant ops through their public entry (fake_quant._call): in plain eager mode their implementations
     # directly, with the C++ autograd node on the native backends; otherwise the registered ops. As in torch's
     # op, the per-tensor step (the tensor-qparams op with its flag) does not check the qparams it computed (a NaN
     # input gives a NaN scale and NaN outputs), while the per-channel step checks them (a NaN input makes its

@@ -29,7 +29,7 @@ def _triton_version() -> str:
 def _auto_pick(device: str) -> str:
     try:
         with backends.use_backend("auto"):
-            return backends.select(torch.zeros(4, device=device), -128, 127).__name__
+            return backends.chosen(torch.zeros(4, device=device), -128, 127)
     except Exception as exc:
         return f"error: {type(exc).__name__}: {exc}"
 

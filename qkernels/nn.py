@@ -8,7 +8,7 @@ buffers, parameters and state-dict keys, dtypes and shapes, so checkpoints load 
 ``torch.ao`` (which Dynamo does not trace), and under compile/export or on CUDA tensors it has no Python
 branch on buffer values: the enable flags are read on the device by the ops
 (``qkernels.fused_moving_avg_obs_fake_quant`` and the learnable ops). On CPU tensors in eager mode the
-fake-quant flag is read on the host (``ops._host_flag``: no sync there, and no costly ``where``).
+fake-quant flag is read on the host (``fake_quant._host_flag``: no sync there, and no costly ``where``).
 
 Observers: ``MovingAverageMinMaxObserver`` and ``MovingAveragePerChannelMinMaxObserver`` (what torch.ao's
 default QAT qconfigs use); other observers, float qparams and dynamic quantization raise at construction.
@@ -27,8 +27,8 @@ from torch.ao.quantization._learnable_fake_quantize import _LearnableFakeQuantiz
 from torch.ao.quantization.observer import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
 
 from .fused_observer import fused_moving_avg_obs_fake_quant, observer_update
-from .ops import _host_flag
-from .learnable import (
+from .fake_quant import _host_flag
+from .fake_quant_learnable import (
     fake_quantize_learnable_per_channel_affine,
     fake_quantize_learnable_per_tensor_affine,
     lsq_grad_factor,

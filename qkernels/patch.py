@@ -15,12 +15,13 @@ import contextlib
 
 import torch
 
-from . import fused_observer, learnable, ops
+from . import fake_quant, fused_observer
+from . import fake_quant_learnable as learnable
 
 # torch attribute -> qkernels replacement
 _TARGETS = {
-    "fake_quantize_per_tensor_affine": ops.fake_quantize_per_tensor_affine,
-    "fake_quantize_per_channel_affine": ops.fake_quantize_per_channel_affine,
+    "fake_quantize_per_tensor_affine": fake_quant.fake_quantize_per_tensor_affine,
+    "fake_quantize_per_channel_affine": fake_quant.fake_quantize_per_channel_affine,
     "_fake_quantize_learnable_per_tensor_affine": learnable.fake_quantize_learnable_per_tensor_affine,
     "_fake_quantize_learnable_per_channel_affine": learnable.fake_quantize_learnable_per_channel_affine,
     "fused_moving_avg_obs_fake_quant": fused_observer.fused_moving_avg_obs_fake_quant,

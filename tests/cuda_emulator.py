@@ -20,7 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import fcntl
 import hashlib
-import importlib.util
+import importlib
 import os
 import re
 import shlex
@@ -145,18 +145,14 @@ def build(library: str = "qkernels_emu") -> Path:
         return target
 
 
-_launchers: dict = {}
+_loaded: set = set()
 
 
-def launchers(library: str = "qkernels_emu"):
-    """The backend launcher module (qkernels/_backend_native.py, a second instance) with its private ops taken
-    from the emulated library `library`: the CUDA kernels and glue on CPU tensors. Pass flavour "cuda"."""
-    if library not in _launchers:
+def launchers(family: str, library: str = "qkernels_emu"):
+    """The native backend's launchers of op family `family` (its launcher contract's adapter, as on a GPU) with
+    the private ops of the emulated library `library`: the CUDA kernels and glue on CPU tensors. Pass the Cuda
+    flavour."""
+    if library not in _loaded:
         torch.ops.load_library(str(build(library)))
-        spec = importlib.util.find_spec("qkernels._backend_native")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        ops = getattr(torch.ops, library)
-        module._op = lambda name, x: getattr(ops, f"_{name}_cuda").default
-        _launchers[library] = module
-    return _launchers[library]
+        _loaded.add(library)
+    return importlib.import_module(f"qkernels.{family}").LAUNCHERS.native("cuda", library)

@@ -1,6 +1,7 @@
-"""The CUDA kernels and their torch glue (csrc/cuda/*.cu, csrc/ops/fake_quant_cuda.cpp) on any machine: run by
-the CPU emulator of csrc/emu (built by tests/cuda_emulator.py) on CPU tensors, through the same launcher
-module as on a GPU (qkernels/_backend_native.py), against the reference launchers with the CUDA flavour.
+"""The CUDA kernels and their torch glue (csrc/cuda/*.cu, csrc/ops/*_cuda.cpp) on any machine: run by the CPU
+emulator of csrc/emu (built by tests/cuda_emulator.py) on CPU tensors, through the same launchers as on a GPU
+(each family's launcher contract, qkernels/_launchers.py), against the reference launchers with the CUDA
+flavour.
 
 Outputs, masks, dx and the observer's state are compared bit for bit; the learnable qparam gradients (fp32
 partial sums in an order of the CUDA launch) within 2x the error of a float32 torch.sum of the same values,
@@ -23,12 +24,16 @@ import pytest
 import torch
 
 import cuda_emulator
-import qkernels.learnable as learnable
+import qkernels.fake_quant_learnable as learnable
 from conftest import assert_bitwise_equal, assert_sums_close, make_input
-from qkernels import _backend_reference as reference
-from qkernels.ops import _inner_stride
+from qkernels._shared import _inner_stride
+from qkernels.enums import Flavour, QParamsMode, ZpRule
+from qkernels.reference import fake_quant as ref
 from qkernels.reference import fake_quant_learnable as lref
+from qkernels.reference import fused_observer as oref
 from qkernels.reference.fake_quant import uses_fma
+
+CUDA = Flavour.Cuda
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 GUARD = 64  # bytes of guard on each side of an output
@@ -36,14 +41,15 @@ GUARD = 64  # bytes of guard on each side of an output
 
 @pytest.fixture(scope="module")
 def emu():
-    return cuda_emulator.launchers()
+    return cuda_emulator.launchers
 
 
 @pytest.fixture(scope="module", params=list(cuda_emulator.VARIANTS), ids=["index32", "index64"])
 def emu_any_index(request):
     """The kernels with 32-bit index division (below 2^31 elements), and with 64-bit division everywhere (from
-    2^31 elements on), for the kernels that divide indices: per channel, learnable, observer."""
-    return cuda_emulator.launchers(request.param)
+    2^31 elements on), for the kernels that divide indices: per channel, learnable, observer. (family ->
+    launchers)"""
+    return lambda family: cuda_emulator.launchers(family, request.param)
 
 
 class Guarded:
@@ -118,8 +124,9 @@ def test_per_tensor(emu, dtype, qparams, mask_kind, offset):
         enabled = fenced(torch.tensor([0 if qparams == "tensor-disabled" else 1], dtype=torch.int32))
     out, want = guard.empty(x.shape, dtype, offset=offset), torch.empty_like(x)
     mask, want_mask = masks_for(mask_kind, x, guard, offset)
-    emu.per_tensor(x, out, mask, s, z, enabled, -128, 127, "cuda")
-    reference.per_tensor(x, want, want_mask, s, z, enabled, -128, 127, "cuda")
+    qparams = (s, z, None, None, None) if enabled is None else (0.0, 0, s, z, enabled)
+    emu("fake_quant").per_tensor(x, out, mask, *qparams, -128, 127, CUDA)
+    ref.Launchers.per_tensor(x, want, want_mask, *qparams, -128, 127, CUDA)
     guard.check()
     assert_bitwise_equal(out, want, what="out")
     if mask is not None:
@@ -151,8 +158,8 @@ def test_per_channel(emu_any_index, dtype, zp_dtype, case, mask_kind, offset):
     out, want = guard.empty(None, dtype, like=torch.empty_like(x), offset=offset), torch.empty_like(x)
     mask, want_mask = masks_for(mask_kind, x, guard, offset)
     fma = uses_fma("cuda", z.dtype)
-    emu_any_index.per_channel(x, out, mask, s, z, axis, _inner_stride(x, axis), -128, 127, "cuda", fma)
-    reference.per_channel(x, want, want_mask, s, z, axis, _inner_stride(x, axis), -128, 127, "cuda", fma)
+    emu_any_index("fake_quant").per_channel(x, out, mask, s, z, _inner_stride(x, axis), -128, 127, CUDA, fma)
+    ref.Launchers.per_channel(x, want, want_mask, s, z, _inner_stride(x, axis), -128, 127, CUDA, fma)
     guard.check()
     assert_bitwise_equal(out, want, what="out")
     if mask is not None:
@@ -171,10 +178,10 @@ def test_backward(emu, dtype, mask_kind, offset):
     grad[1::89] = -0.0
     grad = fenced(grad, offset)
     keep = torch.rand(n, generator=g) < 0.7
-    mask = fenced(keep if mask_kind == "bool" else reference.ref.pack_bits(keep))
+    mask = fenced(keep if mask_kind == "bool" else ref.pack_bits(keep))
     out, want = guard.empty((n,), dtype, offset=offset), torch.empty_like(grad)
-    emu.backward(grad, mask, out)
-    reference.backward(grad, mask, want)
+    emu("fake_quant").backward(grad, mask, out)
+    ref.Launchers.backward(grad, mask, want)
     guard.check()
     assert_bitwise_equal(out, want, what="dx")
 
@@ -210,8 +217,8 @@ def test_learnable(emu_any_index, dtype, case, rounding):
     fma = uses_fma("cuda", torch.float32)
 
     out, want = guard.empty(None, dtype, like=torch.empty_like(x)), torch.empty_like(x)
-    emu_any_index.learnable_forward(x, out, s, z, dims, qmin, qmax, "cuda", per_tensor)
-    reference.learnable_forward(x, want, s, z, dims, qmin, qmax, "cuda", per_tensor)
+    emu_any_index("fake_quant_learnable").forward(x, out, s, z, *dims, qmin, qmax, CUDA, per_tensor)
+    lref.Launchers.forward(x, want, s, z, *dims, qmin, qmax, CUDA, per_tensor)
     guard.check()
     assert_bitwise_equal(out, want, what="forward")
 
@@ -220,17 +227,17 @@ def test_learnable(emu_any_index, dtype, case, rounding):
     qgrads = None
     for need in (True, False):
         dx, want_dx = guard.empty(None, dtype, like=torch.empty_like(x)), torch.empty_like(x)
-        grads = emu_any_index.learnable_backward(dy, x, dx, s, z, dims, qmin, qmax, gf, "cuda", rule, fma, need,
-                                                 torch.float32, torch.float32)
-        reference.learnable_backward(dy, x, want_dx, s, z, dims, qmin, qmax, gf, "cuda", rule, fma, need,
-                                     torch.float32, torch.float32)
+        grads = emu_any_index("fake_quant_learnable").backward(dy, x, dx, s, z, *dims, qmin, qmax, gf, CUDA, rule,
+                                                                fma, need, torch.float32, torch.float32)
+        lref.Launchers.backward(dy, x, want_dx, s, z, *dims, qmin, qmax, gf, CUDA, rule, fma, need, torch.float32,
+                                torch.float32)
         guard.check()
         assert_bitwise_equal(dx, want_dx, what=f"dx (qparam grads: {need})")
-        assert (grads is None) == (not need)
+        assert all(g.numel() == (B * C if need else 0) for g in grads)
         qgrads = grads if need else qgrads
-    views = [reference.ref.storage_view(t).view(dims).float() for t in (dy, x)]  # the kernels' float32 math
+    views = [ref.storage_view(t).view(dims).float() for t in (dy, x)]  # the kernels' float32 math
     _, ds, dz = lref.backward_elements_broadcast(
-        *views, s.view(B, 1, C, 1), z.view(B, 1, C, 1), qmin, qmax, gf, per_tensor=rule == 0,
+        *views, s.view(B, 1, C, 1), z.view(B, 1, C, 1), qmin, qmax, gf, per_tensor=rule == ZpRule.TorchPerTensor,
         zero_point_rounding=rounding, flavour="cuda", use_fma=fma)
     per_quantizer = lambda v: v.sum((1, 3)).reshape(-1)  # noqa: E731  [B, O, C, I] -> [B * C]
     assert_sums_close(qgrads[0], ds, per_quantizer, "dscale")
@@ -251,7 +258,7 @@ STEPS = [(1, 1), (1, 0), (0, 1), (1, 1), (0, 0), (1, 1)]  # (observer_on, fake_q
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", OBSERVER_CASES,
                          ids=[f"{c[0]}-{c[1]}{'-cl' if c[2] else ''}" for c in OBSERVER_CASES])
-@pytest.mark.parametrize("mode,symmetric", [(0, False), (0, True), (1, False), (1, True)])
+@pytest.mark.parametrize("mode,symmetric", [(m, s) for m in QParamsMode for s in (False, True)])
 def test_fused_observer(emu_any_index, dtype, case, mode, symmetric):
     shape, ch_axis, channels_last = case
     C = 1 if ch_axis is None else shape[ch_axis]
@@ -267,12 +274,10 @@ def test_fused_observer(emu_any_index, dtype, case, mode, symmetric):
         if channels_last:
             x = x.to(memory_format=torch.channels_last)
         x = fenced(x)
-        axis = -1 if ch_axis is None else ch_axis % x.dim()
-        inner = x.numel() if ch_axis is None else _inner_stride(x, axis)
+        inner = x.numel() if ch_axis is None else _inner_stride(x, ch_axis % x.dim())
         flags = fenced(torch.tensor([observe])), fenced(torch.tensor([fake_quant], dtype=torch.uint8))
-        for launcher, state in zip((emu_any_index, reference), states):
-            launcher.fused_observer_update(x, *flags, *state, 0.01, -128, 127, axis, inner, symmetric, mode, 1e-5,
-                                           0, "cuda")
+        for launchers, state in zip((emu_any_index("fused_observer"), oref.Launchers), states):
+            launchers.update(x, *flags, *state, 0.01, -128, 127, inner, symmetric, mode, 1e-5, 0, CUDA)
         for name, a, b in zip(("running_min", "running_max", "scale", "zero_point"), *states):
             assert_bitwise_equal(a, b, what=f"step {step}: {name}")
 
@@ -285,9 +290,9 @@ def test_observer_finish_folds_more_parts_than_threads(emu):
     x = fenced(torch.randn(2**21 + 4099, generator=torch.Generator().manual_seed(12)))
     x[-1] = 7.5  # the extremes in the last part
     x[-2] = -6.25
-    for launcher, state in zip((emu, reference), states):
-        launcher.fused_observer_update(x, torch.tensor([1]), torch.tensor([1]), *state, 1.0, -128, 127, -1,
-                                       x.numel(), False, 0, 1e-5, 0, "cuda")
+    for launchers, state in zip((emu("fused_observer"), oref.Launchers), states):
+        launchers.update(x, torch.tensor([1]), torch.tensor([1]), *state, 1.0, -128, 127, x.numel(), False,
+                         QParamsMode.Fused, 1e-5, 0, CUDA)
     assert states[0][0].item() == -6.25 and states[0][1].item() == 7.5
     for name, a, b in zip(("running_min", "running_max", "scale", "zero_point"), *states):
         assert_bitwise_equal(a, b, what=name)
@@ -298,9 +303,9 @@ def test_observer_propagates_nan(emu):
     x[3, 17] = math.nan
     states = [[torch.full((5,), math.inf), torch.full((5,), -math.inf), torch.ones(5),
                torch.zeros(5, dtype=torch.int32)] for _ in range(2)]
-    for launcher, state in zip((emu, reference), states):
-        launcher.fused_observer_update(x, torch.tensor([1]), torch.tensor([1]), *state, 0.01, 0, 255, 0, 4000,
-                                       False, 0, 1e-5, 0, "cuda")
+    for launchers, state in zip((emu("fused_observer"), oref.Launchers), states):
+        launchers.update(x, torch.tensor([1]), torch.tensor([1]), *state, 0.01, 0, 255, 4000, False,
+                         QParamsMode.Fused, 1e-5, 0, CUDA)
     assert math.isnan(states[0][0][3]) and math.isnan(states[0][1][3])
     for name, a, b in zip(("running_min", "running_max", "scale", "zero_point"), *states):
         assert_bitwise_equal(a, b, what=name)

@@ -4,6 +4,7 @@ Tolerances: none, except bfloat16 under the Triton interpreter (1 ulp): the inte
 bfloat16 by truncation where the GPU rounds to nearest even (README, "Numerics contract").
 """
 
+import importlib
 import math
 
 import pytest
@@ -13,7 +14,8 @@ from hypothesis import strategies as st
 
 import cuda_emulator
 import qkernels
-from qkernels import ops
+from qkernels import _shared, fake_quant
+from qkernels.enums import Flavour
 from qkernels.reference import fake_quant as ref
 
 from conftest import (
@@ -207,19 +209,18 @@ def test_unaligned_and_odd_sizes(device, backend):
 
 
 def _cuda_flavour_launchers():
-    """(name, device, launcher module getter) for every kernel that implements aten-CUDA's rules: the CUDA
-    kernels' shared math through the CPU extension (flavour=1), Triton, the CUDA kernels under the CPU emulator
+    """(name, device, launchers getter) for every kernel that implements aten-CUDA's rules: the CUDA kernels'
+    shared math through the CPU extension (flavour Cuda), Triton, the CUDA kernels under the CPU emulator
     (tests/cuda_emulator.py, built when the test runs), and the CUDA extension."""
-    from qkernels import _backend_native as native
-
-    out = [("cuda-emulated", "cpu", cuda_emulator.launchers)]
+    native = fake_quant.LAUNCHERS.native
+    out = [("cuda-emulated", "cpu", lambda: cuda_emulator.launchers("fake_quant"))]
     if qkernels.backends.availability("cpu", "cpu") is None:
-        out.append(("cpu-ext", "cpu", lambda: native))
+        out.append(("cpu-ext", "cpu", lambda: native("cpu")))
     for device in DEVICES:
         if qkernels.backends.availability("triton", device) is None:
-            out.append(("triton", device, lambda: qkernels.backends._module("triton", "fake_quant")))
+            out.append(("triton", device, lambda: importlib.import_module("qkernels.triton_kernels.fake_quant")))
     if HAS_CUDA:
-        out.append(("cuda-ext", "cuda", lambda: native))
+        out.append(("cuda-ext", "cuda", lambda: native("cuda")))
     return out
 
 
@@ -233,7 +234,7 @@ def test_cuda_flavour_kernels_wide_zero_points(name, device, get_launchers):
     x = make_input(17, (5, 4001), 0.3, 0, -128, 127, torch.float32, device)
     for z in (0, 5, -3, 2**25 + 1):
         out, mask = torch.empty_like(x), torch.empty_like(x, dtype=torch.bool)
-        per_tensor(x, out, mask, 0.3, z, None, -128, 127, "cuda")
+        per_tensor(x, out, mask, 0.3, z, None, None, None, -128, 127, Flavour.Cuda)
         ry, rm = ref.fake_quant_per_tensor(x, 0.3, z, -128, 127, flavour="cuda")
         assert_bitwise_equal(out, ry, what=f"per-tensor z={z}")
         assert_bitwise_equal(mask, rm, what=f"per-tensor mask z={z}")
@@ -241,7 +242,7 @@ def test_cuda_flavour_kernels_wide_zero_points(name, device, get_launchers):
     for zp in (torch.tensor([0, 5, -3, 2**25 + 1, -(2**30) - 7], dtype=torch.int32, device=device),
                torch.tensor([0.5, 5, -3.25, 1e-3, -128], device=device)):
         out, mask = torch.empty_like(x), torch.empty_like(x, dtype=torch.bool)
-        per_channel(x, out, mask, s, zp, 0, 4001, -128, 127, "cuda", True)
+        per_channel(x, out, mask, s, zp, 4001, -128, 127, Flavour.Cuda, True)
         ry, rm = ref.fake_quant_per_channel(x, s, zp, 0, -128, 127, flavour="cuda")
         assert_bitwise_equal(out, ry, what=f"per-channel {zp.dtype}")
         assert_bitwise_equal(mask, rm, what=f"per-channel mask {zp.dtype}")
@@ -412,7 +413,7 @@ BAD_CALLS = [
 def test_bad_inputs(match, call, entry, monkeypatch):
     """Raised by the Python checks, whether or not the C++ entry is there (it leaves bad calls to them)."""
     if not entry:
-        monkeypatch.setattr(ops, "_entry", None)
+        monkeypatch.setattr(_shared, "_entry", None)
     with pytest.raises(RuntimeError, match=match.replace("`", "`").replace("(", r"\(")):
         call(torch.randn(4, 5))
 
@@ -429,8 +430,9 @@ def test_bad_device():
 # ------------------------------------------------------------------------------------------------------
 def test_backend_selection(monkeypatch):
     x = torch.randn(8)
-    assert qkernels.backends.select(x.double(), -128, 127).__name__ == "qkernels._backend_reference"
-    assert qkernels.backends.select(x, -(2**23), 2**23).__name__ == "qkernels._backend_reference"
+    assert qkernels.backends.select(x.double(), -128, 127) is ref.Launchers
+    assert qkernels.backends.select(x, -(2**23), 2**23) is ref.Launchers
+    assert qkernels.backends.chosen(x, -(2**23), 2**23) == "reference"
     with qkernels.use_backend("cuda"), pytest.raises(RuntimeError, match="backend 'cuda' was requested"):
         qkernels.fake_quantize_per_tensor_affine(x, 0.1, 0, -128, 127)
     monkeypatch.setenv("QKERNELS_BACKEND", "cuda")
@@ -452,7 +454,7 @@ def test_backend_selection(monkeypatch):
 def test_check_values_variable(monkeypatch):
     """QKERNELS_CHECK_VALUES=1 makes device tensors' qparam values checked (a meta tensor stands in for a GPU one:
     neither is CPU); set and unset through os.environ, as a user's shell or monkeypatch does."""
-    from qkernels.ops import _values_checkable
+    from qkernels._shared import _values_checkable
 
     meta = torch.ones(1, device="meta")
     monkeypatch.delenv("QKERNELS_CHECK_VALUES", raising=False)
@@ -566,10 +568,9 @@ def test_eager_calls_run_in_cpp_on_native_backends(device, backend, monkeypatch)
     """Plain eager calls on the cpu/cuda backends are one C++ call forward (allocation, launch, autograd node;
     not the launchers the registered ops use) and run their backward without a call back into Python; the
     other backends use the runs and the Python autograd.Function. Same gradients as aten either way."""
-    from qkernels import _backend_native, ops
-
+    native = fake_quant.LAUNCHERS.native(device)
     calls = []
-    for module, name in ((ops, "_backward_impl"), (_backend_native, "per_tensor"), (_backend_native, "per_channel")):
+    for module, name in ((fake_quant, "_backward_impl"), (native, "per_tensor"), (native, "per_channel")):
         original = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
     x = make_input(5, (6, 40), 0.1, 3, 0, 255, torch.float32, device).requires_grad_()
@@ -595,15 +596,15 @@ def test_eager_calls_run_in_cpp_on_native_backends(device, backend, monkeypatch)
 # ------------------------------------------------------------------------------------------------------
 # the C++ entry points (qkernels._C, csrc/ops/python_entry.cpp): valid plain eager calls, else None
 # ------------------------------------------------------------------------------------------------------
-needs_entry = pytest.mark.skipif(ops._entry is None, reason="qkernels._C is not built")
+needs_entry = pytest.mark.skipif(_shared._entry is None, reason="qkernels._C is not built")
 
 
 def _entry_per_tensor(x, scale=0.1, zp=3, qmin=0, qmax=255, backend=None, pack=False):
-    return ops._entry.fake_quantize_per_tensor_affine(x, scale, zp, qmin, qmax, backend, pack)
+    return _shared._entry.fake_quantize_per_tensor_affine(x, scale, zp, qmin, qmax, backend, pack)
 
 
 def _entry_per_channel(x, scale, zp, axis=0, qmin=-128, qmax=127, backend=None, pack=False):
-    return ops._entry.fake_quantize_per_channel_affine(x, scale, zp, axis, qmin, qmax, backend, pack)
+    return _shared._entry.fake_quantize_per_channel_affine(x, scale, zp, axis, qmin, qmax, backend, pack)
 
 
 @needs_entry
@@ -707,7 +708,7 @@ def _entry_fallbacks():
         ("torch function mode", under(TorchFunctionMode)),
         ("torch dispatch mode", under(TorchDispatchMode)),
         ("functorch transform", in_vmap),
-        ("wrong argument count", lambda: ops._entry.fake_quantize_per_tensor_affine(x, 0.1, 0, 0, 255, None)),
+        ("wrong argument count", lambda: _shared._entry.fake_quantize_per_tensor_affine(x, 0.1, 0, 0, 255, None)),
         ("scale needs grad", lambda: _entry_per_tensor(x, one.clone().requires_grad_(), zero)),
         ("two-element scale", lambda: _entry_per_tensor(x, torch.ones(2), zero)),
         ("integer scale tensor", lambda: _entry_per_tensor(x, one.int(), zero)),

@@ -7,6 +7,7 @@ float64 sum, relative to the sums' magnitudes: conftest.assert_sums_close), and 
 ulp of the exact result (any float32 result may be half an ulp off).
 """
 
+import importlib
 import math
 
 import pytest
@@ -16,7 +17,9 @@ from hypothesis import strategies as st
 
 import cuda_emulator
 import qkernels
-from qkernels import ops
+from qkernels import _shared
+from qkernels.enums import Flavour, ZpRule
+from qkernels.reference.fake_quant import uses_fma
 from qkernels.reference import fake_quant_learnable as lref
 
 from conftest import (DEVICES, KERNEL_DTYPES, assert_bitwise_equal, assert_sums_close, backends_for, flavour_of,
@@ -198,8 +201,7 @@ def test_eager_backward_runs_in_cpp_on_native_backends(device, backend, needs, m
     """Plain eager calls on the cpu/cuda backends get a C++ autograd node (no call back into Python in
     backward) that gives the Python autograd path's gradients bit for bit, for any subset of inputs that
     need a gradient and an incoming gradient of another layout."""
-    from qkernels import _backend_native, ops
-    from qkernels import learnable as learnable_module
+    from qkernels import fake_quant_learnable as learnable_module
 
     calls = []
     python_backward = learnable_module._backward_checked
@@ -217,8 +219,8 @@ def test_eager_backward_runs_in_cpp_on_native_backends(device, backend, needs, m
 
     fast = run()
     assert not calls
-    monkeypatch.delattr(_backend_native, "learnable_eager")
-    monkeypatch.setattr(ops, "_entry", None)  # (the C++ entry point calls the same eager op)
+    monkeypatch.delattr(learnable_module.LAUNCHERS.native(device), "forward_eager")
+    monkeypatch.setattr(_shared, "_entry", None)  # (the C++ entry point calls the same eager op)
     slow = run()
     assert calls
     for a, b, what in zip(fast, slow, ("y", "dx", "dscale", "dzero_point")):
@@ -230,11 +232,11 @@ def test_eager_backward_runs_in_cpp_on_native_backends(device, backend, needs, m
 # ------------------------------------------------------------------------------------------------------
 # the C++ entry point (qkernels._C, csrc/ops/python_entry.cpp): valid plain eager calls, else None
 # ------------------------------------------------------------------------------------------------------
-needs_entry = pytest.mark.skipif(ops._entry is None, reason="qkernels._C is not built")
+needs_entry = pytest.mark.skipif(_shared._entry is None, reason="qkernels._C is not built")
 
 
 def _entry(x, scale, zp, axis=None, group_size=None, qmin=-8, qmax=7, gf=0.5, rounding="torch", backend=None):
-    return ops._entry.fake_quantize_learnable(x, scale, zp, axis, group_size, qmin, qmax, gf, rounding, backend)
+    return _shared._entry.fake_quantize_learnable(x, scale, zp, axis, group_size, qmin, qmax, gf, rounding, backend)
 
 
 @needs_entry
@@ -259,7 +261,7 @@ def test_entry_equals_the_python_path(device, granularity, rounding, monkeypatch
         return y.detach(), xs.grad, ss.grad, zs.grad
 
     fast = run(lambda *a: _entry(*a, axis, group_size, rounding=rounding))
-    monkeypatch.setattr(ops, "_entry", None)
+    monkeypatch.setattr(_shared, "_entry", None)
     slow = run(lambda *a: learnable(*a, axis, group_size, -8, 7, 0.5, rounding))
     for a, b, what in zip(fast, slow, ("y", "dx", "dscale", "dzero_point")):
         assert_bitwise_equal(a, b, what=what)
@@ -404,19 +406,17 @@ def test_cpu_qparam_grads_do_not_depend_on_the_thread_count(axis, shape):
 
 
 def _learnable_launchers():
-    """(name, device, launcher module getter, flavour) of every kernel backend, straight through its launchers,
-    and of the CUDA kernels under the emulator (built when the test runs)."""
-    from qkernels import _backend_native
-
-    out = [("cuda-emulated", "cpu", cuda_emulator.launchers, "cuda")]
+    """(name, device, launchers getter, flavour) of every kernel backend, straight through its launchers, and of
+    the CUDA kernels under the emulator (built when the test runs)."""
+    out = [("cuda-emulated", "cpu", lambda: cuda_emulator.launchers("fake_quant_learnable"), "cuda")]
     for device in DEVICES:
         for backend in backends_for(device):
             if backend == "reference":
                 continue
-            module = (_backend_native if backend in ("cpu", "cuda") else
-                      qkernels.backends._module(backend, "fake_quant_learnable"))
+            get = ((lambda b=backend: qkernels.fake_quant_learnable.LAUNCHERS.native(b)) if backend in ("cpu", "cuda")
+                   else (lambda: importlib.import_module("qkernels.triton_kernels.fake_quant_learnable")))
             flavours = ["cpu", "cuda"] if backend == "cpu" else [flavour_of(backend, device)]
-            out += [(f"{backend}-{device}-{f}", device, lambda m=module: m, f) for f in flavours]
+            out += [(f"{backend}-{device}-{f}", device, get, f) for f in flavours]
     return out
 
 
@@ -426,28 +426,25 @@ def _learnable_launchers():
 def test_unchecked_non_finite_zero_points(name, device, get_launchers, flavour, per_tensor):
     """Where zero-point values are not read (CUDA tensors), a NaN one reaches the kernels: they take it as
     quant_min, as the reference does; +-inf clamp to the range, as in torch."""
-    from qkernels import _backend_reference as reference
-
     C, I = (1, 4000) if per_tensor else (4, 1000)
     x = make_input(3, (C, I), 0.1, 0, -8, 7, torch.float32, device)
     dy = torch.randn(C, I, generator=torch.Generator().manual_seed(4)).to(device)
     dims = (1, 1, C, I)
-    rule = 0 if per_tensor else 1
+    rule = ZpRule.TorchPerTensor if per_tensor else ZpRule.Torch
     for zp in ([math.nan], [math.inf], [-math.inf]) if per_tensor else ([math.nan, math.inf, -math.inf, 2.0],):
         s, z = torch.full((C,), 0.2, device=device), torch.tensor(zp, device=device)
         got, want = [], []
-        for module, results in ((get_launchers(), got), (reference, want)):
+        for launchers, results in ((get_launchers(), got), (lref.Launchers, want)):
             out, dx = torch.empty_like(x), torch.empty_like(x)
-            module.learnable_forward(x, out, s, z, dims, -8, 7, flavour, per_tensor)
-            grads = module.learnable_backward(dy, x, dx, s, z, dims, -8, 7, 0.5, flavour, rule,
-                                              ops.uses_fma(flavour, torch.float32), True, torch.float32,
-                                              torch.float32)
+            launchers.forward(x, out, s, z, *dims, -8, 7, Flavour.of(flavour), per_tensor)
+            grads = launchers.backward(dy, x, dx, s, z, *dims, -8, 7, 0.5, Flavour.of(flavour), rule,
+                                       uses_fma(flavour, torch.float32), True, torch.float32, torch.float32)
             results += [out, dx, *grads]
         for what, a, b in zip(("y", "dx"), got, want):
             assert_bitwise_equal(a, b, what=f"{what} for zero point {zp}")
         _, ds, dz = lref.backward_elements_broadcast(
             dy.view(1, 1, C, I), x.view(1, 1, C, I), s.view(1, 1, C, 1), z.view(1, 1, C, 1), -8, 7, 0.5,
-            per_tensor=per_tensor, flavour=flavour, use_fma=ops.uses_fma(flavour, torch.float32))
+            per_tensor=per_tensor, flavour=flavour, use_fma=uses_fma(flavour, torch.float32))
         for what, a, elements in (("dscale", got[2], ds), ("dzero_point", got[3], dz)):
             assert_sums_close(a, elements, lambda v: v.sum((0, 1, 3)), f"{what} for zero point {zp}")
 
@@ -601,6 +598,6 @@ BAD_CALLS = [
 @pytest.mark.parametrize("match,call", BAD_CALLS, ids=[m for m, _ in BAD_CALLS])
 def test_bad_inputs(match, call, entry, monkeypatch):
     if not entry:
-        monkeypatch.setattr(ops, "_entry", None)
+        monkeypatch.setattr(_shared, "_entry", None)
     with pytest.raises(RuntimeError, match=match):
         call(torch.randn(4, 5))

@@ -15,7 +15,8 @@ import torch
 from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
 
 import qkernels
-from qkernels import backends, ops
+from qkernels import _shared, backends
+from qkernels.enums import Flavour, QParamsMode
 from qkernels.reference import fused_observer as ref
 
 from conftest import assert_bitwise_equal, backends_for, interpreted
@@ -256,12 +257,12 @@ def test_eager_per_tensor_step_is_one_cpp_call_on_native_backends(backend, monke
     """Plain eager per-tensor calls on the cpu backend make one C++ call (observer step, fake quantization and
     the autograd node), not the launchers the registered ops use; every backend gives torch's outputs, gradients
     and state, step after step with the flags toggled, on a transposed input."""
-    from qkernels import _backend_native
-
     calls = []
-    for name in ("fused_observer_update", "per_tensor_tensor_eager", "per_tensor"):
-        original = getattr(_backend_native, name)
-        monkeypatch.setattr(_backend_native, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+    for family, name in (("fused_observer", "update"), ("fake_quant", "per_tensor_eager"),
+                         ("fake_quant", "per_tensor")):
+        native = getattr(qkernels, family).LAUNCHERS.native("cpu")
+        original = getattr(native, name)
+        monkeypatch.setattr(native, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
     torch_state, our_state = fresh_state(False), fresh_state(False)
     for step, (observe, fake_quant) in enumerate(FLAGS):
         x = step_input(step).transpose(0, 2)  # not contiguous, dense
@@ -283,15 +284,15 @@ def test_eager_per_tensor_step_is_one_cpp_call_on_native_backends(backend, monke
 # ------------------------------------------------------------------------------------------------------
 # the C++ entry point (qkernels._C, csrc/ops/python_entry.cpp): plain eager per-tensor steps, else None
 # ------------------------------------------------------------------------------------------------------
-needs_entry = pytest.mark.skipif(ops._entry is None, reason="qkernels._C is not built")
+needs_entry = pytest.mark.skipif(_shared._entry is None, reason="qkernels._C is not built")
 
 
 def _entry_step(x, flags, state, averaging_const=0.1, quant_min=0, quant_max=255, ch_axis=0, per_row=False,
                 symmetric=False, qparams="fused", eps=torch.finfo(torch.float32).eps, symmetric_zero_point=0,
                 backend=None, pack=False):
-    return ops._entry.fused_moving_avg_obs_fake_quant(x, *flags, *state, averaging_const, quant_min, quant_max,
-                                                      ch_axis, per_row, symmetric, qparams, eps,
-                                                      symmetric_zero_point, backend, pack)
+    return _shared._entry.fused_moving_avg_obs_fake_quant(x, *flags, *state, averaging_const, quant_min, quant_max,
+                                                          ch_axis, per_row, symmetric, qparams, eps,
+                                                          symmetric_zero_point, backend, pack)
 
 
 @needs_entry
@@ -370,7 +371,7 @@ class _Subclass(torch.Tensor):
 def _entry_update(x, flags, state, averaging_const=0.1, quant_min=-128, quant_max=127, ch_axis=0, per_row=True,
                   symmetric=True, qparams="fused", eps=torch.finfo(torch.float32).eps, symmetric_zero_point=0,
                   backend=None):
-    return ops._entry.fused_observer_update(x, *flags, *state, averaging_const, quant_min, quant_max, ch_axis,
+    return _shared._entry.fused_observer_update(x, *flags, *state, averaging_const, quant_min, quant_max, ch_axis,
                                             per_row, symmetric, qparams, eps, symmetric_zero_point, backend)
 
 
@@ -390,7 +391,7 @@ def test_entry_update_equals_the_python_path(ch_axis, layout, qparams, monkeypat
     states = []
     for entry in (True, False):
         if not entry:
-            monkeypatch.setattr(ops, "_entry", None)
+            monkeypatch.setattr(_shared, "_entry", None)
         x0 = step_input(0, (6, 5, 4))
         views = {"contiguous": lambda t: t, "transposed": lambda t: t.transpose(0, 2), "sliced": lambda t: t[:, ::2]}
         state = _sized_state(views[layout](x0).size(ch_axis) if per_row else 1)
@@ -423,7 +424,7 @@ def _update_entry_fallbacks():
         ("empty input", lambda: _entry_update(x[:0], on, _sized_state(0))),
         ("meta tensors", lambda: _entry_update(x.to("meta"), [f.to("meta") for f in on],
                                                [t.to("meta") for t in _sized_state(4)])),
-        ("wrong argument count", lambda: ops._entry.fused_observer_update(x, *on, *_sized_state(4))),
+        ("wrong argument count", lambda: _shared._entry.fused_observer_update(x, *on, *_sized_state(4))),
     ]
 
 
@@ -524,7 +525,7 @@ BAD = [
 @pytest.mark.parametrize("match,override", BAD, ids=[m for m, _ in BAD])
 def test_op_bad_inputs(match, override, entry, monkeypatch):
     if not entry:
-        monkeypatch.setattr(ops, "_entry", None)
+        monkeypatch.setattr(_shared, "_entry", None)
     args = dict(observer_on=torch.tensor([1]), fake_quant_on=torch.tensor([1]), running_min=torch.tensor(math.inf),
                 running_max=torch.tensor(-math.inf), scale=torch.ones(1), zero_point=torch.zeros(1, dtype=torch.int32),
                 averaging_const=0.1, quant_min=0, quant_max=255, ch_axis=0, input=torch.randn(3, 4))
@@ -589,9 +590,8 @@ def test_contracted_moving_average_is_one_fma():
         pytest.skip(f"C++ half: {backends.availability('cpu', 'cpu')}")
     state = [running.clone(), running.clone(), torch.ones(4096), torch.zeros(4096, dtype=torch.int32)]
     x = torch.stack([cur, cur])  # [2, C]: min = max = cur per channel
-    from qkernels import _backend_native
-    _backend_native.fused_observer_update(x, torch.tensor([1]), torch.tensor([0]), *state, 0.01, 0, 255, 1, 1, False,
-                                          0, 1e-7, 0, "cuda")
+    qkernels.fused_observer.LAUNCHERS.native("cpu").update(x, torch.tensor([1]), torch.tensor([0]), *state, 0.01, 0,
+                                                            255, 1, False, QParamsMode.Fused, 1e-7, 0, Flavour.Cuda)
     assert torch.equal(state[0], contracted) and torch.equal(state[1], contracted)
 
 

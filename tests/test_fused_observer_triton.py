@@ -1,9 +1,9 @@
 """The Triton fused-observer launcher (triton_kernels/fused_observer.py) against the reference backend.
 
 Bit-exact: running_min/max, scale and zero_point (dtypes included, NaNs at the same places) after several
-steps of ``qkernels._backend_reference.fused_observer_update`` and the Triton launcher on clones of the same
-state, with the flags toggled, for both flavours ("cpu": two-rounding moving average and the 6.1e-5 floor;
-"cuda": FMA, no floor) and both qparam modes. Runs compiled on CUDA tensors, or interpreted on CPU tensors
+steps of the reference launcher (``qkernels.reference.fused_observer.Launchers.update``) and the Triton launcher on
+clones of the same state, with the flags toggled, for both flavours ("cpu": two-rounding moving average and the
+6.1e-5 floor; "cuda": FMA, no floor) and both qparam modes. Runs compiled on CUDA tensors, or interpreted on CPU tensors
 under ``TRITON_INTERPRET=1``. Inputs hold no -0.0: which zero a min/max of both signs returns is unspecified
 (torch.aminmax's answer depends on the order it folds in).
 """
@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import qkernels
-from qkernels import _backend_reference as reference
 from qkernels import backends
-from qkernels.ops import _inner_stride
+from qkernels._shared import _inner_stride
+from qkernels.enums import Flavour
 from qkernels.reference import fused_observer as oref
 
 from conftest import HAS_CUDA, assert_bitwise_equal
@@ -96,9 +96,9 @@ def run_steps(shape, ch_axis, mem, dtype, mode, flavour, symmetric, quant_min, q
         x = layout(step_input(step, shape, dtype, seed), mem)
         inner = _inner_stride(x, ch_axis) if ch_axis >= 0 else x.numel()
         args = (flag(observe, step), flag(fake_quant, step + 3))
-        rest = (averaging_const, quant_min, quant_max, ch_axis, inner, symmetric, mode, EPS, sym_zp, flavour)
-        reference.fused_observer_update(x, *args, *want_state, *rest)
-        fo.fused_observer_update(x, *args, *state, *rest)
+        rest = (averaging_const, quant_min, quant_max, inner, symmetric, mode, EPS, sym_zp, Flavour.of(flavour))
+        oref.Launchers.update(x, *args, *want_state, *rest)
+        fo.update(x, *args, *state, *rest)
         for name, got, want in zip(("running_min", "running_max", "scale", "zero_point"), state, want_state):
             assert_bitwise_equal(got, want, what=f"step {step} {name}")
 
@@ -168,9 +168,9 @@ def test_qparams_of_edge_stats(quant_min, quant_max, mode):
         for symmetric in (False, True):
             state = [t.to(DEVICE) for t in fresh_state(len(EDGE_STATS))]
             want = [t.clone() for t in state]
-            rest = (0.3, quant_min, quant_max, 1, 1, symmetric, mode, EPS, sym_zp, flavour)
-            reference.fused_observer_update(x, on, on, *want, *rest)
-            fo.fused_observer_update(x, on, on, *state, *rest)
+            rest = (0.3, quant_min, quant_max, 1, symmetric, mode, EPS, sym_zp, Flavour.of(flavour))
+            oref.Launchers.update(x, on, on, *want, *rest)
+            fo.update(x, on, on, *state, *rest)
             for name, got, exp in zip(("running_min", "running_max", "scale", "zero_point"), state, want):
                 assert_bitwise_equal(got, exp, what=f"{flavour} symmetric={symmetric} {name}")
 
@@ -191,9 +191,9 @@ def test_flag_dtypes_truncate_toward_zero(dtype):
                      torch.tensor([2.0, 0.75, -1.0, -math.inf], device=DEVICE),
                      torch.full((4,), 7.0, device=DEVICE), torch.full((4,), 3, dtype=torch.int32, device=DEVICE)]
             want = [t.clone() for t in state]
-            rest = (0.5, -128, 127, 0, 9, False, mode, EPS, 0, "cpu")
-            reference.fused_observer_update(x, on, on, *want, *rest)
-            fo.fused_observer_update(x, on, on, *state, *rest)
+            rest = (0.5, -128, 127, 9, False, mode, EPS, 0, Flavour.Cpu)
+            oref.Launchers.update(x, on, on, *want, *rest)
+            fo.update(x, on, on, *state, *rest)
             for got, exp in zip(state, want):
                 assert_bitwise_equal(got, exp, what=f"{dtype} {value} mode {mode}")
 
@@ -208,7 +208,7 @@ def test_observer_off_keeps_stats_and_fused_mode_still_recomputes(flavour):
     for mode in (0, 1):
         state = [running_min.clone(), running_max.clone(), torch.full((4,), 7.0, device=DEVICE),
                  torch.full((4,), 5, dtype=torch.int64, device=DEVICE)]
-        fo.fused_observer_update(x, off, on, *state, 0.5, 0, 255, 1, 1, False, mode, EPS, 0, flavour)
+        fo.update(x, off, on, *state, 0.5, 0, 255, 1, False, mode, EPS, 0, Flavour.of(flavour))
         assert_bitwise_equal(state[0], running_min, what="running_min")
         assert_bitwise_equal(state[1], running_max, what="running_max")
         if mode == 0:  # torch's fused op: fake_quant_on alone recomputes the qparams from the kept stats
@@ -238,8 +238,8 @@ def test_minmax_pass_skips_x_while_observer_off(shape, ch_axis):
 @pytest.mark.parametrize("per_row", [False, True])
 def test_public_op_runs_on_triton(monkeypatch, per_row):
     calls = []
-    launcher = fo.fused_observer_update
-    monkeypatch.setattr(fo, "fused_observer_update", lambda *a: calls.append(1) or launcher(*a))
+    launcher = fo.update
+    monkeypatch.setattr(fo, "update", lambda *a: calls.append(1) or launcher(*a))
     results = {}
     for backend in ("triton", "reference"):
         state = [t.to(DEVICE) for t in fresh_state(4 if per_row else None)]

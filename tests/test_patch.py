@@ -3,7 +3,7 @@
 import torch
 
 import qkernels
-from qkernels import backends, ops
+from qkernels import _shared, backends
 
 
 class CallCounter:
@@ -19,8 +19,8 @@ class CallCounter:
             return real(*args, **kwargs)
 
         monkeypatch.setattr(backends, "select", counting)
-        if ops._entry is not None:
-            monkeypatch.setattr(ops, "_entry", _CountingEntry(ops._entry, self))
+        if _shared._entry is not None:
+            monkeypatch.setattr(_shared, "_entry", _CountingEntry(_shared._entry, self))
 
 
 class _CountingEntry:

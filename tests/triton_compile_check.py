@@ -18,7 +18,6 @@ import os
 import pkgutil
 import sys
 
-import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.runtime.driver import driver

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..enums import Flavour
+
 _BLOCK = 2048
 _WARPS = 8
 _INT64_MIN = -(2**63)
@@ -161,25 +163,27 @@ def _flat(t):
     return t.as_strided((t.numel(),), (1,), t.storage_offset()) if t is not None else None
 
 
-def per_tensor(x, out, mask, scale, zero_point, enabled, quant_min, quant_max, flavour):
-    """Launcher; scale/zero_point are numbers or one-element float32/int32 tensors, enabled None/int32 tensor;
-    mask None, bool in x's layout, or packed uint8 (bits in storage order)."""
-    tensors = isinstance(scale, torch.Tensor)
-    flag = enabled is not None
+def per_tensor(x, out, mask, scale, zero_point, scale_t, zero_point_t, enabled_t, quant_min, quant_max, flavour):
+    """Launcher (contract: qkernels/fake_quant.py, LAUNCHERS); scale_t/zero_point_t, when given (together),
+    replace scale/zero_point as one-element float32/int32 tensors; enabled_t None or an int32 flag; mask None,
+    bool in x's layout, or packed uint8 (bits in storage order). flavour is ignored: aten's CUDA rules."""
+    tensors = scale_t is not None
+    flag = enabled_t is not None
     n = x.numel()
     x, out, mask = _flat(x), _flat(out), _flat(mask)
     _fq_per_tensor_kernel[_grid(n)](
         x, out, mask if mask is not None else out, n,
         0.0 if tensors else float(scale), 0 if tensors else int(zero_point),
-        scale if tensors else x, zero_point if tensors else x, enabled if flag else x,
+        scale_t if tensors else x, zero_point_t if tensors else x, enabled_t if flag else x,
         quant_min, quant_max,
         TENSOR_QPARAMS=tensors, HAS_FLAG=flag, WRITE_MASK=mask is not None, PACKED=_packed(mask), BLOCK=_BLOCK,
         num_warps=_WARPS, enable_fp_fusion=False,
     )
 
 
-def per_channel(x, out, mask, scale, zero_point, axis, inner, quant_min, quant_max, flavour, use_fma):
-    """Launcher; scale float32 [C], zero_point int32 or float32 [C], both contiguous."""
+def per_channel(x, out, mask, scale, zero_point, inner, quant_min, quant_max, flavour, use_fma):
+    """Launcher; scale float32 [C], zero_point int32 or float32 [C], both contiguous; storage offset i is in
+    channel (i // inner) % C. flavour and use_fma are ignored: aten's CUDA rules (a float zero point by FMA)."""
     n = x.numel()
     x, out, mask = _flat(x), _flat(out), _flat(mask)
     _fq_per_channel_kernel[_grid(n)](
@@ -210,11 +214,11 @@ def launch_every_specialization():
         masks = (None, torch.empty_like(x, dtype=torch.bool), torch.empty((x.numel() + 7) // 8, dtype=torch.uint8))
         for mask in masks:
             out = torch.empty_like(x)
-            per_tensor(x, out, mask, 0.1, 3, None, -128, 127, "cuda")
+            per_tensor(x, out, mask, 0.1, 3, None, None, None, -128, 127, Flavour.Cuda)
             for flag in (None, torch.ones(1, dtype=torch.int32)):
-                per_tensor(x, out, mask, torch.ones(1), torch.zeros(1, dtype=torch.int32), flag, -128, 127,
-                                      "cuda")
+                per_tensor(x, out, mask, 0.0, 0, torch.ones(1), torch.zeros(1, dtype=torch.int32), flag, -128, 127,
+                           Flavour.Cuda)
             for zp in (torch.zeros(700, dtype=torch.int32), torch.zeros(700)):
-                per_channel(x, out, mask, torch.ones(700), zp, 1, 1, -128, 127, "cuda", True)
+                per_channel(x, out, mask, torch.ones(700), zp, 1, -128, 127, Flavour.Cuda, True)
             if mask is not None:
                 backward(x, mask, out)

@@ -43,11 +43,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ..enums import ZpRule
-from ..reference.fake_quant_learnable import reduce_partials
+from ..enums import Flavour, ZpRule
+from ..reference.fake_quant_learnable import no_qparam_grads, reduce_partials
 from .fake_quant import _clamp_nan_low, _flat, _round_half_even
 
-__all__ = ["learnable_forward", "learnable_backward"]
+__all__ = ["forward", "backward"]
 
 _BLOCK = 2048  # elements per tile
 _WARPS = 8
@@ -298,34 +298,36 @@ def _launch(plan, x, dy, out, scale, zero_point, ds, dz, quant_min, quant_max, g
     )
 
 
-def learnable_forward(x, out, scale, zero_point, dims, quant_min, quant_max, flavour, per_tensor):
-    """Writes y = fake_quant(x) into out (x's dtype and dense layout). scale, zero_point: float32 contiguous
-    [B * C], the zero point unrounded. dims = (B, O, C, I). per_tensor: aten's per-tensor rules (float
-    level, NaN -> quant_min), else its per-channel int-zero-point CUDA rules. flavour is ignored: the result
-    is always aten's CUDA flavour (also for interpreted CPU tensors, for which callers pass "cpu")."""
+def forward(x, out, scale, zero_point, B, O, C, I, quant_min, quant_max, flavour, per_tensor):
+    """Launcher (contract: qkernels/fake_quant_learnable.py, LAUNCHERS): writes y = fake_quant(x) into out (x's
+    dtype and dense layout, in storage order as [B, O, C, I]). scale, zero_point: float32 contiguous [B * C], the
+    zero point unrounded. per_tensor: aten's per-tensor rules (float level, NaN -> quant_min), else its
+    per-channel int-zero-point CUDA rules. flavour is ignored: the result is always aten's CUDA flavour (also
+    for interpreted CPU tensors, for which callers pass Cpu)."""
     if x.numel() == 0:
         return
-    _launch(_plan(dims), x, x, out, scale, zero_point, None, None, quant_min, quant_max, 1.0,
+    _launch(_plan((B, O, C, I)), x, x, out, scale, zero_point, None, None, quant_min, quant_max, 1.0,
             FORWARD=True, FLOAT_LEVEL=bool(per_tensor), RULE=_TORCH, USE_FMA=False, NEED_Q=False)
 
 
-def learnable_backward(dy, x, dx, scale, zero_point, dims, quant_min, quant_max, grad_factor, flavour, rule,
-                       use_fma, need_qgrads, ds_dtype, dz_dtype):
-    """Writes dx = dy * inside (dy, x, dx: one dtype and dense layout) and, if need_qgrads, returns
+def backward(dy, x, dx, scale, zero_point, B, O, C, I, quant_min, quant_max, grad_factor, flavour, rule, use_fma,
+             need_qgrads, ds_dtype, dz_dtype):
+    """Launcher: writes dx = dy * inside (dy, x, dx: one dtype and dense layout) and, if need_qgrads, returns
     (dscale, dzero_point) per quantizer in ds_dtype / dz_dtype, reduced from float32 partials [2, B, P, C]
-    (P >= 1 depends only on dims) by ``reduce_partials``; otherwise None. rule: 0 TorchPerTensor, 1 Torch,
-    2 Consistent. flavour is ignored, as in learnable_forward."""
-    B, _, C, _ = dims
-    if x.numel() == 0:
+    (P >= 1 depends only on the dims) by ``reduce_partials``; otherwise empty tensors. rule: a
+    qkernels.enums.ZpRule. flavour is ignored, as in forward."""
+    if x.numel() == 0:  # nothing to launch: zero sums
         partials = torch.zeros((2, B, 1, C), dtype=torch.float32, device=x.device)
-        return reduce_partials(partials, ds_dtype, dz_dtype) if need_qgrads else None
-    plan = _plan(dims)
-    partials = torch.empty((2, B, plan[4], C), dtype=torch.float32, device=x.device) if need_qgrads else None
-    ds, dz = (partials[0], partials[1]) if need_qgrads else (None, None)
-    _launch(plan, x, dy, dx, scale, zero_point, ds, dz, quant_min, quant_max, grad_factor,
-            FORWARD=False, FLOAT_LEVEL=rule == _CONSISTENT, RULE=int(rule), USE_FMA=bool(use_fma),
-            NEED_Q=bool(need_qgrads))
-    return reduce_partials(partials, ds_dtype, dz_dtype) if need_qgrads else None
+    else:
+        plan = _plan((B, O, C, I))
+        partials = torch.empty((2, B, plan[4], C), dtype=torch.float32, device=x.device) if need_qgrads else None
+        ds, dz = (partials[0], partials[1]) if need_qgrads else (None, None)
+        _launch(plan, x, dy, dx, scale, zero_point, ds, dz, quant_min, quant_max, grad_factor,
+                FORWARD=False, FLOAT_LEVEL=rule == _CONSISTENT, RULE=int(rule), USE_FMA=bool(use_fma),
+                NEED_Q=bool(need_qgrads))
+    if not need_qgrads:
+        return no_qparam_grads(x, ds_dtype, dz_dtype)
+    return reduce_partials(partials, ds_dtype, dz_dtype)
 
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -343,8 +345,8 @@ def launch_every_specialization():
         q = dims[0] * dims[2]
         s, z = torch.ones(q), torch.zeros(q)
         for per_tensor in (True, False):
-            learnable_forward(x, out, s, z, dims, -128, 127, "cuda", per_tensor)
+            forward(x, out, s, z, *dims, -128, 127, Flavour.Cuda, per_tensor)
         rules = tuple(ZpRule) if dtype == torch.float32 else (ZpRule.Torch,)
         for rule, use_fma, need in itertools.product(rules, (True, False), (True, False)):
-            learnable_backward(x, x, out, s, z, dims, -128, 127, 1.0, "cuda", rule, use_fma, need, torch.float32,
-                               torch.float32)
+            backward(x, x, out, s, z, *dims, -128, 127, 1.0, Flavour.Cuda, rule, use_fma, need, torch.float32,
+                     torch.float32)

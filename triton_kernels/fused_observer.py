@@ -1,18 +1,18 @@
 """Triton kernels of the fused moving-average observer (installed as ``qkernels.triton_kernels.fused_observer``):
 the observer and qparam step of ``torch.fused_moving_avg_obs_fake_quant``, in place on the running state.
 
-The math is ``qkernels.reference.fused_observer`` (the spec; ``qkernels._backend_reference.
-fused_observer_update`` is the launcher this module mirrors), per channel c, with c_avg = averaging_const in
+The math is ``qkernels.reference.fused_observer`` (the spec; its ``Launchers.update`` is the launcher this
+module mirrors), per channel c, with c_avg = averaging_const in
 float32 and the flags read on the device as "on" when nonzero after truncation toward zero (an integer flag
 when nonzero, a float one when |v| >= 1 or NaN):
 
 * observe = observer_on: (cur_min, cur_max) = NaN-propagating min/max of the channel's values in float32, and
-  r = isinf(r) ? cur : r + c_avg * (cur - r) for both running stats (flavour "cuda": ``fma(c_avg, cur - r,
-  r)``, one rounding, as nvcc compiles aten's CUDA kernel; "cpu": two roundings);
-* recompute = fake_quant_on (mode 0, torch's fused op) or observe (mode 1, torch.ao's observer): scale and
-  zero_point from the running stats, by FBGEMM's ChooseQuantizationParams (mode 0: float32 and float64
-  steps, symmetric only when min < 0 < max, the 6.1e-5 scale floor in flavour "cpu" only, z0 rounded half
-  to even and converted as x86 does, NaN -> INT32_MIN) or by torch.ao's ``_calculate_qparams`` (mode 1:
+  r = isinf(r) ? cur : r + c_avg * (cur - r) for both running stats (flavour Cuda: ``fma(c_avg, cur - r,
+  r)``, one rounding, as nvcc compiles aten's CUDA kernel; Cpu: two roundings);
+* recompute = fake_quant_on (mode Fused, torch's fused op) or observe (mode Observer, torch.ao's observer): scale and
+  zero_point from the running stats, by FBGEMM's ChooseQuantizationParams (Fused: float32 and float64
+  steps, symmetric only when min < 0 < max, the 6.1e-5 scale floor in flavour Cpu only, z0 rounded half
+  to even and converted as x86 does, NaN -> INT32_MIN) or by torch.ao's ``_calculate_qparams`` (Observer:
   float32 with the eps floor, never-observed (+inf, -inf) -> (1.0, 0), symmetric -> symmetric_zero_point).
 
 Layout: x is dense in any layout and walked in storage order as [O, C, I] (C = running_min.numel(), I the
@@ -42,9 +42,9 @@ propagate NaN on the GPU and a ``tl.reduce`` with a custom combine runs element 
 the interpreter. Like torch.aminmax, which of -0.0 and +0.0 a min/max of both returns is unspecified (the
 values compare equal; no qparam depends on the sign).
 
-Exactness: compiled with ``enable_fp_fusion=False`` (the moving average of flavour "cpu" must round twice,
+Exactness: compiled with ``enable_fp_fusion=False`` (the moving average of flavour Cpu must round twice,
 the rounding tricks rely on plain adds), float32 divisions use ``div_rn``, float64 ones ``/`` (IEEE on the
-GPU and in the interpreter), and the only FMA is the explicit ``tl.fma`` of flavour "cuda".
+GPU and in the interpreter), and the only FMA is the explicit ``tl.fma`` of flavour Cuda.
 """
 
 import itertools
@@ -53,10 +53,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..enums import QParamsMode
+from ..enums import Flavour, QParamsMode
 from .fake_quant import _flat, _round_half_even
 
-__all__ = ["fused_observer_update"]
+__all__ = ["update"]
 
 _BLOCK = 2048  # elements per min/max tile
 _BLOCK_C = 256  # most columns per tile in row mode
@@ -307,15 +307,13 @@ def _plan(O, C, I):
             dict(ROWS_T=rows_t, BLOCK_I=block_i), P)
 
 
-def fused_observer_update(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
-                          averaging_const, quant_min, quant_max, ch_axis, inner, symmetric, mode, eps,
-                          symmetric_zero_point, flavour):
-    """Launcher (contract: ``qkernels._backend_reference.fused_observer_update``). x: dense fp32/fp16/bf16,
-    numel > 0, walked in storage order as [O, C, inner] with C = running_min.numel() (ch_axis, -1 per
-    tensor, is implied by C and inner: only the reference launcher uses it); observer_on / fake_quant_on:
-    one-element tensors on x's device (bool, any integer or float type), read by the kernels; running_min/max,
-    scale: contiguous float32 [C]; zero_point: contiguous int32 or int64 [C]; mode 0 fused, 1 observer;
-    flavour "cpu" (two-rounding moving average, 6.1e-5 floor) or "cuda" (FMA, no floor)."""
+def update(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const, quant_min,
+           quant_max, inner, symmetric, mode, eps, symmetric_zero_point, flavour):
+    """Launcher (contract: qkernels/fused_observer.py, LAUNCHERS). x: dense fp32/fp16/bf16, numel > 0, walked in
+    storage order as [O, C, inner] with C = running_min.numel(); observer_on / fake_quant_on: one-element tensors
+    on x's device (bool, any integer or float type), read by the kernels; running_min/max, scale: contiguous
+    float32 [C]; zero_point: contiguous int32 or int64 [C]; mode a qkernels.enums.QParamsMode; flavour Cpu
+    (two-rounding moving average, 6.1e-5 floor) or Cuda (FMA, no floor): this launcher implements both."""
     C = running_min.numel()
     numel = x.numel()
     O = numel // (C * inner)
@@ -332,7 +330,7 @@ def fused_observer_update(x, observer_on, fake_quant_on, running_min, running_ma
     _finish_kernel[(triton.cdiv(C, block_ch),)](
         lo, hi, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, C, P,
         c_avg, quant_min, quant_max, eps32, symmetric_zero_point,
-        MODE=int(mode), SYMMETRIC=bool(symmetric), CUDA=flavour == "cuda", FLOOR=flavour == "cpu",
+        MODE=int(mode), SYMMETRIC=bool(symmetric), CUDA=flavour == Flavour.Cuda, FLOOR=flavour == Flavour.Cpu,
         BLOCK_CH=block_ch, BLOCK_P=block_p,
         num_warps=_FINISH_WARPS, enable_fp_fusion=False,
     )
@@ -349,8 +347,7 @@ def launch_every_specialization():
     for dtype, (shape, C, inner) in itertools.product(_DTYPES, (((64, 50), 1, 3200), ((64, 50), 50, 1),
                                                                ((6, 900), 6, 900))):
         x = torch.randn(shape, dtype=dtype)
-        flavours = ("cpu", "cuda") if dtype == torch.float32 else ("cuda",)
+        flavours = tuple(Flavour) if dtype == torch.float32 else (Flavour.Cuda,)
         for flavour, symmetric, mode in itertools.product(flavours, (False, True), tuple(QParamsMode)):
             state = [torch.zeros(C), torch.zeros(C), torch.ones(C), torch.zeros(C, dtype=torch.int32)]
-            fused_observer_update(x, on, on, *state, 0.01, -128, 127, -1 if C == 1 else 0, inner, symmetric, mode,
-                                  1e-5, 0, flavour)
+            update(x, on, on, *state, 0.01, -128, 127, inner, symmetric, mode, 1e-5, 0, flavour)

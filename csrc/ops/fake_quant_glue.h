@@ -122,7 +122,7 @@ struct StraightThrough : torch::autograd::Function<StraightThrough<kBackward>> {
     return result.out;
   }
 
-  // As qkernels/ops.py's _grad_input and _backward_impl: dy in out's layout for a packed mask, aten's
+  // As qkernels/fake_quant.py's _grad_input and _backward_impl: dy in out's layout for a packed mask, aten's
   // broadcasting product where a bool mask's layout differs from dy's.
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
@@ -151,7 +151,7 @@ struct StraightThrough : torch::autograd::Function<StraightThrough<kBackward>> {
   }
 };
 
-// As qkernels/ops.py's _launch_args: out (and a bool mask) in x's layout when x is dense, else in the layout
+// As qkernels/fake_quant.py's _launch_args: out (and a bool mask) in x's layout when x is dense, else in the layout
 // empty_like picks (contiguous or channels-last); the mask only when a gradient needs it (bit-packed on
 // request); x in out's layout.
 struct EagerLaunch {
@@ -179,7 +179,7 @@ at::Tensor eager_result(const at::Tensor& x, const EagerLaunch& l) {
   return l.mask.defined() ? StraightThrough<kBackward>::apply(x, ForwardResult{l.out, l.mask}) : l.out;
 }
 
-// One-element tensor qparams as the kernels read them (any shape), as qkernels/ops.py's _device_qparams: float32
+// One-element tensor qparams as the kernels read them (any shape), as qkernels/fake_quant.py's _device_qparams: float32
 // scale, int32 zero point and flag (a float one truncated toward zero first). No host read.
 inline std::optional<at::Tensor> int32_qparam(const std::optional<at::Tensor>& t) {
   if (!t) return std::nullopt;
@@ -198,7 +198,7 @@ void per_tensor_launch(EagerLaunch& l, double scale, int64_t zero_point, const s
            quant_min, quant_max, flavour_of(l.x));
 }
 
-// The whole eager forward of the public functions (qkernels/ops.py, `_call`) on arguments Python has checked:
+// The whole eager forward of the public functions (qkernels/fake_quant.py, `_call`) on arguments Python has checked:
 // allocation, the launch and the autograd node, in one call from Python. requires_grad: write the mask and
 // attach the node (dx = dy * mask).
 template <PerTensorLauncher* kForward, BackwardLauncher* kBackward>
@@ -215,7 +215,7 @@ at::Tensor per_tensor_eager(const at::Tensor& x, double scale, int64_t zero_poin
   return eager_result<kBackward>(x, l);
 }
 
-// Per channel: float32 scale, int32 or float32 zero point (as qkernels/ops.py's _per_channel_run); use_fma is
+// Per channel: float32 scale, int32 or float32 zero point (as qkernels/fake_quant.py's _per_channel_run); use_fma is
 // the spec's uses_fma for the zero point's original dtype.
 template <PerChannelLauncher* kForward, BackwardLauncher* kBackward>
 at::Tensor per_channel_eager(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point, int64_t axis,
@@ -237,15 +237,6 @@ at::Tensor per_channel_eager(const at::Tensor& x, const at::Tensor& scale, const
 
 }  // namespace glue
 }  // namespace qkernels
-
-#define QKERNELS_FAKE_QUANT_SCHEMAS(m, suffix)                                                                     \
-  m.def("_fake_quant_per_tensor_" suffix                                                                          \
-        "(Tensor x, Tensor(a!) out, Tensor(b!)? mask, float scale, int zero_point, Tensor? scale_t, "             \
-        "Tensor? zero_point_t, Tensor? enabled_t, int quant_min, int quant_max, int flavour) -> ()");              \
-  m.def("_fake_quant_per_channel_" suffix                                                                         \
-        "(Tensor x, Tensor(a!) out, Tensor(b!)? mask, Tensor scale, Tensor zero_point, int inner, int quant_min, " \
-        "int quant_max, int flavour, bool use_fma) -> ()");                                                         \
-  m.def("_fake_quant_backward_" suffix "(Tensor grad, Tensor mask, Tensor(a!) out) -> ()")
 
 #define QKERNELS_FAKE_QUANT_IMPLS(m, dev)                           \
   m.impl("_fake_quant_per_tensor_" #dev, &qkernels::per_tensor_##dev);   \

@@ -1,7 +1,7 @@
 // Torch glue of the learnable (LSQ) fake-quant family: its private launcher ops (_fake_quant_learnable_
 // {forward,backward}_<device>, csrc/ops/fake_quant_learnable_{cpu,cuda}.cpp) and its eager call with the C++
-// autograd node (_fake_quant_learnable_eager_<device>: layout, launch and node in one call from Python, for plain
-// tensors in eager mode on the native backends, on checked arguments). Its backward runs in C++; double backward
+// autograd node (_fake_quant_learnable_forward_eager_<device>: layout, launch and node in one call from Python, for
+// plain tensors in eager mode on the native backends, on checked arguments). Its backward runs in C++; double backward
 // raises, as aten's does.
 #pragma once
 
@@ -135,7 +135,7 @@ struct LearnableNode : torch::autograd::Function<LearnableNode<kBackward>> {
     kQparamSizes
   };
 
-  // As qkernels/learnable.py's _backward_checked: dy in x's kernel layout and dtype, the qparam work only
+  // As fake_quant_learnable.py's _backward_checked: dy in x's kernel layout and dtype, the qparam work only
   // when scale or zero_point needs a gradient.
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
@@ -159,8 +159,8 @@ struct LearnableNode : torch::autograd::Function<LearnableNode<kBackward>> {
   }
 };
 
-// As qkernels/learnable.py's _layout: x in its output layout (a dense x keeps its own, another is copied into
-// empty_like's; per group, contiguous), a fresh output of that layout, and the kernels' [B, O, C, I] view.
+// As qkernels/fake_quant_learnable.py's _layout: x in its output layout (a dense x keeps its own, another is copied
+// into empty_like's; per group, contiguous), a fresh output of that layout, and the kernels' [B, O, C, I] view.
 struct LearnableLayout {
   at::Tensor x, out;
   int64_t B = 1, O = 1, C = 1, I = 1;
@@ -196,14 +196,14 @@ inline LearnableLayout learnable_layout(const at::Tensor& x, std::optional<int64
   return l;
 }
 
-// As learnable.py's _flat_qparam: contiguous float32 (the kernels read flat [B * C] arrays).
+// As fake_quant_learnable.py's _flat_qparam: contiguous float32 (the kernels read flat [B * C] arrays).
 inline at::Tensor flat_float32(const at::Tensor& t) {
   return t.scalar_type() == at::kFloat && t.is_contiguous() ? t : t.reshape(-1).to(at::kFloat).contiguous();
 }
 
-// The learnable op's eager call (qkernels/learnable.py, `_call`) on checked arguments: the layout, the forward
-// kernel and, when requires_grad, the node from x, scale and zero_point (qparam gradients in their dtypes, float32
-// for integer ones). axis: none per tensor; group_size: none per channel. rule: qkernels::ZpRule.
+// The learnable op's eager call (qkernels/fake_quant_learnable.py, `_call`) on checked arguments: the layout, the
+// forward kernel and, when requires_grad, the node from x, scale and zero_point (qparam gradients in their dtypes,
+// float32 for integer ones). axis: none per tensor; group_size: none per channel. rule: qkernels::ZpRule.
 template <LearnableForwardLauncher* kForward, LearnableBackwardLauncher* kBackward>
 at::Tensor learnable_eager(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point,
                            std::optional<int64_t> axis, std::optional<int64_t> group_size, int64_t quant_min,
@@ -229,24 +229,15 @@ at::Tensor learnable_eager(const at::Tensor& x, const at::Tensor& scale, const a
 }  // namespace glue
 }  // namespace qkernels
 
-#define QKERNELS_FAKE_QUANT_LEARNABLE_SCHEMAS(m, suffix)                                                           \
-  m.def("_fake_quant_learnable_forward_" suffix                                                                   \
-        "(Tensor x, Tensor(a!) out, Tensor scale, Tensor zero_point, int B, int O, int C, int I, int quant_min, "   \
-        "int quant_max, int flavour, bool per_tensor) -> ()");                                                      \
-  m.def("_fake_quant_learnable_backward_" suffix                                                                  \
-        "(Tensor dy, Tensor x, Tensor(a!) dx, Tensor scale, Tensor zero_point, int B, int O, int C, int I, "       \
-        "int quant_min, int quant_max, float grad_factor, int flavour, int rule, bool use_fma, bool need_qgrads, " \
-        "ScalarType ds_dtype, ScalarType dz_dtype) -> (Tensor, Tensor)")
-
 #define QKERNELS_FAKE_QUANT_LEARNABLE_IMPLS(m, dev)                                  \
   m.impl("_fake_quant_learnable_forward_" #dev, &qkernels::learnable_forward_##dev); \
   m.impl("_fake_quant_learnable_backward_" #dev, &qkernels::learnable_backward_##dev)
 
-#define QKERNELS_FAKE_QUANT_LEARNABLE_EAGER_SCHEMAS(m, suffix)                                                     \
-  m.def("_fake_quant_learnable_eager_" suffix                                                                     \
-        "(Tensor x, Tensor scale, Tensor zero_point, int? axis, int? group_size, int quant_min, int quant_max, "    \
+#define QKERNELS_FAKE_QUANT_LEARNABLE_EAGER_SCHEMAS(m, suffix)                                                   \
+  m.def("_fake_quant_learnable_forward_eager_" suffix                                                            \
+        "(Tensor x, Tensor scale, Tensor zero_point, int? axis, int? group_size, int quant_min, int quant_max, " \
         "float grad_factor, int rule, bool use_fma, bool requires_grad) -> Tensor")
 
-#define QKERNELS_FAKE_QUANT_LEARNABLE_EAGER_IMPLS(m, dev)                                                        \
-  m.impl("_fake_quant_learnable_eager_" #dev,                                                                     \
+#define QKERNELS_FAKE_QUANT_LEARNABLE_EAGER_IMPLS(m, dev)                                                           \
+  m.impl("_fake_quant_learnable_forward_eager_" #dev,                                                               \
          &qkernels::glue::learnable_eager<&qkernels::learnable_forward_##dev, &qkernels::learnable_backward_##dev>)

@@ -113,12 +113,6 @@ at::Tensor fused_observer_per_tensor_eager(const at::Tensor& x, const at::Tensor
 }  // namespace glue
 }  // namespace qkernels
 
-#define QKERNELS_FUSED_OBSERVER_SCHEMAS(m, suffix)                                                                 \
-  m.def("_fused_observer_update_" suffix                                                                          \
-        "(Tensor x, Tensor observer_on, Tensor fake_quant_on, Tensor(a!) running_min, Tensor(b!) running_max, "    \
-        "Tensor(c!) scale, Tensor(d!) zero_point, float averaging_const, int quant_min, int quant_max, int inner, " \
-        "bool symmetric, int mode, float eps, int symmetric_zero_point, int flavour) -> ()")
-
 #define QKERNELS_FUSED_OBSERVER_IMPLS(m, dev) \
   m.impl("_fused_observer_update_" #dev, &qkernels::fused_observer_update_##dev)
 

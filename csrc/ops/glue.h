@@ -26,7 +26,7 @@ inline int64_t flavour_of(const at::Tensor& x) {
   return static_cast<int64_t>(x.is_cuda() ? Flavour::Cuda : Flavour::Cpu);
 }
 
-// Elements between consecutive indices of `axis` in t's dense storage (as qkernels/ops.py's _inner_stride): its
+// Elements between consecutive indices of `axis` in t's dense storage (as qkernels/_shared.py's _inner_stride): its
 // stride, or every element when the axis has one index.
 inline int64_t inner_stride(const at::Tensor& t, int64_t axis) {
   const int64_t size = t.size(axis);
@@ -68,11 +68,11 @@ inline void check_pair(const at::Tensor& x, const at::Tensor& out) {
 }  // namespace glue
 }  // namespace qkernels
 
-// Registers a family's private launcher ops in library `ns` for device `dev` (cpu or cuda) on dispatch key
-// `Key`: SCHEMAS(m, "dev") defines them, IMPLS(m, dev) implements them (each family's glue header defines
-// both macros). The launcher ops of a family are the contract its Python adapters implement too.
-#define QKERNELS_REGISTER_LAUNCHERS(ns, dev, Key, SCHEMAS, IMPLS) \
-  TORCH_LIBRARY_FRAGMENT(ns, m) { SCHEMAS(m, #dev); }             \
+// Implements a family's private launcher ops in library `ns` for device `dev` (cpu or cuda) on dispatch key `Key`:
+// IMPLS(m, dev), a macro of the family's glue header. Their schemas are the family's launcher contract, defined
+// once in Python (qkernels/<family>.py, LAUNCHERS; qkernels/_launchers.py), which torch checks these functions
+// against.
+#define QKERNELS_REGISTER_LAUNCHERS(ns, dev, Key, IMPLS) \
   TORCH_LIBRARY_IMPL(ns, Key, m) { IMPLS(m, dev); }
 
 // Registers a family's eager forwards with their C++ autograd nodes (the opt-in fast path: ARCHITECTURE.md) for

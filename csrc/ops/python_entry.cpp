@@ -10,15 +10,15 @@
 //     zero_point_rounding, backend)  (axis None: per tensor; group_size None: per channel)
 //     -> Tensor, or None
 //
-// Same arguments as the public functions (qkernels/ops.py, qkernels/fused_observer.py, qkernels/learnable.py's
-// _call; keywords passed by position), plus `backend` (the use_backend() override, or None) and `pack_mask`
-// (packed_masks()); the caller has ruled out torch.compile tracing. The call runs the native eager op of x's
-// device (eager_autograd.h: allocation, launch, autograd node) when it is plain eager (no torch-function or
-// dispatch mode, no functorch transform, plain tensors or parameters), asks for the native backend of x's device
-// and is valid: every argument of the type the spec expects, and every check of the Python module passing.
-// Anything else returns None, and the caller takes the Python path, which raises the errors (with their
-// messages), chooses other backends and converts other argument types. So these predicates may only be stricter
-// than the Python checks, never looser: the tests run every bad input through this entry and without it.
+// Same arguments as the public functions (qkernels/fake_quant.py, qkernels/fused_observer.py,
+// qkernels/fake_quant_learnable.py's _call; keywords passed by position), plus `backend` (the use_backend() override,
+// or None) and `pack_mask` (packed_masks()); the caller has ruled out torch.compile tracing. The call runs the native
+// eager op of x's device (csrc/ops/<family>_glue.h: allocation, launch, autograd node) when it is plain eager (no
+// torch-function or dispatch mode, no functorch transform, plain tensors or parameters), asks for the native backend of
+// x's device and is valid: every argument of the type the spec expects, and every check of the Python module passing.
+// Anything else returns None, and the caller takes the Python path, which raises the errors (with their messages),
+// chooses other backends and converts other argument types. So these predicates may only be stricter than the Python
+// checks, never looser: the tests run every bad input through this entry and without it.
 //
 // Why: parsing the arguments of a registered op from Python, and the Python checks, cost several times the C++
 // work of a small call (benchmarks/NOTES.md, host time).
@@ -66,7 +66,7 @@ std::optional<int64_t> python_int(PyObject* o) {
   return v;
 }
 
-// float(scale) of ops.py for a Python float or int.
+// float(scale) of fake_quant.py for a Python float or int.
 std::optional<double> python_float(PyObject* o) {
   if (PyFloat_CheckExact(o)) return PyFloat_AS_DOUBLE(o);
   if (!PyLong_CheckExact(o)) return std::nullopt;
@@ -85,7 +85,7 @@ std::optional<int64_t> wrapped_axis(int64_t axis, int64_t dim) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// When the native eager op may run the call (as qkernels/ops.py's _plain_eager and qkernels/backends.py's select).
+// When the native eager op may run the call (as qkernels/_shared.py's _plain_eager and qkernels/backends.py's select).
 // ---------------------------------------------------------------------------------------------------------------
 bool plain_eager() {
   return !at::impl::torch_function_mode_enabled() && c10::impl::TorchDispatchModeTLS::stack_len() == 0 &&
@@ -127,7 +127,7 @@ bool native_backend_chosen(PyObject* override_name, const at::Tensor& x, int64_t
   return name == "auto" || (name == "cpu" && x.is_cpu()) || (name == "cuda" && x.is_cuda());
 }
 
-// qkernels/ops.py's _values_checkable: qparam values are read where that costs no device sync, or everywhere
+// qkernels/fake_quant.py's _values_checkable: qparam values are read where that costs no device sync, or everywhere
 // with QKERNELS_CHECK_VALUES=1 (then CUDA qparams take the Python path, which reads them).
 enum class Values { Check, Skip, Python };
 
@@ -162,8 +162,8 @@ bool values_pass(const at::Tensor& t, Pred ok) {
   }
 }
 
-// Scale values pass ops.py's _check_scale_tensor_values; zero points its per-channel range check, and the
-// learnable ops' NaN check (learnable.py's _check).
+// Scale values pass _shared.py's _check_scale_tensor_values; zero points its per-channel range check, and the
+// learnable ops' NaN check (fake_quant_learnable.py's _check).
 bool scale_values_pass(const at::Tensor& scale) { return values_pass(scale, positive_finite); }
 
 bool zero_point_values_pass(const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max) {
@@ -175,14 +175,14 @@ bool learnable_zero_point_values_pass(const at::Tensor& zero_point) {
   return !zero_point.is_floating_point() || values_pass(zero_point, [](double v) { return !std::isnan(v); });
 }
 
-// Qparam tensors on x's device, of no gradient (ops.py's _check_qparams_not_differentiable raises otherwise).
+// Qparam tensors on x's device, of no gradient (fake_quant.py's _check_qparams_not_differentiable raises otherwise).
 bool qparam_tensors_usable(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero_point) {
   const bool grad = at::GradMode::is_enabled() && (scale.requires_grad() || zero_point.requires_grad());
   return !grad && scale.device() == x.device() && zero_point.device() == x.device();
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// The device's eager ops (eager_autograd.h), found once their library is loaded: qkernels._C_cuda loads on the
+// The device's eager ops (csrc/ops/<family>_glue.h), found once their library is loaded: qkernels._C_cuda loads on the
 // first call that the Python path sends to the cuda backend.
 // ---------------------------------------------------------------------------------------------------------------
 template <typename Sig>
@@ -224,7 +224,7 @@ EagerOp<PerTensorEager> per_tensor_cuda{"qkernels::_fake_quant_per_tensor_eager_
 EagerOp<PerChannelEager> per_channel_cpu{"qkernels::_fake_quant_per_channel_eager_cpu"};
 EagerOp<PerChannelEager> per_channel_cuda{"qkernels::_fake_quant_per_channel_eager_cuda"};
 
-// The mask request of ops.py's _mask_request: a mask when x needs a gradient, packed inside packed_masks().
+// The mask request of fake_quant.py's _mask_request: a mask when x needs a gradient, packed inside packed_masks().
 struct MaskRequest {
   bool need, pack;
 };
@@ -461,14 +461,14 @@ PyObject* fused_moving_avg_obs_fake_quant(PyObject* /*module*/, PyObject* const*
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// The learnable op: qkernels/learnable.py's _check and its one-call eager op, the device's
-// _fake_quant_learnable_eager. Empty inputs take the Python path.
+// The learnable op: qkernels/fake_quant_learnable.py's _check and its one-call eager op, the device's
+// _fake_quant_learnable_forward_eager. Empty inputs take the Python path.
 // ---------------------------------------------------------------------------------------------------------------
 using LearnableEager = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, std::optional<int64_t>,
                                   std::optional<int64_t>, int64_t, int64_t, double, int64_t, bool, bool);
 
-EagerOp<LearnableEager> learnable_cpu{"qkernels::_fake_quant_learnable_eager_cpu"};
-EagerOp<LearnableEager> learnable_cuda{"qkernels::_fake_quant_learnable_eager_cuda"};
+EagerOp<LearnableEager> learnable_cpu{"qkernels::_fake_quant_learnable_forward_eager_cpu"};
+EagerOp<LearnableEager> learnable_cuda{"qkernels::_fake_quant_learnable_forward_eager_cuda"};
 
 // None, or a Python int (nullopt inside an optional: the object is neither).
 std::optional<std::optional<int64_t>> optional_int(PyObject* o) {

@@ -32,6 +32,8 @@ import functools
 
 import torch
 
+from ..enums import Flavour
+
 __all__ = [
     "fake_quant_per_tensor",
     "fake_quant_per_channel",
@@ -253,3 +255,42 @@ def fake_quant_backward(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         storage_view(dense).copy_(unpack_bits(mask, grad.numel()))
         mask = dense
     return grad * mask
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The family's launchers (qkernels/fake_quant.py, LAUNCHERS) on this spec: the reference backend.
+# ----------------------------------------------------------------------------------------------------------
+def _write(out: torch.Tensor, mask, y: torch.Tensor, m: torch.Tensor):
+    """y and m, 1-D in storage order, into out and mask (None, bool in out's layout, or packed)."""
+    storage_view(out).copy_(y)
+    if mask is None:
+        return
+    if mask.dtype == torch.bool:
+        storage_view(mask).copy_(m)
+    else:
+        mask.copy_(pack_bits(m))
+
+
+class Launchers:
+    """The fake-quant launchers as the spec computes them, in storage order (x, out and mask share one dense
+    layout). ``flavour`` is a ``qkernels.enums.Flavour``."""
+
+    @staticmethod
+    def per_tensor(x, out, mask, scale, zero_point, scale_t, zero_point_t, enabled_t, quant_min, quant_max,
+                   flavour):
+        y, m = fake_quant_per_tensor(
+            storage_view(x), scale if scale_t is None else scale_t, zero_point if zero_point_t is None else
+            zero_point_t, quant_min, quant_max, enabled=True if enabled_t is None else enabled_t,
+            flavour=Flavour(flavour).name.lower())
+        _write(out, mask, y, m)
+
+    @staticmethod
+    def per_channel(x, out, mask, scale, zero_point, inner, quant_min, quant_max, flavour, use_fma):
+        # Storage offset i belongs to channel (i // inner) % C: x as [outer, C, inner], channels on axis 1.
+        y, m = fake_quant_per_channel(storage_view(x).view(-1, scale.numel(), inner), scale, zero_point, 1,
+                                      quant_min, quant_max, flavour=Flavour(flavour).name.lower(), use_fma=use_fma)
+        _write(out, mask, y.flatten(), m.flatten())
+
+    @staticmethod
+    def backward(grad, mask, out):
+        out.copy_(fake_quant_backward(grad, mask))

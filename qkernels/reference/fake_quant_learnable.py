@@ -46,6 +46,7 @@ import math
 
 import torch
 
+from ..enums import Flavour, ZpRule
 from .fake_quant import (
     _fma_f32,
     _to_int64_cuda,
@@ -53,6 +54,7 @@ from .fake_quant import (
     default_flavour,
     fake_quant_per_tensor,
     int_zero_point_per_channel,
+    storage_view,
     uses_fma,
 )
 
@@ -257,3 +259,42 @@ def reduce_partials(partials: torch.Tensor, scale_grad_dtype: torch.dtype, zero_
     sums = partials.sum(2, dtype=torch.float64)
     return (sums[0].reshape(-1).to(scale_grad_dtype, copy=True),
             sums[1].reshape(-1).to(zero_point_grad_dtype, copy=True))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The family's launchers (qkernels/fake_quant_learnable.py, LAUNCHERS) on this spec: the reference backend.
+# ----------------------------------------------------------------------------------------------------------
+def no_qparam_grads(like: torch.Tensor, ds_dtype: torch.dtype, dz_dtype: torch.dtype):
+    """(dscale, dzero_point) of a backward launch that needs none: empty tensors on like's device, as the C++
+    launchers return them."""
+    return like.new_empty((0,), dtype=ds_dtype), like.new_empty((0,), dtype=dz_dtype)
+
+
+_ROUNDINGS = {ZpRule.TorchPerTensor: "torch", ZpRule.Torch: "torch", ZpRule.Consistent: "consistent"}
+
+
+class Launchers:
+    """The learnable launchers as the spec computes them: x (and out, dy, dx) in storage order as [B, O, C, I],
+    float32 qparams [B * C] (fake_quant_learnable_kernels.h). ``flavour`` and ``rule`` are qkernels.enums'
+    Flavour and ZpRule."""
+
+    @staticmethod
+    def forward(x, out, scale, zero_point, B, O, C, I, quant_min, quant_max, flavour, per_tensor):
+        y = forward_broadcast(storage_view(x).view(B, O, C, I), scale.view(B, 1, C, 1), zero_point.view(B, 1, C, 1),
+                              quant_min, quant_max, per_tensor=per_tensor, flavour=Flavour(flavour).name.lower())
+        storage_view(out).copy_(y.flatten())
+
+    @staticmethod
+    def backward(dy, x, dx, scale, zero_point, B, O, C, I, quant_min, quant_max, grad_factor, flavour, rule, use_fma,
+                 need_qgrads, ds_dtype, dz_dtype):
+        dy4, x4 = (storage_view(t).view(B, O, C, I) for t in (dy, x))
+        g, ds, dz = backward_elements_broadcast(
+            dy4, x4, scale.view(B, 1, C, 1), zero_point.view(B, 1, C, 1), quant_min, quant_max, grad_factor,
+            per_tensor=rule == ZpRule.TorchPerTensor, zero_point_rounding=_ROUNDINGS[ZpRule(rule)],
+            flavour=Flavour(flavour).name.lower(), use_fma=use_fma,
+        )
+        storage_view(dx).copy_(g.flatten())
+        if not need_qgrads:
+            return no_qparam_grads(x, ds_dtype, dz_dtype)
+        partials = torch.stack([ds, dz]).sum((2, 4), dtype=torch.float64).float().view(2, B, 1, C)
+        return reduce_partials(partials, ds_dtype, dz_dtype)

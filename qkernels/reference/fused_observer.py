@@ -42,7 +42,14 @@ from __future__ import annotations
 
 import torch
 
-from .fake_quant import _fma_f32, default_flavour, fake_quant_per_channel, fake_quant_per_tensor
+from ..enums import Flavour, QParamsMode
+from .fake_quant import (
+    _fma_f32,
+    default_flavour,
+    fake_quant_per_channel,
+    fake_quant_per_tensor,
+    storage_view,
+)
 
 __all__ = [
     "QPARAMS_MODES",
@@ -213,3 +220,33 @@ def fused_moving_avg_obs_fake_quant(
         y, _ = fake_quant_per_tensor(x, scale.reshape(-1)[0], zero_point.reshape(-1)[0], quant_min, quant_max,
                                      flavour=flavour)
     return y
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The family's launcher (qkernels/fused_observer.py, LAUNCHERS) on this spec: the reference backend.
+# ----------------------------------------------------------------------------------------------------------
+class Launchers:
+    """The observer launcher as PyTorch ops on x's device, flags read there (no host sync): the min/max
+    reduction therefore runs even while the observer is off. x (dense) in storage order as [outer, C, inner],
+    C = running_min.numel(); ``mode`` and ``flavour`` are qkernels.enums' QParamsMode and Flavour."""
+
+    @staticmethod
+    def update(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const,
+               quant_min, quant_max, inner, symmetric, mode, eps, symmetric_zero_point, flavour):
+        flavour = Flavour(flavour).name.lower()
+        C = running_min.numel()
+        rows = storage_view(x).float().view(-1, C, inner).transpose(0, 1).reshape(C, -1)
+        cur_min, cur_max = torch.aminmax(rows, dim=1)
+        observe = flag_on_device(observer_on)
+        for running, cur in ((running_min, cur_min), (running_max, cur_max)):
+            running.copy_(torch.where(observe, update_running(running, cur.view(running.shape), averaging_const,
+                                                              flavour), running))
+        if mode == QParamsMode.Fused:
+            s, z = choose_qparams_fused(running_min, running_max, quant_min, quant_max, symmetric, flavour)
+            recompute = flag_on_device(fake_quant_on)
+        else:
+            s, z = choose_qparams_observer(running_min, running_max, quant_min, quant_max, symmetric, eps=eps,
+                                           symmetric_zero_point=symmetric_zero_point)
+            recompute = observe
+        scale.copy_(torch.where(recompute, s.view(scale.shape), scale))
+        zero_point.copy_(torch.where(recompute, z.view(zero_point.shape).to(zero_point.dtype), zero_point))

@@ -11,7 +11,7 @@
 
 #include <cstdint>
 
-#include "qkernels/fake_quant_kernels.h"
+#include "qkernels/enums.h"
 #include "qkernels/fake_quant_learnable_math.h"
 
 namespace qkernels {

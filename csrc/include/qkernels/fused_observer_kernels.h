@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "qkernels/fake_quant_kernels.h"
+#include "qkernels/enums.h"
 #include "qkernels/fused_observer_math.h"
 
 namespace qkernels {

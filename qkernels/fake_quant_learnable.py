@@ -35,9 +35,13 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import backends, ops
+from . import _shared, backends
 from .enums import ZpRule
-from .ops import (
+from ._launchers import LauncherContract
+from ._shared import (
+    _flavour_of,
+    _backend_override,
+    _is_compiling,
     _check_input,
     _check_qparam_tensor,
     _check_range,
@@ -61,6 +65,19 @@ __all__ = [
 ]
 
 _FAMILY = "fake_quant_learnable"
+
+# The family's launcher contract (qkernels/_launchers.py): x, out, dy and dx share one dense layout, walked in
+# storage order as [B, O, C, I]; scale and zero point are float32 [B * C] (the zero point unrounded);
+# csrc/include/qkernels/fake_quant_learnable_kernels.h. backward writes dx and returns (dscale, dzero_point) per
+# quantizer in ds_dtype / dz_dtype, from fixed-order partial sums finished in float64 (nothing to read when
+# need_qgrads is false). The C++ eager forward (ARCHITECTURE.md) adds the layout and the autograd node.
+LAUNCHERS = LauncherContract(_FAMILY, {
+    "forward": "(Tensor x, Tensor(a!) out, Tensor scale, Tensor zero_point, int B, int O, int C, int I, "
+               "int quant_min, int quant_max, int flavour, bool per_tensor) -> ()",
+    "backward": "(Tensor dy, Tensor x, Tensor(a!) dx, Tensor scale, Tensor zero_point, int B, int O, int C, int I, "
+                "int quant_min, int quant_max, float grad_factor, int flavour, int rule, bool use_fma, "
+                "bool need_qgrads, ScalarType ds_dtype, ScalarType dz_dtype) -> (Tensor, Tensor)",
+}, eager=("forward",))
 # Backward zero-point rules of the kernels (qkernels.enums.ZpRule), as plain ints: compared on every call.
 _RULE_TORCH_PER_TENSOR, _RULE_TORCH, _RULE_CONSISTENT = (int(ZpRule.TorchPerTensor), int(ZpRule.Torch),
                                                          int(ZpRule.Consistent))
@@ -161,10 +178,6 @@ def _flat_qparam(t: Tensor) -> Tensor:
     return t.detach().reshape(-1).to(torch.float32).contiguous()
 
 
-def _flavour(x: Tensor) -> str:
-    return "cuda" if x.is_cuda else "cpu"
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Implementations (registered for every device; the backend is chosen in qkernels.backends).
 # ----------------------------------------------------------------------------------------------------------
@@ -179,8 +192,8 @@ def _forward_launch(self, scale, zero_point, axis, group_size, quant_min, quant_
     x, out, dims = _layout(self, axis, group_size)
     s, z = _flat_qparams(scale, zero_point)
     if x.numel():
-        backends.select(x, quant_min, quant_max, _FAMILY).learnable_forward(
-            x, out, s, z, dims, quant_min, quant_max, _flavour(x), axis is None)
+        backends.select(x, quant_min, quant_max, _FAMILY).forward(
+            x, out, s, z, *dims, quant_min, quant_max, _flavour_of(x), axis is None)
     return out, x, dims, s, z
 
 
@@ -226,10 +239,9 @@ def _backward_checked(grad, self, scale, zero_point, axis, group_size, quant_min
     dy = grad if grad.stride() == x.stride() and grad.dtype == x.dtype else (
         torch.empty_like(x).copy_(grad))
     s, z = _flat_qparams(scale, zero_point)
-    flavour = _flavour(x)
-    grads = backends.select(x, quant_min, quant_max, _FAMILY).learnable_backward(
-        dy, x, dx, s, z, dims, quant_min, quant_max, grad_factor, flavour, _rule(axis, zero_point_rounding),
-        uses_fma(flavour, torch.float32), need_qgrads, *_grad_dtypes(scale, zero_point))
+    grads = backends.select(x, quant_min, quant_max, _FAMILY).backward(
+        dy, x, dx, s, z, *dims, quant_min, quant_max, grad_factor, _flavour_of(x), _rule(axis, zero_point_rounding),
+        uses_fma(x.device.type, torch.float32), need_qgrads, *_grad_dtypes(scale, zero_point))
     if not need_qgrads:
         return dx, _qgrad_like(scale, False), _qgrad_like(zero_point, False)
     # The launcher sums its fixed-order partials in float64 and rounds once to each gradient's dtype (for the
@@ -307,9 +319,9 @@ def _call(x, scale, zero_point, axis, group_size, quant_min, quant_max, grad_fac
     valid calls on the native backends (csrc/ops/python_entry.cpp), else the checks, then on the native backends
     one C++ call (layout, launch, and the C++ autograd node when a gradient is needed), on the others the launch
     (under _Learnable when a gradient is needed)."""
-    if ops._entry is not None and not ops._is_compiling():
-        out = ops._entry.fake_quantize_learnable(x, scale, zero_point, axis, group_size, quant_min, quant_max,
-                                                 grad_factor, zero_point_rounding, ops._backend_override())
+    if _shared._entry is not None and not _is_compiling():
+        out = _shared._entry.fake_quantize_learnable(x, scale, zero_point, axis, group_size, quant_min, quant_max,
+                                                 grad_factor, zero_point_rounding, _backend_override())
         if out is not None:
             return out
     args = (axis, group_size, quant_min, quant_max, grad_factor, zero_point_rounding)
@@ -317,10 +329,10 @@ def _call(x, scale, zero_point, axis, group_size, quant_min, quant_max, grad_fac
         return fake_quantize_learnable(x, scale, zero_point, *args)
     _check(x, scale, zero_point, *args)
     need = torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or zero_point.requires_grad)
-    eager = getattr(backends.select(x, quant_min, quant_max, _FAMILY), "learnable_eager", None)
+    eager = getattr(backends.select(x, quant_min, quant_max, _FAMILY), "forward_eager", None)
     if eager is not None and (x.numel() or not need):
         return eager(x, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor,
-                     _rule(axis, zero_point_rounding), uses_fma(_flavour(x), torch.float32), need)
+                     _rule(axis, zero_point_rounding), uses_fma(x.device.type, torch.float32), need)
     if not need:
         return _forward_launch(x, scale, zero_point, axis, group_size, quant_min, quant_max)[0]
     return _Learnable.apply(x, scale, zero_point, *args)

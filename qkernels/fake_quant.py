@@ -32,97 +32,59 @@ fallback; ``grad`` raises, as the registered autograd does not support torch.fun
 torch-function/dispatch mode. In plain eager mode (plain tensors or ``nn.Parameter``s), where the dispatcher's
 Python layers would cost several times a small kernel, a call on the cpu/cuda backend with valid arguments of
 the expected types is one call of the C++ entry point ``qkernels._C`` (csrc/ops/python_entry.cpp: checks,
-allocation, launch and a C++ autograd node, csrc/ops/eager_autograd.h). Every other plain eager call is checked
+allocation, launch and a C++ autograd node, csrc/ops/fake_quant_glue.h). Every other plain eager call is checked
 here (the errors are raised here) and then runs the native backends' eager op, or the implementations' runs
 inside ``_StraightThrough`` (the registered ops' autograd code as an ``autograd.Function``) on the other
 backends.
 """
 
 import contextlib
-import math
 from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
-from . import _library, backends
+from . import _shared, backends
+from ._launchers import LauncherContract
+from ._shared import (
+    _flavour_of,
+    _backend_override,
+    _check_input,
+    _check_qparam_tensor,
+    _check_range,
+    _check_scale_tensor_values,
+    _check_scale_value,
+    _fail,
+    _FEW_VALUES,
+    _inner_stride,
+    _is_compiling,
+    _plain_eager,
+    _values_checkable,
+)
 from .reference.fake_quant import uses_fma
 from .reference.fused_observer import flag_is_on
 
-_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+# ----------------------------------------------------------------------------------------------------------
+# The family's launcher contract (qkernels/_launchers.py): the kernels write into preallocated outputs that
+# share x's dense layout, in storage order. A mask is None, bool in x's layout, or packed uint8 (bit k of byte j:
+# element 8j + k). per_tensor: Python-number qparams, replaced by the one-element float32 / int32 tensors scale_t
+# and zero_point_t when given; enabled_t None or an int32 flag (0: out = x, mask all true). per_channel: storage
+# offset i is in channel (i // inner) % C; scale float32 [C], zero point int32 or float32 [C]. backward: out =
+# grad * mask. The C++ eager forwards (ARCHITECTURE.md) add allocation and the straight-through node.
+# ----------------------------------------------------------------------------------------------------------
+LAUNCHERS = LauncherContract("fake_quant", {
+    "per_tensor": "(Tensor x, Tensor(a!) out, Tensor(b!)? mask, float scale, int zero_point, Tensor? scale_t, "
+                  "Tensor? zero_point_t, Tensor? enabled_t, int quant_min, int quant_max, int flavour) -> ()",
+    "per_channel": "(Tensor x, Tensor(a!) out, Tensor(b!)? mask, Tensor scale, Tensor zero_point, int inner, "
+                   "int quant_min, int quant_max, int flavour, bool use_fma) -> ()",
+    "backward": "(Tensor grad, Tensor mask, Tensor(a!) out) -> ()",
+}, eager=("per_tensor", "per_channel"))
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Argument checks. Messages name the argument; where aten checks the same condition the wording follows it.
+# Argument checks (qkernels._shared has those every family makes).
 # ----------------------------------------------------------------------------------------------------------
-def _fail(msg: str):
-    raise RuntimeError(msg)
-
-
-def _check_input(op: str, x: Tensor):
-    if x.dtype not in _FLOAT_DTYPES:
-        _fail(f"{op}: `input` must be float32, float64, float16 or bfloat16, got {x.dtype}")
-    if x.layout != torch.strided or x.is_nested:
-        _fail(f"{op}: `input` must be a strided tensor, got {'a nested tensor' if x.is_nested else x.layout}")
-
-
-def _check_range(quant_min: int, quant_max: int):
-    if quant_min > quant_max:
-        _fail(f"`quant_min` should be less than or equal to `quant_max`, got {quant_min} > {quant_max}.")
-
-
-def _check_scale_value(scale: float):
-    if not (math.isfinite(scale) and scale > 0):
-        _fail(f"`scale` must be a positive finite number, got {scale}")
-
-
-_check_values_variable = backends.environment_reader("QKERNELS_CHECK_VALUES")
-
-
-def _values_checkable(t: Tensor) -> bool:
-    """Whether reading t's values costs no device sync (or syncing was asked for), outside tracing."""
-    if torch.compiler.is_compiling() or (type(t) is not Tensor and isinstance(t, torch._subclasses.FakeTensor)):
-        return False
-    return t.is_cpu or _check_values_variable() == "1"
-
-
-# Up to this many values, reading them as Python numbers costs less than reducing them with tensor ops (about
-# 3 us for 16 values against 30 us).
-_FEW_VALUES = 256
-
-
-def _failing_values(t: Tensor, ok, ok_all):
-    """t's values as a list if one fails ``ok`` (per value; ``ok_all`` tests a whole float32 copy at once), else
-    None. Call only where _values_checkable(t)."""
-    n = t.numel()
-    if n <= _FEW_VALUES:  # (a plain loop: one value, on every per-tensor call, costs no generator)
-        values = [t.item()] if n == 1 else (t if t.dim() == 1 else t.reshape(-1)).tolist()
-        for v in values:
-            if not ok(v):
-                return values
-        return None
-    f = t.detach().float()
-    return None if bool(ok_all(f)) else f.tolist()
-
-
-def _check_scale_tensor_values(scale: Tensor):
-    if not _values_checkable(scale):
-        return
-    bad = _failing_values(scale, lambda v: 0.0 < v < math.inf,  # (NaN fails both comparisons)
-                          lambda s: torch.all(torch.isfinite(s) & (s > 0)))
-    if bad is not None:
-        _fail(f"`scale` must be positive and finite, got {bad}")
-
-
-def _check_qparam_tensor(name: str, t, x: Tensor, numel: Optional[int] = None):
-    if not isinstance(t, Tensor):
-        _fail(f"`{name}` must be a Tensor, got {type(t).__name__}")
-    if t.device != x.device:
-        _fail(f"`{name}` must be on the same device as `input` ({x.device}), got {t.device}")
-    if numel is not None and t.numel() != numel:
-        _fail(f"`{name}` must have exactly {numel} element, got {t.numel()} (shape {tuple(t.shape)})")
-
-
 def _check_per_tensor_scalar(x, scale, zero_point, quant_min, quant_max):
     _check_input("fake_quantize_per_tensor_affine", x)
     _check_range(quant_min, quant_max)
@@ -197,16 +159,11 @@ def _alloc(x: Tensor, need_mask: bool, pack_mask: bool):
 
 
 def _launch_args(x: Tensor, need_mask: bool, pack_mask: bool):
-    """(x in the outputs' dense layout, out, mask, mask or None for the kernels, flavour)."""
+    """(x in the outputs' dense layout, out, mask, mask or None for the kernels)."""
     out, mask = _alloc(x, need_mask, pack_mask)
     if x.stride() != out.stride():  # not dense: aten's outputs are contiguous, so the kernels read a copy
         x = torch.empty_strided(out.size(), out.stride(), dtype=x.dtype, device=x.device).copy_(x)
-    return x, out, mask, (mask if need_mask else None), ("cuda" if x.is_cuda else "cpu")
-
-
-def _inner_stride(out: Tensor, axis: int) -> int:
-    """Elements between consecutive channels in out's dense storage (product of sizes laid out inside axis)."""
-    return out.stride(axis) if out.size(axis) > 1 else max(1, out.numel() // max(1, out.size(axis)))
+    return x, out, mask, (mask if need_mask else None)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -220,10 +177,10 @@ def _per_tensor_impl(self, scale, zero_point, quant_min, quant_max, need_mask=Tr
 
 
 def _per_tensor_run(self, scale, zero_point, quant_min, quant_max, need_mask, pack_mask):
-    x, out, mask, kmask, flavour = _launch_args(self, need_mask, pack_mask)
+    x, out, mask, kmask = _launch_args(self, need_mask, pack_mask)
     if x.numel():
         backends.select(x, quant_min, quant_max).per_tensor(
-            x, out, kmask, scale, zero_point, None, quant_min, quant_max, flavour)
+            x, out, kmask, scale, zero_point, None, None, None, quant_min, quant_max, _flavour_of(x))
     return out, mask
 
 
@@ -235,7 +192,7 @@ def _per_tensor_fake(self, scale, zero_point, quant_min, quant_max, need_mask=Tr
 def _device_qparams(scale: Tensor, zero_point: Tensor, enabled: Optional[Tensor]):
     """Tensor qparams as the kernels read them: float32 scale, int32 zero point (floats truncate toward zero,
     as aten's CPU kernel does) and int32 flag (nonzero after truncation = on), all one element, no sync.
-    (The native eager forward converts them the same way in C++: csrc/ops/eager_autograd.h.)"""
+    (The native eager forward converts them the same way in C++: csrc/ops/fake_quant_glue.h.)"""
     s = scale.detach().reshape(1).to(torch.float32)
     z = zero_point.detach().reshape(1)
     z = (z.trunc() if z.is_floating_point() else z).to(torch.int32)
@@ -254,10 +211,11 @@ def _per_tensor_tensor_impl(self, scale, zero_point, fake_quant_enabled, quant_m
 
 
 def _per_tensor_tensor_run(self, scale, zero_point, fake_quant_enabled, quant_min, quant_max, need_mask, pack_mask):
-    x, out, mask, kmask, flavour = _launch_args(self, need_mask, pack_mask)
+    x, out, mask, kmask = _launch_args(self, need_mask, pack_mask)
     if x.numel():
         s, z, e = _device_qparams(scale, zero_point, fake_quant_enabled)
-        backends.select(x, quant_min, quant_max).per_tensor(x, out, kmask, s, z, e, quant_min, quant_max, flavour)
+        backends.select(x, quant_min, quant_max).per_tensor(x, out, kmask, 0.0, 0, s, z, e, quant_min, quant_max,
+                                                             _flavour_of(x))
     return out, mask
 
 
@@ -273,15 +231,15 @@ def _per_channel_impl(self, scale, zero_point, axis, quant_min, quant_max, need_
 
 
 def _per_channel_run(self, scale, zero_point, axis, quant_min, quant_max, need_mask, pack_mask):
-    x, out, mask, kmask, flavour = _launch_args(self, need_mask, pack_mask)
+    x, out, mask, kmask = _launch_args(self, need_mask, pack_mask)
     if x.numel():
         axis = axis % x.dim()
         s = scale.detach().to(torch.float32).contiguous()
         z = zero_point.detach()
-        use_fma = uses_fma(flavour, z.dtype)
+        use_fma = uses_fma(x.device.type, z.dtype)
         z = (z.to(torch.float32) if z.is_floating_point() else z).contiguous()
         backends.select(x, quant_min, quant_max).per_channel(
-            x, out, kmask, s, z, axis, _inner_stride(out, axis), quant_min, quant_max, flavour, use_fma)
+            x, out, kmask, s, z, _inner_stride(out, axis), quant_min, quant_max, _flavour_of(x), use_fma)
     return out, mask
 
 
@@ -413,28 +371,6 @@ def _mask_request(x: Tensor):
     return need, need and _PACK_MASKS
 
 
-_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
-_torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled
-_dispatch_modes = torch._C._len_torch_dispatch_stack
-
-
-_PLAIN_TYPES = (Tensor, torch.nn.Parameter)  # (Parameter disables __torch_function__: torch treats it as plain)
-
-
-def _plain_eager(*tensors) -> bool:
-    """Whether calling the implementations directly is indistinguishable from going through the dispatcher:
-    eager mode, no torch-function or dispatch mode and no torch.func transform active, plain tensors or
-    parameters only (as the C++ entry points decide: THPVariable_CheckExact). (Runs on every eager call: plain
-    tests and a loop, no generator, the C predicates bound once.)"""
-    if (torch.compiler.is_compiling() or _torch_function_mode_enabled() or _dispatch_modes()
-            or _functorch_active()):
-        return False
-    for t in tensors:
-        if type(t) not in _PLAIN_TYPES:
-            return False
-    return True
-
-
 def _host_flag(flag: Tensor, x: Tensor) -> Optional[bool]:
     """A one-element enable flag's value (nonzero after truncation toward zero) where reading it costs no device
     sync and no graph break: CPU tensors in plain eager mode. Else None: select with where(flag, y, x), whose
@@ -464,29 +400,40 @@ class _StraightThrough(torch.autograd.Function):
 
 class _Variant(NamedTuple):
     """One public entry: its checks, its run on checked arguments (``(x, *args, need_mask, pack_mask) -> (out,
-    mask)``), its registered op, and the name of the native backends' eager forward (``(x, *args,
-    requires_grad, pack_mask) -> out``, with the C++ autograd node: csrc/ops/eager_autograd.h)."""
+    mask)``), its registered op, the name of the native backends' eager forward on their launchers (the C++
+    autograd node: csrc/ops/fake_quant_glue.h), and that forward's call with the entry's arguments (``(op, x,
+    *args, requires_grad, pack_mask) -> out``)."""
 
     check: Callable
     run: Callable
     op: Callable
     eager: str
+    eager_call: Callable
+
+
+def _eager_per_tensor(op, x, scale, zero_point, quant_min, quant_max, requires_grad, pack_mask):
+    return op(x, scale, zero_point, None, None, None, quant_min, quant_max, requires_grad, pack_mask)
+
+
+def _eager_per_tensor_tensor(op, x, scale, zero_point, enabled, quant_min, quant_max, requires_grad, pack_mask):
+    return op(x, 0.0, 0, scale, zero_point, enabled, quant_min, quant_max, requires_grad, pack_mask)
+
+
+def _eager_per_channel(op, x, scale, zero_point, axis, quant_min, quant_max, requires_grad, pack_mask):
+    return op(x, scale, zero_point, axis, quant_min, quant_max, uses_fma(x.device.type, zero_point.dtype),
+              requires_grad, pack_mask)
 
 
 _PER_TENSOR = _Variant(_check_per_tensor_scalar, _per_tensor_run, fake_quantize_per_tensor_affine_cachemask,
-                       "per_tensor_eager")
+                       "per_tensor_eager", _eager_per_tensor)
 _PER_TENSOR_TENSOR = _Variant(_check_per_tensor_tensor, _per_tensor_tensor_run,
-                              _fake_quantize_per_tensor_affine_cachemask_tensor_qparams, "per_tensor_tensor_eager")
+                              _fake_quantize_per_tensor_affine_cachemask_tensor_qparams, "per_tensor_eager",
+                              _eager_per_tensor_tensor)
 _PER_CHANNEL = _Variant(_check_per_channel, _per_channel_run, fake_quantize_per_channel_affine_cachemask,
-                        "per_channel_eager")
+                        "per_channel_eager", _eager_per_channel)
 
 
 _PACK_MASKS = False
-
-# The C++ entry points, or None without the CPU extension. They return None for any call they leave to Python.
-_entry = _library.python_module("_C")
-_is_compiling = torch.compiler.is_compiling
-_backend_override = backends.override
 
 
 @contextlib.contextmanager
@@ -508,8 +455,8 @@ def fake_quantize_per_tensor_affine(input: Tensor, scale, zero_point, quant_min:
     to even. The mask for the backward pass is written only when ``input`` requires grad (bit-packed inside
     ``packed_masks()``).
     """
-    if _entry is not None and not _is_compiling():
-        out = _entry.fake_quantize_per_tensor_affine(input, scale, zero_point, quant_min, quant_max,
+    if _shared._entry is not None and not _is_compiling():
+        out = _shared._entry.fake_quantize_per_tensor_affine(input, scale, zero_point, quant_min, quant_max,
                                                      _backend_override(), _PACK_MASKS)
         if out is not None:
             return out
@@ -531,8 +478,8 @@ def fake_quantize_per_channel_affine(
     before (``round(x * inv + z)``), as in aten. The mask is written only when ``input`` requires grad
     (bit-packed inside ``packed_masks()``).
     """
-    if _entry is not None and not _is_compiling():
-        out = _entry.fake_quantize_per_channel_affine(input, scale, zero_point, axis, quant_min, quant_max,
+    if _shared._entry is not None and not _is_compiling():
+        out = _shared._entry.fake_quantize_per_channel_affine(input, scale, zero_point, axis, quant_min, quant_max,
                                                       _backend_override(), _PACK_MASKS)
         if out is not None:
             return out
@@ -551,7 +498,7 @@ def _call(variant: _Variant, input: Tensor, args: tuple, tensors: tuple, scale, 
     variant.check(input, *args)
     eager = getattr(backends.select(input, args[-2], args[-1]), variant.eager, None)
     if eager is not None:
-        return eager(input, *args, need, pack)
+        return variant.eager_call(eager, input, *args, need, pack)
     if not need:
         return variant.run(input, *args, False, False)[0]
     return _StraightThrough.apply(variant.run, input, pack, *args)
