@@ -29,11 +29,13 @@ class Target(NamedTuple):
 
 
 class Sums(NamedTuple):
-    """An expected output that is a sum per quantizer: checked with conftest.assert_sums_close(actual, elements,
-    reduce) (within twice the error of a float32 torch.sum of the same per-element values)."""
+    """An expected output that is a sum per quantizer, of ``dtype`` and the shape ``reduce`` gives: its values
+    checked with conftest.assert_sums_close(actual, elements, reduce) (within twice the error of a float32
+    torch.sum of the same per-element values)."""
 
     elements: torch.Tensor
     reduce: Callable[[torch.Tensor], torch.Tensor]
+    dtype: torch.dtype
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,8 @@ class Sample:
     ``expected(inputs, target)``: every output (gradients included) as the reference computes it for the
     target's flavours: a tensor (compared bit for bit; gradients by value, as their strides are autograd's
     choice) or ``Sums``. ``inputs`` are fresh ones from ``make``, without ``requires_grad``.
-    ``ops(inputs)``: ``[(registered op, args)]`` for ``torch.library.opcheck``, inputs as in ``call``; no NaN in
+    ``ops(inputs)``: ``[(registered op, args)]`` for ``torch.library.opcheck``, inputs as in ``call`` (those in
+    ``grads`` require grad); no NaN in
     the outputs (opcheck compares them with torch.testing.assert_close, where NaN differs from NaN).
     ``narrowed``: outputs rounded from float32 to the input's dtype, the only ones where bfloat16 may differ by
     1 ulp under the Triton interpreter (NumPy narrows by truncation where the GPU rounds to nearest even; README,

@@ -129,6 +129,12 @@ def _chain_call(inp):
     return {"y": qkernels.fake_quantize_per_tensor_affine(b, inp["tensor_scale"], inp["tensor_zero_point"], 0, 255)}
 
 
+def _chain_packed_call(inp):
+    """The chain keeping bit-packed masks for backward."""
+    with qkernels.packed_masks():
+        return _chain_call(inp)
+
+
 def _expected_chain(inp, target):
     f = target.flavour
     a, ma = ref.fake_quant_per_tensor(inp["x"], 0.05, 2, -128, 127, flavour=f)
@@ -258,6 +264,8 @@ SAMPLES = [
     Sample("empty", _make_empty, _empty_call, _expected_empty, grads=("x",)),
     # (no bfloat16: a 1-ulp difference of the interpreter's narrowing would move the next op's rounding)
     Sample("chain", _make_chain, _chain_call, _expected_chain, grads=("x",), compile=True,
+           dtypes=(torch.float32, torch.float16)),
+    Sample("chain_packed_masks", _make_chain, _chain_packed_call, _expected_chain, grads=("x",), compile=True,
            dtypes=(torch.float32, torch.float16)),
     Sample("cachemask_channels_last", _make_cachemask_channels_last,
            lambda inp: _with_masks(inp["x"], inp["dy"], _PER_TENSOR, 0.1, -2, -128, 127),

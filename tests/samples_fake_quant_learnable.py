@@ -76,7 +76,8 @@ class _Quantizer:
             dy.float(), x.float(), scale, zero_point, *q, self.grad_factor, zero_point_rounding=self.rounding,
             flavour=target.flavour, use_fma=uses_fma(target.launch_flavour, torch.float32), **kw)
         reduce = lambda v: lref.reduce_to_qparam(v, self.axis, self.group_size, scale.shape)  # noqa: E731
-        return torch.empty_like(layout).copy_(y), dx.to(x.dtype), Sums(ds, reduce), Sums(dz, reduce)
+        return (torch.empty_like(layout).copy_(y), dx.to(x.dtype), Sums(ds, reduce, scale.dtype),
+                Sums(dz, reduce, zero_point.dtype))
 
     def args(self):
         return (self.axis, self.group_size, self.quant_min, self.quant_max, self.grad_factor, self.rounding)
@@ -97,10 +98,10 @@ def _sample(name, quantizer, shape, seed, grads=("x", "scale", "zero_point"), la
         return {name: out[name] for name in ("y",) + tuple(f"d{n}" for n in grads)}
 
     def ops(inp):
-        x, s, z, dy = (inp[n] for n in ("x", "scale", "zero_point", "dy"))
-        tensors = (x.detach().requires_grad_(), s.detach().requires_grad_(), z.detach().requires_grad_())
-        return [(_OP, tensors + quantizer.args()), (_BACKWARD, (dy, x, s, z) + quantizer.args()),
-                (_BACKWARD, (dy, x, s, z) + quantizer.args() + (False,))]
+        x, s, z = (inp[n] for n in ("x", "scale", "zero_point"))
+        detached = (inp["dy"], x.detach(), s.detach(), z.detach())
+        return [(_OP, (x, s, z) + quantizer.args()), (_BACKWARD, detached + quantizer.args()),
+                (_BACKWARD, detached + quantizer.args() + (False,))]
 
     return Sample(name, make, lambda inp: {"y": quantizer(inp["x"], inp["scale"], inp["zero_point"])}, expected,
                   grads=grads, ops=ops if opcheck else None)
@@ -151,7 +152,7 @@ SAMPLES = [
             layout=lambda t: t.contiguous(memory_format=torch.channels_last), opcheck=True),
     _sample("per_group_transposed", _Quantizer(-1, 4, -128, 127, 0.5), (12, 8), 7,
             layout=lambda t: t.t().contiguous().t(), opcheck=True),
-    _sample("per_channel_rows_only_dx", _Quantizer(1, None, -8, 7), (300, 24), 10, grads=("x",)),
+    _sample("per_channel_rows_only_dx", _Quantizer(1, None, -8, 7), (300, 24), 10, grads=("x",), opcheck=True),
     _sample("per_channel_no_grad", _Quantizer(0, None, -8, 7), (5, 999), 13, grads=()),
     _sample("per_channel_empty", _Quantizer(1, None, -8, 7), (0, 4), 16),
     # (no bfloat16: a 1-ulp difference of the interpreter's narrowing would move the next stage's rounding)

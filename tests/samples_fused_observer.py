@@ -141,6 +141,7 @@ BAD_INPUTS = [
     _bad("`input` must be a strided tensor", input=torch.randn(3, 4).to_sparse()),
     _bad("`input` must be float32, float64, float16 or bfloat16", input=torch.ones(3, 4, dtype=torch.int32)),
     _bad("`observer_on` must be a one-element", observer_on=torch.tensor([1, 1])),
+    _bad("`observer_on` must be a one-element bool, integer or floating-point", observer_on=torch.tensor([1j])),
     _bad("`fake_quant_on` must be a one-element bool, integer or floating-point", fake_quant_on=torch.tensor([1j])),
     _bad("`running_min` must be float32", running_min=torch.tensor(math.inf, dtype=torch.float64)),
     _bad("`scale` must be float32", scale=torch.ones(1, dtype=torch.float16)),

@@ -61,11 +61,16 @@ def _cases(targets, samples, all_dtypes):
             for f, s in samples for d in (s.dtypes if all_dtypes else s.dtypes[:1])]
 
 
-def _run(sample, target, dtype, call=None):
-    """The sample's outputs on the target, the gradients named ``d<input>`` added, all detached."""
+def _inputs(sample, target, dtype):
     inputs = sample.make(target.device, dtype)
     for name in sample.grads:
         inputs[name].requires_grad_()
+    return inputs
+
+
+def _run(sample, target, dtype, call=None):
+    """The sample's outputs on the target, the gradients named ``d<input>`` added, all detached."""
+    inputs = _inputs(sample, target, dtype)
     with _on(target):
         out = dict((call or sample.call)(inputs))
         if sample.grads:
@@ -92,7 +97,10 @@ def test_matches_reference(target, sample, dtype):
     want = sample.expected(sample.make(target.device, dtype), target)
     sums = {name: w for name, w in want.items() if isinstance(w, Sums)}
     for name, w in sums.items():
-        assert_sums_close(got.pop(name), w.elements, w.reduce, name)
+        actual = got.pop(name)
+        assert actual.dtype == w.dtype and actual.shape == w.reduce(w.elements).shape, (name, actual.dtype,
+                                                                                         actual.shape)
+        assert_sums_close(actual, w.elements, w.reduce, name)
     ulp = 1 if target.interpreted and dtype == torch.bfloat16 else 0
     _compare(got, {name: w for name, w in want.items() if name not in sums}, sample, ulp=ulp)
 
@@ -107,7 +115,7 @@ def test_deterministic(target, sample, dtype):
 def test_opcheck(target, sample, dtype):
     """torch.library.opcheck's default checks (schema, autograd registration, fake kernel, AOT dispatch) of the
     registered ops' calls, their implementations running on the target."""
-    inputs = sample.make(target.device, dtype)
+    inputs = _inputs(sample, target, dtype)
     with _on(target):
         for op, args in sample.ops(inputs):
             torch.library.opcheck(op, args)
