@@ -25,10 +25,6 @@ from qkernels.reference.fake_quant import uses_fma
 ENTRY_POINTS = ((qkernels.ops, "_entry"),)
 
 
-def entry_available() -> bool:
-    return all(getattr(holder, name) is not None for holder, name in ENTRY_POINTS)
-
-
 def disable_entry(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every public call takes the Python path, as without a built qkernels._C."""
     for holder, name in ENTRY_POINTS:

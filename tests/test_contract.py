@@ -17,7 +17,6 @@ kernels round from float32 (a sample's ``narrowed``) may differ by 1 ulp under t
 narrows by truncation (NumPy) where the GPU rounds to nearest even (README, "Numerics contract").
 """
 
-import contextlib
 import importlib
 import pathlib
 import re
@@ -107,7 +106,8 @@ def test_matches_reference(target, sample, dtype):
 
 @pytest.mark.parametrize("target,sample,dtype", _cases(TARGETS, SAMPLES, False))
 def test_deterministic(target, sample, dtype):
-    """Two identical calls, the same bits: outputs, state, gradients and qparam gradient sums."""
+    """Two identical calls (the sample's first dtype), the same bits: outputs, state, gradients and qparam gradient
+    sums."""
     _compare(_run(sample, target, dtype), _run(sample, target, dtype), sample, what="second call: ")
 
 
