@@ -2,6 +2,8 @@
 
 Tolerances: none, except bfloat16 under the Triton interpreter (1 ulp): the interpreter narrows float32 to
 bfloat16 by truncation where the GPU rounds to nearest even (README, "Numerics contract").
+
+opcheck, torch.compile against eager and the bad inputs: tests/test_contract.py on tests/samples_fake_quant.py.
 """
 
 import importlib
@@ -294,130 +296,9 @@ def test_need_mask_false(device):
         qkernels.fake_quantize_per_tensor_affine_cachemask(x.requires_grad_(), 0.1, 0, -128, 127, need_mask=False)
 
 
-def test_qparams_are_not_differentiable():
-    x = torch.randn(10)
-    with pytest.raises(RuntimeError, match="not differentiable with respect to `scale`"):
-        qkernels.fake_quantize_per_tensor_affine(
-            x, torch.tensor([0.1], requires_grad=True), torch.tensor([0]), -128, 127)
-
-
 # ------------------------------------------------------------------------------------------------------
-# torch.library integration
+# bad inputs (on CPU tensors, with and without the C++ entry point: tests/samples_fake_quant.py)
 # ------------------------------------------------------------------------------------------------------
-def _op_samples(device):
-    x = torch.randn(3, 8, device=device, requires_grad=True)
-    s = torch.rand(3, device=device) + 0.1
-    zp = torch.tensor([0, 1, -2], dtype=torch.int32, device=device)
-    yield torch.ops.qkernels.fake_quantize_per_tensor_affine_cachemask, (x, 0.1, 1, -128, 127)
-    yield torch.ops.qkernels.fake_quantize_per_tensor_affine_cachemask, (x.detach(), 0.1, 1, -128, 127, False)
-    yield torch.ops.qkernels._fake_quantize_per_tensor_affine_cachemask_tensor_qparams, (
-        x, torch.tensor([0.1], device=device), torch.tensor([1], dtype=torch.int32, device=device),
-        torch.tensor([1], device=device), -128, 127)
-    yield torch.ops.qkernels.fake_quantize_per_channel_affine_cachemask, (x, s, zp, 0, -128, 127)
-    yield torch.ops.qkernels.fake_quantize_per_channel_affine_cachemask, (x, s, zp.float(), -2, -128, 127)
-    yield torch.ops.qkernels.fake_quantize_per_channel_affine_cachemask, (x, s, zp, -1 + 1, -128, 127, True, True)
-    yield torch.ops.qkernels.fake_quantize_cachemask_backward, (
-        torch.randn(3, 8, device=device, requires_grad=True), torch.rand(3, 8, device=device) > 0.5)
-    yield torch.ops.qkernels.fake_quantize_cachemask_backward, (
-        torch.randn(3, 7, device=device, requires_grad=True),
-        torch.randint(0, 256, (3,), dtype=torch.uint8, device=device))
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_opcheck(device):
-    for op, args in _op_samples(device):
-        torch.library.opcheck(op, args)
-
-
-@pytest.mark.parametrize("packed", [False, True])
-@pytest.mark.parametrize("device,backend", [(d, b) for d, b in CASES if b != "reference"])
-def test_compile_fullgraph_matches_eager(device, backend, packed):
-    s = torch.rand(4, device=device) + 0.05
-    zp = torch.tensor([0, 3, -4, 9], dtype=torch.int32, device=device)
-    scale_t = torch.tensor([0.05], device=device)
-    zp_t = torch.tensor([2], dtype=torch.int32, device=device)
-
-    def f(x):
-        a = qkernels.fake_quantize_per_tensor_affine(x, 0.05, 2, -128, 127)
-        b = qkernels.fake_quantize_per_channel_affine(a * 2, s, zp, 0, -128, 127)
-        return qkernels.fake_quantize_per_tensor_affine(b, scale_t, zp_t, 0, 255)
-
-    torch._dynamo.reset()
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager" if device == "cpu" else "inductor")
-    x0 = make_input(31, (4, 37), 0.05, 2, -128, 127, torch.float32, device, specials=False)
-    grad = torch.randn(4, 37, device=device)  # f has no reduction: Inductor may sum in another order
-    with qkernels.use_backend(backend), qkernels.packed_masks(packed):
-        xa, xb = x0.clone().requires_grad_(), x0.clone().requires_grad_()
-        ya, yb = f(xa), compiled(xb)
-        ya.backward(grad)
-        yb.backward(grad)
-    assert_bitwise_equal(yb.detach(), ya.detach())
-    assert_bitwise_equal(xb.grad, xa.grad)
-
-
-# ------------------------------------------------------------------------------------------------------
-# bad inputs
-# ------------------------------------------------------------------------------------------------------
-BAD_CALLS = [
-    ("`input` must be float32", lambda x: qkernels.fake_quantize_per_tensor_affine(x.int(), 0.1, 0, 0, 255)),
-    ("`quant_min` should be less than or equal to `quant_max`",
-     lambda x: qkernels.fake_quantize_per_tensor_affine(x, 0.1, 0, 5, 4)),
-    ("`input` must be a strided tensor, got torch.sparse_coo",
-     lambda x: qkernels.fake_quantize_per_tensor_affine(x.to_sparse(), 0.1, 0, 0, 255)),
-    ("`input` must be a strided tensor, got a nested tensor", lambda x: qkernels.fake_quantize_per_channel_affine(
-        torch.nested.nested_tensor([x[0], x[1, :2]]), torch.ones(2), torch.zeros(2, dtype=torch.int32), 0, 0, 255)),
-    ("`zero_point` must be between", lambda x: qkernels.fake_quantize_per_tensor_affine(x, 0.1, 300, 0, 255)),
-    ("`scale` must be a positive finite", lambda x: qkernels.fake_quantize_per_tensor_affine(x, 0.0, 0, 0, 255)),
-    ("`scale` must be a positive finite", lambda x: qkernels.fake_quantize_per_tensor_affine(x, -1.0, 0, 0, 255)),
-    ("`scale` must be a positive finite",
-     lambda x: qkernels.fake_quantize_per_tensor_affine(x, math.inf, 0, 0, 255)),
-    ("`scale` must be a positive finite",
-     lambda x: qkernels.fake_quantize_per_tensor_affine(x, math.nan, 0, 0, 255)),
-    ("`scale` must have exactly 1 element", lambda x: qkernels.fake_quantize_per_tensor_affine(
-        x, torch.ones(2), torch.zeros(1, dtype=torch.int32), 0, 255)),
-    ("`scale` must be a floating-point", lambda x: qkernels.fake_quantize_per_tensor_affine(
-        x, torch.ones(1, dtype=torch.int32), torch.zeros(1, dtype=torch.int32), 0, 255)),
-    ("`scale` must be positive and finite", lambda x: qkernels.fake_quantize_per_tensor_affine(
-        x, torch.zeros(1), torch.zeros(1, dtype=torch.int32), 0, 255)),
-    ("`quant_min` should be less than", lambda x: qkernels.fake_quantize_per_tensor_affine(
-        x, torch.ones(1), torch.zeros(1, dtype=torch.int32), 9, 8)),
-    ("both be Tensors", lambda x: qkernels.fake_quantize_per_tensor_affine(x, torch.ones(1), 0, 0, 255)),
-    ("`scale` must be Float or BFloat16", lambda x: qkernels.fake_quantize_per_channel_affine(
-        x, torch.ones(4, dtype=torch.float64), torch.zeros(4, dtype=torch.int32), 0, 0, 255)),
-    ("`zero_point` must be Int32, Float or Half", lambda x: qkernels.fake_quantize_per_channel_affine(
-        x, torch.ones(4), torch.zeros(4, dtype=torch.int64), 0, 0, 255)),
-    ("`scale` should be a 1-D", lambda x: qkernels.fake_quantize_per_channel_affine(
-        x, torch.ones(4, 1), torch.zeros(4, dtype=torch.int32), 0, 0, 255)),
-    ("`zero_point` should be a 1-D", lambda x: qkernels.fake_quantize_per_channel_affine(
-        x, torch.ones(4), torch.zeros(4, 1, dtype=torch.int32), 0, 0, 255)),
-    ("same number of elements", lambda x: qkernels.fake_quantize_per_channel_affine(
-        x, torch.ones(4), torch.zeros(3, dtype=torch.int32), 0, 0, 255)),
-    ("has 5 channels along axis 1", lambda x: qkernels.fake_quantize_per_channel_affine(
-        x, torch.ones(4), torch.zeros(4, dtype=torch.int32), 1, 0, 255)),
-    ("`axis` must be in", lambda x: qkernels.fake_quantize_per_channel_affine(
-        x, torch.ones(4), torch.zeros(4, dtype=torch.int32), 2, 0, 255)),
-    ("`zero_point` must be between", lambda x: qkernels.fake_quantize_per_channel_affine(
-        x, torch.ones(4), torch.tensor([0, 1, 256, 3], dtype=torch.int32), 0, 0, 255)),
-    ("`scale` must be positive and finite", lambda x: qkernels.fake_quantize_per_channel_affine(
-        x, torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.zeros(4, dtype=torch.int32), 0, 0, 255)),
-    ("`mask` must be bool", lambda x: qkernels.fake_quantize_cachemask_backward(x, x)),
-    ("a packed mask needs 3 bytes", lambda x: qkernels.fake_quantize_cachemask_backward(
-        x, torch.zeros(2, dtype=torch.uint8))),
-
-    ("not the same size", lambda x: qkernels.fake_quantize_cachemask_backward(x, torch.ones(3, dtype=torch.bool))),
-]
-
-
-@pytest.mark.parametrize("entry", [True, False], ids=["cpp entry", "python only"])
-@pytest.mark.parametrize("match,call", BAD_CALLS, ids=[m for m, _ in BAD_CALLS])
-def test_bad_inputs(match, call, entry, monkeypatch):
-    """Raised by the Python checks, whether or not the C++ entry is there (it leaves bad calls to them)."""
-    if not entry:
-        monkeypatch.setattr(_shared, "_entry", None)
-    with pytest.raises(RuntimeError, match=match.replace("`", "`").replace("(", r"\(")):
-        call(torch.randn(4, 5))
-
-
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 def test_bad_device():
     x = torch.randn(4, device="cuda")

@@ -5,6 +5,9 @@ against the reference). dscale/dzero_point are sums, formed in another order tha
 within twice the error of a float32 ``torch.sum`` of the same per-element values (measured against the
 float64 sum, relative to the sums' magnitudes: conftest.assert_sums_close), and never need to beat one float32
 ulp of the exact result (any float32 result may be half an ulp off).
+
+opcheck, torch.compile against eager and the bad inputs: tests/test_contract.py on
+tests/samples_fake_quant_learnable.py.
 """
 
 import importlib
@@ -506,98 +509,3 @@ def test_lsq_grad_factor():
     assert qkernels.lsq_grad_factor(1000, 127) == 1.0 / math.sqrt(127000)
     with pytest.raises(ValueError, match="numel > 0"):
         qkernels.lsq_grad_factor(0, 127)
-
-
-def _op_samples(device):
-    x = torch.randn(3, 8, device=device, requires_grad=True)
-    s = (torch.rand(3, device=device) + 0.1).requires_grad_()
-    zp = torch.tensor([0.4, 1.5, -2.0], device=device, requires_grad=True)
-    one_s, one_z = torch.tensor([0.1], device=device, requires_grad=True), torch.tensor([2.5], device=device)
-    gs, gz = torch.rand(3, 2, device=device) + 0.1, torch.zeros(3, 2, device=device)
-    op, bwd = torch.ops.qkernels.fake_quantize_learnable, torch.ops.qkernels.fake_quantize_learnable_backward
-    yield op, (x, one_s, one_z, None, None, -128, 127, 0.5)
-    yield op, (x, s, zp, 0, None, -128, 127, 1.0, "consistent")
-    yield op, (x, gs.requires_grad_(), gz, 1, 4, 0, 255, 1.0)
-    yield bwd, (torch.randn(3, 8, device=device), x.detach(), s.detach(), zp.detach(), 0, None, -8, 7, 1.0, "torch")
-    yield bwd, (torch.randn(3, 8, device=device), x.detach(), s.detach(), zp.detach(), -2, None, -8, 7, 1.0,
-                "torch", False)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_opcheck(device):
-    for op, args in _op_samples(device):
-        torch.library.opcheck(op, args)
-
-
-@pytest.mark.parametrize("device,backend", [(d, b) for d, b in CASES if b != "reference"])
-def test_compile_fullgraph_matches_eager(device, backend):
-    def f(x, s, z, sc, zc, sg, zg):
-        a = qkernels.fake_quantize_learnable_per_tensor_affine(x, s, z, -128, 127, 0.5)
-        b = qkernels.fake_quantize_learnable_per_channel_affine(a * 2, sc, zc, 1, -8, 7)
-        return qkernels.fake_quantize_learnable_per_group_affine(b, sg, zg, 1, 4, 0, 15)
-
-    torch._dynamo.reset()
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager" if device == "cpu" else "inductor")
-    g = torch.Generator().manual_seed(0)
-    x0 = (torch.randn(6, 8, generator=g) * 0.3).to(device)
-    params = [torch.tensor([0.02]), torch.tensor([1.5]), torch.rand(8, generator=g) + 0.1, torch.zeros(8),
-              torch.rand(6, 2, generator=g) * 0.1 + 0.05, torch.full((6, 2), 3.0)]
-    params = [p.to(device) for p in params]
-    grad = torch.randn(6, 8, generator=g).to(device)
-    with qkernels.use_backend(backend):
-        eager_in = [t.clone().requires_grad_() for t in [x0] + params]
-        comp_in = [t.clone().requires_grad_() for t in [x0] + params]
-        f(*eager_in).backward(grad)
-        compiled(*comp_in).backward(grad)
-    for a, b in zip(eager_in, comp_in):
-        assert_bitwise_equal(b.grad, a.grad)
-
-
-BAD_CALLS = [
-    ("`input` must be float32", lambda x: qkernels.fake_quantize_learnable_per_tensor_affine(
-        x.int(), torch.ones(1), torch.zeros(1), 0, 255)),
-    ("`input` must be a strided tensor", lambda x: qkernels.fake_quantize_learnable_per_tensor_affine(
-        x.to_sparse_csr(), torch.ones(1), torch.zeros(1), 0, 255)),
-    ("must have exactly one element", lambda x: qkernels.fake_quantize_learnable_per_tensor_affine(
-        x, torch.ones(2), torch.zeros(2), 0, 255)),
-    ("must have the same shape", lambda x: qkernels.fake_quantize_learnable_per_channel_affine(
-        x, torch.ones(4), torch.zeros(3), 0, 0, 255)),
-    ("must be 1-D with 4 elements", lambda x: qkernels.fake_quantize_learnable_per_channel_affine(
-        x, torch.ones(5), torch.zeros(5), 0, 0, 255)),
-    ("`axis` must be in", lambda x: qkernels.fake_quantize_learnable_per_channel_affine(
-        x, torch.ones(4), torch.zeros(4), 2, 0, 255)),
-    (r"`group_size` \(2\) must divide `input.size\(1\)` \(5\)",
-     lambda x: qkernels.fake_quantize_learnable_per_group_affine(x, torch.ones(4, 2), torch.zeros(4, 2), 1, 2, 0,
-                                                                 255)),
-    ("`group_size` must be positive", lambda x: qkernels.fake_quantize_learnable_per_group_affine(
-        x, torch.ones(4, 1), torch.zeros(4, 1), 1, 0, 0, 255)),
-    (r"must have shape \(4, 1\)", lambda x: qkernels.fake_quantize_learnable_per_group_affine(
-        x, torch.ones(4), torch.zeros(4), 1, 5, 0, 255)),
-    ("`quant_min` should be less than or equal to `quant_max`",
-     lambda x: qkernels.fake_quantize_learnable_per_tensor_affine(x, torch.ones(1), torch.zeros(1), 5, 4)),
-    ("the quantization range should include 0",
-     lambda x: qkernels.fake_quantize_learnable_per_tensor_affine(x, torch.ones(1), torch.zeros(1), 1, 4)),
-    ("`scale` must be positive and finite", lambda x: qkernels.fake_quantize_learnable_per_channel_affine(
-        x, torch.tensor([1.0, -1.0, 1.0, 1.0]), torch.zeros(4), 0, 0, 255)),
-    ("`zero_point` must not be NaN", lambda x: qkernels.fake_quantize_learnable_per_tensor_affine(
-        x, torch.ones(1), torch.tensor([math.nan]), 0, 255)),
-    ("`zero_point` must not be NaN", lambda x: qkernels.fake_quantize_learnable_per_channel_affine(
-        x, torch.ones(4), torch.tensor([0.0, math.nan, 1.0, 2.0]), 0, -128, 127)),
-    ("`scale` must be a floating-point", lambda x: qkernels.fake_quantize_learnable_per_tensor_affine(
-        x, torch.ones(1, dtype=torch.int32), torch.zeros(1), 0, 255)),
-    ("`grad_factor` must be finite", lambda x: qkernels.fake_quantize_learnable_per_tensor_affine(
-        x, torch.ones(1), torch.zeros(1), 0, 255, math.nan)),
-    ("`zero_point_rounding` must be one of", lambda x: qkernels.fake_quantize_learnable_per_tensor_affine(
-        x, torch.ones(1), torch.zeros(1), 0, 255, zero_point_rounding="nearest")),
-    ("`X` and `dY` are not the same size", lambda x: torch.ops.qkernels.fake_quantize_learnable_backward(
-        x[:2], x, torch.ones(1), torch.zeros(1), None, None, 0, 255, 1.0, "torch")),
-]
-
-
-@pytest.mark.parametrize("entry", [True, False], ids=["cpp entry", "python only"])
-@pytest.mark.parametrize("match,call", BAD_CALLS, ids=[m for m, _ in BAD_CALLS])
-def test_bad_inputs(match, call, entry, monkeypatch):
-    if not entry:
-        monkeypatch.setattr(_shared, "_entry", None)
-    with pytest.raises(RuntimeError, match=match):
-        call(torch.randn(4, 5))

@@ -4,6 +4,9 @@ Bit-exact (torch.equal, dtypes included) over several steps with the observer an
 ``qparams="fused"`` against ``torch.fused_moving_avg_obs_fake_quant`` (CPU; torch's CPU op observes
 per-channel stats on axis 0 only), ``qparams="observer"`` against the unfused torch.ao
 ``FakeQuantize(MovingAverage*MinMaxObserver)``.
+
+One step on every backend against the reference, opcheck of the update op, a compiled step and the bad inputs:
+tests/test_contract.py on tests/samples_fused_observer.py.
 """
 
 import contextlib
@@ -485,13 +488,6 @@ def test_compile_fullgraph_matches_eager():
         assert all(torch.equal(a, b) for a, b in zip(eager_state, comp_state)), f"step {i}: state"
 
 
-def test_opcheck_update():
-    args = (torch.randn(3, 4), torch.tensor([1]), torch.tensor([1]), torch.full((4,), math.inf),
-            torch.full((4,), -math.inf), torch.ones(4), torch.zeros(4, dtype=torch.int32), 0.1, 0, 255, 1, True, False,
-            "fused", 1e-7, 0)
-    torch.library.opcheck(torch.ops.qkernels._fused_observer_update, args)
-
-
 def test_patch_routes_fused_module():
     """torch.ao's FusedMovingAvgObsFakeQuantize (per-tensor and per-channel) runs on qkernels under the patch."""
     import torch.ao.quantization as tq
@@ -505,33 +501,6 @@ def test_patch_routes_fused_module():
                 got = patched(x)
             assert torch.equal(got, want), f"step {step}"
             assert all(torch.equal(a, b) for a, b in zip(patched.state_dict().values(), stock.state_dict().values()))
-
-
-BAD = [
-    ("`input` must be a strided tensor", dict(input=torch.randn(3, 4).to_sparse())),
-    ("`observer_on` must be a one-element", dict(observer_on=torch.tensor([1, 1]))),
-    ("`running_min` must be float32", dict(running_min=torch.tensor(math.inf, dtype=torch.float64))),
-    ("`zero_point` must be int32 or int64", dict(zero_point=torch.zeros(1))),
-    ("`qparams` must be one of", dict(qparams="minmax")),
-    (r"`scale` must have 1 element\(s\) for per-tensor", dict(scale=torch.ones(2))),
-    ("`ch_axis` must be in", dict(ch_axis=3, per_row_fake_quant=True, running_min=torch.full((3,), math.inf),
-                                  running_max=torch.full((3,), -math.inf), scale=torch.ones(3),
-                                  zero_point=torch.zeros(3, dtype=torch.int32))),
-    ("`quant_min` should be less than or equal", dict(quant_min=5, quant_max=4)),
-]
-
-
-@pytest.mark.parametrize("entry", [True, False], ids=["cpp entry", "python only"])
-@pytest.mark.parametrize("match,override", BAD, ids=[m for m, _ in BAD])
-def test_op_bad_inputs(match, override, entry, monkeypatch):
-    if not entry:
-        monkeypatch.setattr(_shared, "_entry", None)
-    args = dict(observer_on=torch.tensor([1]), fake_quant_on=torch.tensor([1]), running_min=torch.tensor(math.inf),
-                running_max=torch.tensor(-math.inf), scale=torch.ones(1), zero_point=torch.zeros(1, dtype=torch.int32),
-                averaging_const=0.1, quant_min=0, quant_max=255, ch_axis=0, input=torch.randn(3, 4))
-    args.update(override)
-    with pytest.raises(RuntimeError, match=match):
-        qkernels.fused_moving_avg_obs_fake_quant(**args)
 
 
 FLAG_DTYPES = [torch.bool, torch.int8, torch.uint8, torch.int16, torch.uint16, torch.int32, torch.uint32, torch.int64,
@@ -560,12 +529,6 @@ def test_flags_truncate_toward_zero_like_torch_cpu(backend, flag_dtype, flag):
         return
     want = torch.fused_moving_avg_obs_fake_quant(x, value.double(), value.double(), *torch_state, 0.1, 0, 255, 0)
     assert torch.equal(got, want) and all(torch.equal(a, b) for a, b in zip(our_state, torch_state))
-
-
-def test_flag_dtype_outside_the_kernels_is_rejected():
-    with pytest.raises(RuntimeError, match="`observer_on` must be a one-element bool, integer or floating-point"):
-        qkernels.fused_moving_avg_obs_fake_quant(torch.randn(3), torch.tensor([1j]), torch.tensor([1]),
-                                                 *fresh_state(False), 0.1, 0, 255, 0)
 
 
 def test_bad_arguments_leave_empty_per_channel_state_untouched():
