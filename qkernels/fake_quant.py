@@ -319,11 +319,11 @@ def _backward(ctx, grad_out, grad_mask):
 
 def _setup_backward(ctx, inputs, output):
     ctx.save_for_backward(inputs[1])
+    ctx.out_stride = output.stride()  # a packed mask's bits follow this layout (empty_like(grad)'s)
 
 
 def _backward_of_backward(ctx, grad_grad):
-    (mask,) = ctx.saved_tensors
-    return torch.ops.qkernels.fake_quantize_cachemask_backward(grad_grad, mask), None
+    return _grad_input(ctx, grad_grad, torch.ops.qkernels.fake_quantize_cachemask_backward), None
 
 
 # ----------------------------------------------------------------------------------------------------------
