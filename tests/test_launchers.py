@@ -24,7 +24,7 @@ FAMILIES = sorted(
 
 
 def test_every_family_declares_a_contract():
-    assert FAMILIES == ["fake_quant", "fake_quant_learnable", "fused_observer"]
+    assert {"fake_quant", "fake_quant_learnable", "fused_observer"} <= set(FAMILIES)
     for family in FAMILIES:
         contract = importlib.import_module(f"qkernels.{family}").LAUNCHERS
         assert contract.family == family and contract.launchers
