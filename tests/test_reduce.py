@@ -120,8 +120,9 @@ def _specials(x: torch.Tensor, seed: int) -> torch.Tensor:
     return x
 
 
-# (x shape, channel axis or None per tensor): run mode per tensor and per channel, row mode (channels last)
-OBSERVER_CASES = [((70000,), None), ((3, 7, 5000), 1), ((1300, 48), 1), ((20, 5, 3000), 0)]
+# (x shape, channel axis or None per tensor): run mode per tensor and per channel (one block per channel; several
+# blocks of rows), row mode (channels last), run mode along the first axis
+OBSERVER_CASES = [((70000,), None), ((3, 7, 5000), 1), ((40, 6, 900), 1), ((1300, 48), 1), ((20, 5, 3000), 0)]
 
 
 def _observe(backend, x, ch_axis):

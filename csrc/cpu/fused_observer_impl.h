@@ -53,7 +53,9 @@ void minmax_columns(const T* __restrict__ row, int64_t channels, float* __restri
 
 // Work items [begin, end) of the layout k (qkernels/reduce.h), partials [P, C].
 //   row mode: item p folds rows [p * rows, p * rows + rows) of every channel, row by row;
-//   run mode: item c * P + p, p = ob * n_ib + ib, folds the chunk of each of its rows in turn.
+//   run mode: item p * C + c (the index of its partial) folds the chunk of each of its rows in turn. A range of
+//     items of one p is walked row by row across its channels, in storage order; each partial still sees its
+//     rows in order, so it does not depend on how the items are split.
 template <typename T>
 void minmax_items(const ObserverParams& p, const ReduceBlocks& k, int64_t begin, int64_t end, MinMax* partials) {
   const T* x = static_cast<const T*>(p.x);
@@ -69,14 +71,17 @@ void minmax_items(const ObserverParams& p, const ReduceBlocks& k, int64_t begin,
     }
     return;
   }
-  for (int64_t item = begin; item < end; ++item) {
-    const int64_t c = item / k.P, part = item % k.P;
+  for (int64_t item = begin; item < end;) {
+    const int64_t part = item / C, c0 = item % C, c1 = std::min(C, c0 + (end - item));
     const int64_t ob = part / k.n_ib, ib = part % k.n_ib;
     const int64_t i0 = ib * k.chunk, n = std::min(I, i0 + k.chunk) - i0;
-    MinMax m = MinMaxCombine::identity();
+    MinMax* m = partials + part * C;
+    std::fill(m + c0, m + c1, MinMaxCombine::identity());
     const int64_t o1 = std::min(O, (ob + 1) * k.rows);
-    for (int64_t o = ob * k.rows; o < o1; ++o) m = minmax_run<T>(x + (o * C + c) * I + i0, n, m);
-    partials[part * C + c] = m;
+    for (int64_t o = ob * k.rows; o < o1; ++o) {
+      for (int64_t c = c0; c < c1; ++c) m[c] = minmax_run<T>(x + (o * C + c) * I + i0, n, m[c]);
+    }
+    item += c1 - c0;
   }
 }
 
