@@ -7,16 +7,9 @@
 #include <initializer_list>
 
 #include "qkernels/reduce.h"
+#include "host_check.h"
 
 using namespace qkernels;
-
-static int failures = 0;
-#define CHECK(cond, ...)                              \
-  do {                                                \
-    if (!(cond)) {                                    \
-      if (++failures <= 20) std::printf(__VA_ARGS__); \
-    }                                                 \
-  } while (0)
 
 static bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof(a)) == 0 || (a != a && b != b); }
 
@@ -73,10 +66,5 @@ int main() {
   const MinMax f = finish<MinMaxCombine>(parts, 3, 1);
   CHECK(same_bits(f.lo, -3.0f) && same_bits(f.hi, INFINITY), "minmax finish\n");
 
-  if (failures) {
-    std::printf("%d failures\n", failures);
-    return 1;
-  }
-  std::printf("reduce: all checks passed\n");
-  return 0;
+  return report();
 }
