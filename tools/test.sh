@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: torch-free build of every kernel source with warnings as errors (the CUDA kernels for
-# sm_80 and sm_90a when nvcc is present), the host test of the shared math header (ctest), then pytest.
+# sm_80 and sm_90a when nvcc is present), the host tests (ctest: the shared math header, the reduction layer,
+# the CUDA emulator), then pytest.
 # Without a GPU, pytest runs the Triton kernels under TRITON_INTERPRET=1; with one, compiled on the device,
 # and the CUDA-only tests run too. Expects tools/setup.sh to have run.
 set -euo pipefail

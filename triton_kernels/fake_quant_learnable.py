@@ -18,15 +18,17 @@ Per element, with r = rne(x * inv), bounds lo = qmin, hi = qmax and an integral 
   inside: ds = ((dy * d) * inv) * gf, d = fma(level - zb, s, -x) (or two roundings), dz = 0;
   below/above: ds = (dy * ((lo or hi) - zb)) * gf, dz = ((dy * -1) * s) * gf.
 
-Blocking. Both passes visit each quantizer's elements in 2-D tiles of _BLOCK elements, so every program
-loads its scale and zero point once (no per-element index division or reciprocal), in one of three modes:
+Blocking. The qparam sums follow the reduction layer: its block layout (``qkernels.reference.reduce.
+make_blocks``, rows rounded to the row tile), its Sum combine (``_reduce.sum_lanes``) and its finish
+(``reduce_partials``). Both passes visit each quantizer's elements in 2-D tiles of _BLOCK elements, so every
+program loads its scale and zero point once (no per-element index division or reciprocal), in one of three modes:
 
-* segment (O == 1, I <= _BLOCK): each quantizer is one contiguous run of I elements; a program takes
-  _BLOCK // pow2(I) whole quantizers, one per tile row, and sums each row (P = 1);
-* row (I == 1, C > 1, O > 1): each row of C elements holds C quantizers; a program takes a column tile of
-  C and `rows` rows and sums each column, writing partial[b, p, c] (P = cdiv(O, rows), rows >= 64);
-* run (otherwise): a program takes one quantizer, `rows` of its O runs and a `chunk` of I, tiled
-  [ROWS_T, BLOCK_I], and sums the whole tile (P = cdiv(O, rows) * cdiv(I, chunk)).
+* segment (O == 1, I <= _BLOCK): each quantizer is one contiguous run of I elements, one block (P = 1); a
+  program takes _BLOCK // pow2(I) whole quantizers, one per tile row, and sums each row;
+* row (the layout's row mode, I == 1, C > 1): each row of C elements holds C quantizers; a program takes a
+  column tile of C and the `rows` rows of block p and sums each column, writing partial[b, p, c];
+* run (the layout's run mode otherwise): a program takes one block, `rows` of a quantizer's O runs and a
+  `chunk` of I, tiled [ROWS_T, BLOCK_I], and sums the whole tile.
 
 The backward pass writes float32 partials [B, P, C] whose sum over P is dscale / dzero_point. Each partial
 is one program's sum in a fixed order, so results are deterministic, with no atomics: every lane of the
@@ -45,6 +47,8 @@ import triton.language as tl
 
 from ..enums import Flavour, ZpRule
 from ..reference.fake_quant_learnable import no_qparam_grads, reduce_partials
+from ..reference.reduce import make_blocks
+from ._reduce import sum_lanes
 from .fake_quant import _clamp_nan_low, _flat, _round_half_even
 
 __all__ = ["forward", "backward"]
@@ -129,14 +133,6 @@ def _backward_tile(x_ptr, dy_ptr, dx_ptr, offs, m, s, inv, zb, lo, hi, gf,
 
 
 @triton.jit
-def _sum(acc, AXIS: tl.constexpr):
-    # The lanes (each a float32 sum of at most 8 terms) are added in float64 and rounded once, so the
-    # accuracy does not depend on the order of the tree (or of the interpreter's numpy, which adds a
-    # strided axis sequentially).
-    return tl.sum(acc.to(tl.float64), axis=AXIS).to(tl.float32)
-
-
-@triton.jit
 def _segment_kernel(
     x_ptr, dy_ptr, out_ptr, scale_ptr, zp_ptr, ds_ptr, dz_ptr, n_q, I, quant_min, quant_max, grad_factor,
     FORWARD: tl.constexpr, FLOAT_LEVEL: tl.constexpr, RULE: tl.constexpr, USE_FMA: tl.constexpr,
@@ -162,8 +158,8 @@ def _segment_kernel(
         ds, dz = _backward_tile(x_ptr, dy_ptr, out_ptr, offs, m, s[:, None], inv[:, None], z[:, None], lo, hi,
                                 gf, FLOAT_LEVEL, USE_FMA)
         if NEED_Q:  # P == 1: partial [b, 0, c] is at q
-            tl.store(ds_ptr + q, _sum(ds, 1), mask=qm)
-            tl.store(dz_ptr + q, _sum(dz, 1), mask=qm)
+            tl.store(ds_ptr + q, sum_lanes(ds, 1), mask=qm)
+            tl.store(dz_ptr + q, sum_lanes(dz, 1), mask=qm)
 
 
 @triton.jit
@@ -206,8 +202,8 @@ def _row_kernel(
                 acc_z += dz
     if NEED_Q:
         part = (b * P + p) * C + c
-        tl.store(ds_ptr + part, _sum(acc_s, 0), mask=cm)
-        tl.store(dz_ptr + part, _sum(acc_z, 0), mask=cm)
+        tl.store(ds_ptr + part, sum_lanes(acc_s, 0), mask=cm)
+        tl.store(dz_ptr + part, sum_lanes(acc_z, 0), mask=cm)
 
 
 @triton.jit
@@ -254,8 +250,8 @@ def _run_kernel(
                     acc_z += dz
     if NEED_Q:
         part = (b * P + p) * C + c
-        tl.store(ds_ptr + part, _sum(acc_s, None))
-        tl.store(dz_ptr + part, _sum(acc_z, None))
+        tl.store(ds_ptr + part, sum_lanes(acc_s, None))
+        tl.store(dz_ptr + part, sum_lanes(acc_z, None))
 
 
 def _plan(dims):
@@ -271,20 +267,17 @@ def _plan(dims):
     if I == 1 and C > 1:
         block_c = min(triton.next_power_of_2(C), 256)
         rows_t = _BLOCK // block_c
-        # At least 64 rows per partial keeps the partials within numel / 64 (plus one row of them).
-        rows = max(64, rows_t * (target // _BLOCK))
-        P = triton.cdiv(O, rows)
+        blocks = make_blocks(dims, target, rows_multiple=rows_t)
         n_ct = triton.cdiv(C, block_c)
-        return (_row_kernel, (B * P * n_ct,), (O, C, P, n_ct, rows), dict(ROWS_T=rows_t, BLOCK_C=block_c), P)
+        return (_row_kernel, (B * blocks.P * n_ct,), (O, C, blocks.P, n_ct, blocks.rows),
+                dict(ROWS_T=rows_t, BLOCK_C=block_c), blocks.P)
     block_i = min(_BLOCK, triton.next_power_of_2(I))
     rows_t = _BLOCK // block_i
-    # A chunk shorter than I is a multiple of BLOCK_I (target and BLOCK_I are powers of 2); rows: as many
-    # row tiles as keep the program at about target // _BLOCK tiles.
-    chunk = min(I, target)
-    rows = rows_t * max(1, (target // _BLOCK) // triton.cdiv(chunk, block_i))
-    n_ib = triton.cdiv(I, chunk)
-    P = triton.cdiv(O, rows) * n_ib
-    return (_run_kernel, (B * C * P,), (O, C, I, P, n_ib, rows, chunk), dict(ROWS_T=rows_t, BLOCK_I=block_i), P)
+    # A chunk shorter than I is target, a multiple of BLOCK_I (both are powers of 2); rows: a multiple of the
+    # row tile, as many as keep the program at about target elements.
+    blocks = make_blocks(dims, target, rows_multiple=rows_t)
+    return (_run_kernel, (B * C * blocks.P,), (O, C, I, blocks.P, blocks.n_ib, blocks.rows, blocks.chunk),
+            dict(ROWS_T=rows_t, BLOCK_I=block_i), blocks.P)
 
 
 def _launch(plan, x, dy, out, scale, zero_point, ds, dz, quant_min, quant_max, grad_factor, **flags):

@@ -35,12 +35,11 @@ them; float16/bfloat16 flags are widened to float32, which is exact):
 2. finish: a program takes BLOCK_CH channels, folds their P partials (only while observing), applies the
    moving average and writes running_min/max (while observing) and scale/zero_point (while recomputing).
 
-Min and max do not depend on the order of folding, so the results are exact for any split. Each lane folds
-its values with NaN sticking (nothing compares below or above a NaN); the lanes are then reduced with
-``tl.min``/``tl.max`` over NaN-free values plus a separate any-NaN flag, since those reductions do not
-propagate NaN on the GPU and a ``tl.reduce`` with a custom combine runs element by element in Python under
-the interpreter. Like torch.aminmax, which of -0.0 and +0.0 a min/max of both returns is unspecified (the
-values compare equal; no qparam depends on the sign).
+The min/max is the reduction layer's MinMax kind (``_reduce.py``: ``minmax_fold`` folds a tile into lanes with
+NaN sticking, ``minmax_lanes`` reduces the lanes), in the partials and in the finish. Min and max do not depend
+on the order of folding, so the results are exact for any split (this module's split is sized by program
+counts). Like torch.aminmax, which of -0.0 and +0.0 a min/max of both returns is unspecified (the values compare
+equal; no qparam depends on the sign).
 
 Exactness: compiled with ``enable_fp_fusion=False`` (the moving average of flavour Cpu must round twice,
 the rounding tricks rely on plain adds), float32 divisions use ``div_rn``, float64 ones ``/`` (IEEE on the
@@ -54,6 +53,7 @@ import triton
 import triton.language as tl
 
 from ..enums import Flavour, QParamsMode
+from ._reduce import minmax_fold, minmax_lanes
 from .fake_quant import _flat, _round_half_even
 
 __all__ = ["update"]
@@ -80,25 +80,6 @@ def _flag_on(ptr):
 
 
 @triton.jit
-def _fold(lo, hi, vlo, vhi, m):
-    # A NaN sticks in its lane: nothing compares below or above it.
-    lo = tl.where(m & ((vlo != vlo) | (vlo < lo)), vlo, lo)
-    hi = tl.where(m & ((vhi != vhi) | (vhi > hi)), vhi, hi)
-    return lo, hi
-
-
-@triton.jit
-def _reduce(lo, hi, AXIS: tl.constexpr):
-    """NaN-propagating (min, max) of the folded lanes along AXIS (None: all)."""
-    nan_lo = lo != lo
-    nan_hi = hi != hi
-    has_nan = tl.max((nan_lo | nan_hi).to(tl.int32), axis=AXIS) > 0
-    mn = tl.min(tl.where(nan_lo, float("inf"), lo), axis=AXIS)
-    mx = tl.max(tl.where(nan_hi, -float("inf"), hi), axis=AXIS)
-    return tl.where(has_nan, float("nan"), mn), tl.where(has_nan, float("nan"), mx)
-
-
-@triton.jit
 def _minmax_row_kernel(
     x_ptr, lo_ptr, hi_ptr, obs_ptr, O, C, P, n_ct, rows,
     INDEX_I32: tl.constexpr, ROWS_T: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -121,8 +102,8 @@ def _minmax_row_kernel(
         ro = o + tl.arange(0, ROWS_T)[:, None]
         m = (ro < o_end) & cm[None, :]
         v = tl.load(x_ptr + ro * C + c[None, :], mask=m, other=0.0).to(tl.float32)
-        lo, hi = _fold(lo, hi, v, v, m)
-    mn, mx = _reduce(lo, hi, 0)
+        lo, hi = minmax_fold(lo, hi, v, v, m)
+    mn, mx = minmax_lanes(lo, hi, 0)
     tl.store(lo_ptr + c * P + p, mn, mask=cm)
     tl.store(hi_ptr + c * P + p, mx, mask=cm)
 
@@ -156,8 +137,8 @@ def _minmax_run_kernel(
             ci = i + tl.arange(0, BLOCK_I)[None, :]
             m = (ro < o_end) & (ci < i_end)
             v = tl.load(x_ptr + base + ro * run_stride + ci, mask=m, other=0.0).to(tl.float32)
-            lo, hi = _fold(lo, hi, v, v, m)
-    mn, mx = _reduce(lo, hi, None)
+            lo, hi = minmax_fold(lo, hi, v, v, m)
+    mn, mx = minmax_lanes(lo, hi, None)
     tl.store(lo_ptr + pid, mn)
     tl.store(hi_ptr + pid, mx)
 
@@ -261,9 +242,9 @@ def _finish_kernel(
         pp = p + tl.arange(0, BLOCK_P)[None, :]
         m = cm[:, None] & (pp < P)
         offs = ch[:, None] * P + pp
-        lo, hi = _fold(lo, hi, tl.load(lo_ptr + offs, mask=m, other=0.0), tl.load(hi_ptr + offs, mask=m, other=0.0),
-                       m)
-    cur_min, cur_max = _reduce(lo, hi, 1)
+        lo, hi = minmax_fold(lo, hi, tl.load(lo_ptr + offs, mask=m, other=0.0),
+                             tl.load(hi_ptr + offs, mask=m, other=0.0), m)
+    cur_min, cur_max = minmax_lanes(lo, hi, 1)
     c_avg = tl.full((), averaging_const, tl.float32)
     rmin = tl.load(rmin_ptr + ch, mask=cm, other=0.0)
     rmax = tl.load(rmax_ptr + ch, mask=cm, other=0.0)

@@ -1,19 +1,20 @@
 // The CPU loops of learnable (LSQ) fake quantization, compiled once per instruction set (csrc/cpu/
-// fake_quant_learnable.cpp and its _avx2 variant); the forward runs fake_quant_loops.h. Layout and block
-// contract: qkernels/fake_quant_learnable_kernels.h; per-element math: qkernels/fake_quant_learnable_math.h.
+// fake_quant_learnable.cpp and its _avx2 variant); the forward runs fake_quant_loops.h. Layout: qkernels/
+// fake_quant_learnable_kernels.h; per-element math: qkernels/fake_quant_learnable_math.h; the qparam sums follow
+// the reduction layer (qkernels/reduce.h: the block layout; cpu/reduce.h: the Sum combine).
 //
-// Determinism: every partial sum belongs to one work item, whose elements are always visited in the same
-// order and summed into 8 lane accumulators (a vertical add the compiler vectorizes), folded in a fixed
-// order at the end of the item. Thread count, scheduling and instruction set never change a bit. The lanes
-// are double, so a partial is the float32 rounding of a nearly exact sum (more accurate than a float32
-// torch.sum).
+// Determinism: every partial sum is one block of the layout, formed by one work item, whose elements are always
+// visited in the same order. Run mode: summed into the 8 double SumLanes (element k of each kSub sub-block to
+// lane k % 8), folded in lane order at the end of the item; row mode: one double accumulator per column, rows in
+// order. Thread count, scheduling and instruction set never change a bit, and a partial is the float32 rounding
+// of a nearly exact sum (more accurate than a float32 torch.sum).
 #include <algorithm>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
 #include "qkernels/fake_quant_learnable_kernels.h"
 #include "fake_quant_loops.h"
+#include "reduce.h"
 
 namespace qkernels {
 namespace cpu {
@@ -21,7 +22,6 @@ namespace QK_CPU_ISA {
 namespace {
 
 constexpr int64_t kSub = 256;  // elements per stack sub-block of the backward loops
-constexpr int kLanes = 8;
 
 // ------------------------------------------------------------------------------------------------------
 // Forward: aten's fake-quant loops with the zero point rounded and clamped first.
@@ -71,28 +71,14 @@ struct GradMath {
   }
 };
 
-// Eight double lanes as two GCC/Clang vectors of four: the per-lane sums compile to packed adds on every
-// ISA, while each lane still adds its elements in order.
-typedef float Floats4 __attribute__((vector_size(16)));
-typedef double Doubles4 __attribute__((vector_size(32)));
-struct Lanes {
-  Doubles4 lo, hi;
-};
-
-QK_HOST_DEVICE void add_widened(Doubles4& acc, const float* v) {
-  Floats4 f;
-  std::memcpy(&f, v, sizeof(f));
-  acc += __builtin_convertvector(f, Doubles4);
-}
-
 // One run of n elements of a single quantizer; ds/dz are added into the lane accumulators (element k of
 // every kSub sub-block goes to lane k % 8).
 template <typename T, bool kPartials, typename Math>
 void grad_run(const Math& math, const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx, int64_t n,
-              float s, float zb, Lanes& lane_s, Lanes& lane_z) {
+              float s, float zb, SumLanes& lane_s, SumLanes& lane_z) {
   const float inv = 1.0f / s;
   alignas(32) float bs[kSub], bz[kSub];
-  Lanes ls = lane_s, lz = lane_z;  // locals stay in registers; the references would be re-stored every step
+  SumLanes ls = lane_s, lz = lane_z;  // locals stay in registers; the references would be re-stored every step
   for (int64_t b = 0; b < n; b += kSub) {
     const int64_t m = std::min(kSub, n - b);
     for (int64_t k = 0; k < m; ++k) {
@@ -101,10 +87,8 @@ void grad_run(const Math& math, const T* __restrict__ x, const T* __restrict__ d
     if (!kPartials) continue;
     for (int64_t k = m; k < (m + kLanes - 1) / kLanes * kLanes; ++k) bs[k] = bz[k] = 0.0f;  // pad the last lanes
     for (int64_t k = 0; k < m; k += kLanes) {
-      add_widened(ls.lo, bs + k);
-      add_widened(ls.hi, bs + k + 4);
-      add_widened(lz.lo, bz + k);
-      add_widened(lz.hi, bz + k + 4);
+      ls.add8(bs + k);
+      lz.add8(bz + k);
     }
   }
   lane_s = ls;
@@ -126,20 +110,13 @@ void grad_row(const Math& math, const T* __restrict__ x, const T* __restrict__ d
   }
 }
 
-float fold_lanes(const Lanes& lane) {
-  double t = 0.0;
-  for (int j = 0; j < 4; ++j) t += lane.lo[j];
-  for (int j = 0; j < 4; ++j) t += lane.hi[j];
-  return static_cast<float>(t);
-}
-
 template <typename T, bool kPartials, typename Math>
 void learnable_backward_items(const LearnableBackwardParams& p, const Math& math, int64_t begin, int64_t end) {
   const T* x = static_cast<const T*>(p.x);
   const T* dy = static_cast<const T*>(p.dy);
   T* dx = static_cast<T*>(p.dx);
   const LearnableDims& d = p.dims;
-  const LearnableBlocks& k = p.blocks;
+  const ReduceBlocks& k = p.blocks;
   const float lo = static_cast<float>(p.quant_min), hi = static_cast<float>(p.quant_max);
   if (k.row_mode) {
     std::vector<float> inv(d.C), zb(d.C);
@@ -176,15 +153,15 @@ void learnable_backward_items(const LearnableBackwardParams& p, const Math& math
     const float s = p.scale[bc];
     const float zb = backward_zero_point(p.zero_point[bc], lo, hi, p.rule);
     const int64_t i0 = ib * k.chunk, n = std::min(d.I, i0 + k.chunk) - i0;
-    Lanes lane_s = {}, lane_z = {};
+    SumLanes lane_s, lane_z;
     const int64_t o1 = std::min(d.O, (ob + 1) * k.rows);
     for (int64_t o = ob * k.rows; o < o1; ++o) {
       const int64_t e = ((b * d.O + o) * d.C + c) * d.I + i0;
       grad_run<T, kPartials>(math, x + e, dy + e, dx + e, n, s, zb, lane_s, lane_z);
     }
     if (kPartials) {
-      p.ds_partial[(b * k.P + part) * d.C + c] = fold_lanes(lane_s);
-      p.dz_partial[(b * k.P + part) * d.C + c] = fold_lanes(lane_z);
+      p.ds_partial[(b * k.P + part) * d.C + c] = lane_s.fold();
+      p.dz_partial[(b * k.P + part) * d.C + c] = lane_z.fold();
     }
   }
 }

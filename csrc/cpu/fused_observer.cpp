@@ -12,12 +12,14 @@ namespace cpu {
 
 #ifdef QK_CPU_HAS_AVX2_BUILD
 namespace avx2 {
-void fused_observer_minmax(const ObserverParams& p, int64_t row_begin, int64_t row_end, float* lo, float* hi);
+void fused_observer_minmax(const ObserverParams& p, const ReduceBlocks& blocks, int64_t begin, int64_t end,
+                           MinMax* partials);
 }  // namespace avx2
 #endif
 
-void fused_observer_minmax(const ObserverParams& p, int64_t row_begin, int64_t row_end, float* lo, float* hi) {
-  QK_CPU_DISPATCH(fused_observer_minmax, p, row_begin, row_end, lo, hi);
+void fused_observer_minmax(const ObserverParams& p, const ReduceBlocks& blocks, int64_t begin, int64_t end,
+                           MinMax* partials) {
+  QK_CPU_DISPATCH(fused_observer_minmax, p, blocks, begin, end, partials);
 }
 
 }  // namespace cpu

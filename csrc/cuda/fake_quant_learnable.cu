@@ -5,12 +5,12 @@
 // Forward, and the backward pass when no qparam gradient is wanted (dx only): elementwise, one 16-byte vector
 // (4 fp32 or 8 fp16/bf16 elements) per thread and grid-stride step, the last partial vector element-wise.
 //
-// Backward with qparam gradients: one pass reads x and dy once, writes dx and, for every work item of
-// LearnableBlocks, the float32 sums of ds and dz over the item into ds_partial / dz_partial ([B, P, C]; the
-// caller adds the P partials). One CTA per work item, grid-stride over the items:
+// Backward with qparam gradients: one pass reads x and dy once, writes dx and, for every block of the reduction
+// layer's layout (qkernels/reduce.h, ReduceBlocks), the float32 sums of ds and dz over the block into ds_partial /
+// dz_partial ([B, P, C]; the caller finishes them). One CTA per work item, grid-stride over the items:
 //   run mode: all elements of an item belong to one quantizer; the threads stride over its rows x chunk
 //     elements (coalesced along I), each summing its own elements in turn, then the CTA adds the threads'
-//     sums with a warp-shuffle tree and a tree over the warps.
+//     sums with reduce.cuh's block_reduce (a warp-shuffle tree and a tree over the warps).
 //   row mode: the threads own a tile of columns c (a 16-byte vector of columns each where possible) and loop
 //     over the item's rows, coalesced across threads; when the tile is narrower than the CTA, a power-of-two
 //     number of thread groups split the rows and a shared-memory tree adds the groups.
@@ -25,13 +25,13 @@
 
 #include "qkernels/fake_quant_learnable_kernels.h"
 #include "element_io.cuh"
+#include "reduce.cuh"
 
 namespace qkernels {
 namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
 constexpr int64_t kMaxGrid = 0x7fffffff;  // gridDim.x limit; larger launches loop
 
 // Forward math of one element. Q holds one quantizer's qparams: __frcp_rn is the IEEE reciprocal, equal to
@@ -186,7 +186,7 @@ int launch_elementwise(const Op& op, const LearnableDims& d, const void* x, cons
   return static_cast<int>(cudaGetLastError());
 }
 
-// The backward work items: the dims and LearnableBlocks, the item count, and (run mode) `merge`: with C == 1
+// The backward work items: the dims and ReduceBlocks, the item count, and (run mode) `merge`: with C == 1
 // and whole rows (n_ib == 1) an item's rows are adjacent in memory and are walked as one row.
 struct Items {
   int64_t B, O, C, I;
@@ -216,29 +216,6 @@ __device__ __forceinline__ void strided(int64_t rows, int64_t count, F f) {
   }
 }
 
-// Sum of v over the CTA in a fixed order: a shuffle tree in each warp, then one over the warps' sums in warp
-// 0. The result is valid in thread 0. Ends with a barrier, so that smem can be used again.
-__device__ __forceinline__ float2 block_sum(float2 v, float2 (&smem)[kWarps]) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    v.x += __shfl_down_sync(0xffffffffu, v.x, offset);
-    v.y += __shfl_down_sync(0xffffffffu, v.y, offset);
-  }
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = smem[lane < kWarps ? lane : 0];  // lanes >= kWarps never reach lane 0's sum
-#pragma unroll
-    for (int offset = kWarps / 2; offset > 0; offset >>= 1) {
-      v.x += __shfl_down_sync(0xffffffffu, v.x, offset);
-      v.y += __shfl_down_sync(0xffffffffu, v.y, offset);
-    }
-  }
-  __syncthreads();
-  return v;
-}
-
 // Run mode: item = (b * P + p) * C + c, which is also its index in the partials. kVec: every row of an item
 // starts at a multiple of the vector width (and the pointers are 16-byte aligned), so rows are walked in
 // 16-byte vectors and the last len % V elements of each row one by one.
@@ -247,7 +224,7 @@ __global__ void __launch_bounds__(kThreads)
     backward_run_kernel(GradOp op, Items it, const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx,
                         float* __restrict__ ds_partial, float* __restrict__ dz_partial) {
   constexpr int V = Vec<T>::kSize;
-  __shared__ float2 smem[kWarps];
+  __shared__ float2 smem[kThreads / 32];
   for (int64_t item = blockIdx.x; item < it.count; item += gridDim.x) {
     const int64_t c = item % it.C, bp = item / it.C, p = bp % it.P, b = bp / it.P;
     const int64_t ob = p / it.n_ib, ib = p % it.n_ib;
@@ -284,7 +261,7 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t e = base + o * stride + vectors * V + k;
       dx[e] = from_float<T>(element(to_float(x[e]), to_float(dy[e])));
     });
-    const float2 sum = block_sum(make_float2(ds, dz), smem);
+    const float2 sum = block_reduce<SumPair, kThreads>(make_float2(ds, dz), smem);
     if (threadIdx.x == 0) {
       ds_partial[item] = sum.x;
       dz_partial[item] = sum.y;
@@ -393,7 +370,7 @@ template <typename T>
 int launch_backward(const LearnableBackwardParams& p, const GradOp& op, cudaStream_t stream) {
   constexpr int V = Vec<T>::kSize;
   const LearnableDims& d = p.dims;
-  const LearnableBlocks& k = p.blocks;
+  const ReduceBlocks& k = p.blocks;
   Items it{d.B, d.O, d.C, d.I, k.rows, k.chunk, k.n_ib, k.P, 0, false};
   const bool aligned = aligned16(p.x) && aligned16(p.dy) && aligned16(p.dx);
   const T* x = static_cast<const T*>(p.x);
@@ -445,7 +422,7 @@ int fake_quant_learnable_forward(const LearnableForwardParams& p, void* stream) 
 
 int fake_quant_learnable_backward(const LearnableBackwardParams& p, void* stream) {
   if (p.dims.numel() == 0) return 0;
-  const LearnableBlocks& k = p.blocks;
+  const ReduceBlocks& k = p.blocks;
   // The partials come in pairs, and the kernels divide by the block sizes.
   if ((p.ds_partial == nullptr) != (p.dz_partial == nullptr)) return static_cast<int>(cudaErrorInvalidValue);
   if (p.ds_partial && (k.rows < 1 || k.chunk < 1 || k.n_ib < 1 || k.P < 1 ||

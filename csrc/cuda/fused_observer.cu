@@ -11,6 +11,8 @@
 //        takes a tile of columns (vectors of columns where C allows) and a part of the rows, its threads
 //        split the rows into groups, and the groups are folded in shared memory.
 //   2. finish: one CTA per channel folds its P partials, then thread 0 runs observer_finish_channel.
+// Values and partials are combined as the reduction layer's MinMax kind (qkernels/reduce.h: MinMaxCombine; CTA
+// trees: reduce.cuh's block_reduce). The split into parts is this kernel's own, sized by CTA counts.
 // Min and max do not depend on the order in which values are folded, so results are exact however the
 // work is split, up to the sign of a zero min/max of both -0.0 and +0.0 (unspecified, as in torch.aminmax;
 // no qparam depends on it).
@@ -21,47 +23,16 @@
 
 #include "element_io.cuh"
 #include "qkernels/fused_observer_kernels.h"
+#include "reduce.cuh"
 
 namespace qkernels {
 namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
 constexpr int64_t kUnitsPerThread = 8;  // vectors (or elements) a thread folds at least, before more parts
 constexpr int64_t kMaxCtas = 2048;      // enough CTAs of the min/max pass to fill any current GPU
 constexpr int64_t kMaxGrid = 0x7fffffff;
-
-__device__ __forceinline__ void fold(float2& m, float v) {
-  m.x = nan_min(m.x, v);
-  m.y = nan_max(m.y, v);
-}
-
-__device__ __forceinline__ float2 fold_pair(float2 a, float2 b) {
-  return make_float2(nan_min(a.x, b.x), nan_max(a.y, b.y));
-}
-
-// NaN-propagating (min, max) over the CTA, valid in thread 0. Ends with a barrier, so smem can be reused.
-__device__ __forceinline__ float2 block_minmax(float2 v, float2 (&smem)[kWarps]) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    v = fold_pair(v, make_float2(__shfl_down_sync(0xffffffffu, v.x, offset),
-                                 __shfl_down_sync(0xffffffffu, v.y, offset)));
-  }
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = smem[lane < kWarps ? lane : 0];  // lanes >= kWarps repeat warp 0's value: harmless for min/max
-#pragma unroll
-    for (int offset = kWarps / 2; offset > 0; offset >>= 1) {
-      v = fold_pair(v, make_float2(__shfl_down_sync(0xffffffffu, v.x, offset),
-                                   __shfl_down_sync(0xffffffffu, v.y, offset)));
-    }
-  }
-  __syncthreads();
-  return v;
-}
 
 // How the min/max pass is split (a function of the params alone, so fused_observer_parts agrees with the
 // launch).
@@ -121,30 +92,32 @@ __global__ void __launch_bounds__(kThreads)
                       float* __restrict__ hi_part) {
   if (!flag_is_on(p.observer_on)) return;
   constexpr int W = kVec ? Vec<T>::kSize : 1;
-  __shared__ float2 smem[kWarps];
+  __shared__ MinMax smem[kThreads / 32];
   const T* x = static_cast<const T*>(p.x);
   const int64_t step = parts * kThreads;
   for (int64_t item = blockIdx.x; item < p.channels * parts; item += gridDim.x) {
     const int64_t c = item / parts, part = item % parts;
-    float2 m = make_float2(INFINITY, -INFINITY);
+    MinMax m = MinMaxCombine::identity();
     for (int64_t k = part * kThreads + threadIdx.x; k < units; k += step) {
       const int64_t e = index(k, c);
       if constexpr (kVec) {
         float v[W];
         load_vec(x + e, v);
 #pragma unroll
-        for (int j = 0; j < W; ++j) fold(m, v[j]);
+        for (int j = 0; j < W; ++j) m = MinMaxCombine::fold(m, v[j]);
       } else {
-        fold(m, to_float(x[e]));
+        m = MinMaxCombine::fold(m, to_float(x[e]));
       }
     }
     if constexpr (kVec) {  // only a single run (C == 1) has elements after its last whole vector
-      for (int64_t e = units * W + part * kThreads + threadIdx.x; e < p.inner; e += step) fold(m, to_float(x[e]));
+      for (int64_t e = units * W + part * kThreads + threadIdx.x; e < p.inner; e += step) {
+        m = MinMaxCombine::fold(m, to_float(x[e]));
+      }
     }
-    m = block_minmax(m, smem);
+    m = block_reduce<MinMaxCombine, kThreads>(m, smem);
     if (threadIdx.x == 0) {
-      lo_part[item] = m.x;
-      hi_part[item] = m.y;
+      lo_part[item] = m.lo;
+      hi_part[item] = m.hi;
     }
   }
 }
@@ -156,7 +129,7 @@ __global__ void __launch_bounds__(kThreads)
     minmax_row_kernel(ObserverParams p, Plan plan, float* __restrict__ lo_part, float* __restrict__ hi_part) {
   if (!flag_is_on(p.observer_on)) return;
   constexpr int W = kVec ? Vec<T>::kSize : 1;
-  __shared__ float2 smem[kThreads * W];
+  __shared__ MinMax smem[kThreads * W];
   const T* x = static_cast<const T*>(p.x);
   const int s = threadIdx.x % plan.width, g = threadIdx.x / plan.width;
   const int64_t C = p.channels, slots = C / W;
@@ -164,18 +137,18 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t part = item / plan.tiles, slot = (item % plan.tiles) * plan.width + s;
     const int64_t o_end = (part + 1) * plan.rows < p.outer ? (part + 1) * plan.rows : p.outer;
     const bool active = g < plan.groups && slot < slots;
-    float2 m[W];
+    MinMax m[W];
 #pragma unroll
-    for (int j = 0; j < W; ++j) m[j] = make_float2(INFINITY, -INFINITY);
+    for (int j = 0; j < W; ++j) m[j] = MinMaxCombine::identity();
     if (active) {
       for (int64_t o = part * plan.rows + g; o < o_end; o += plan.groups) {
         if constexpr (kVec) {
           float v[W];
           load_vec(x + o * C + slot * W, v);
 #pragma unroll
-          for (int j = 0; j < W; ++j) fold(m[j], v[j]);
+          for (int j = 0; j < W; ++j) m[j] = MinMaxCombine::fold(m[j], v[j]);
         } else {
-          fold(m[0], to_float(x[o * C + slot]));
+          m[0] = MinMaxCombine::fold(m[0], to_float(x[o * C + slot]));
         }
       }
 #pragma unroll
@@ -185,12 +158,12 @@ __global__ void __launch_bounds__(kThreads)
     if (active && g == 0) {
       for (int h = 1; h < plan.groups; ++h) {
 #pragma unroll
-        for (int j = 0; j < W; ++j) m[j] = fold_pair(m[j], smem[(threadIdx.x + h * plan.width) * W + j]);
+        for (int j = 0; j < W; ++j) m[j] = MinMaxCombine::combine(m[j], smem[(threadIdx.x + h * plan.width) * W + j]);
       }
 #pragma unroll
       for (int j = 0; j < W; ++j) {
-        lo_part[(slot * W + j) * plan.parts + part] = m[j].x;
-        hi_part[(slot * W + j) * plan.parts + part] = m[j].y;
+        lo_part[(slot * W + j) * plan.parts + part] = m[j].lo;
+        hi_part[(slot * W + j) * plan.parts + part] = m[j].hi;
       }
     }
     __syncthreads();
@@ -203,16 +176,16 @@ __global__ void __launch_bounds__(kThreads)
   const bool observe = flag_is_on(p.observer_on);
   const bool recompute = observer_recomputes(p, observe);
   if (!observe && !recompute) return;
-  __shared__ float2 smem[kWarps];
+  __shared__ MinMax smem[kThreads / 32];
   for (int64_t c = blockIdx.x; c < p.channels; c += gridDim.x) {
-    float2 m = make_float2(INFINITY, -INFINITY);
-    if (observe) {  // uniform over the grid: every thread reaches block_minmax's barriers
+    MinMax m = MinMaxCombine::identity();
+    if (observe) {  // uniform over the grid: every thread reaches block_reduce's barriers
       for (int64_t k = threadIdx.x; k < parts; k += kThreads) {
-        m = fold_pair(m, make_float2(lo_part[c * parts + k], hi_part[c * parts + k]));
+        m = MinMaxCombine::combine(m, MinMax{lo_part[c * parts + k], hi_part[c * parts + k]});
       }
-      m = block_minmax(m, smem);
+      m = block_reduce<MinMaxCombine, kThreads>(m, smem);
     }
-    if (threadIdx.x == 0) observer_finish_channel(p, c, m.x, m.y, observe, recompute);
+    if (threadIdx.x == 0) observer_finish_channel(p, c, m.lo, m.hi, observe, recompute);
   }
 }
 

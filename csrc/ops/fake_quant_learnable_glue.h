@@ -9,6 +9,7 @@
 
 #include "glue.h"
 #include "qkernels/fake_quant_learnable_kernels.h"
+#include "reduce_glue.h"
 
 namespace qkernels {
 
@@ -76,7 +77,7 @@ inline LearnableBackwardParams learnable_backward_params(const at::Tensor& dy, c
   p.dtype = dtype_of(x);
   p.flavour = static_cast<Flavour>(flavour);
   p.dims = dims;
-  p.blocks = make_learnable_blocks(dims, target);
+  p.blocks = make_reduce_blocks(dims, target);
   p.x = x.data_ptr();
   p.dy = dy.data_ptr();
   p.dx = dx.data_ptr();
@@ -94,13 +95,13 @@ inline LearnableBackwardParams learnable_backward_params(const at::Tensor& dy, c
   return p;
 }
 
-// (dscale, dzero_point) from the [2, B, P, C] partials: each summed over P in float64 and rounded once to
-// its dtype, 1-D [B * C], in storages of their own; empty tensors when the partials are (no qparam grads).
+// (dscale, dzero_point) from the [2, B, P, C] partials (reduce_glue.h's finish_sums): each summed over P in
+// float64 and rounded once to its dtype, 1-D [B * C], in storages of their own; empty tensors when the partials
+// are (no qparam grads).
 inline std::tuple<at::Tensor, at::Tensor> reduce_partials(const at::Tensor& partials, at::ScalarType ds_dtype,
                                                           at::ScalarType dz_dtype) {
-  if (partials.dim() != 4) return {partials.new_empty({0}, ds_dtype), partials.new_empty({0}, dz_dtype)};
-  const at::Tensor sums = partials.sum(2, /*keepdim=*/false, at::kDouble);
-  return {sums[0].reshape(-1).to(ds_dtype, false, /*copy=*/true), sums[1].reshape(-1).to(dz_dtype, false, true)};
+  const std::vector<at::Tensor> sums = finish_sums(partials, {ds_dtype, dz_dtype});
+  return {sums[0], sums[1]};
 }
 
 // The learnable forward's launch arguments that the backward reuses: x and the float32 qparams as the kernels

@@ -1,14 +1,16 @@
 // The fused observer family's private CPU op qkernels::_fused_observer_update_cpu (and its per-tensor eager
 // step): thin torch glue over csrc/cpu/fused_observer.cpp.
-#include <ATen/Parallel.h>
-
-#include <cmath>
-#include <mutex>
 #include <vector>
 
 #include "fused_observer_glue.h"
+#include "reduce_glue.h"
 
 namespace qkernels {
+namespace {
+
+constexpr int64_t kObserverBlock = 1 << 14;  // elements per min/max block
+
+}  // namespace
 
 void fused_observer_update_cpu(const at::Tensor& x, const at::Tensor& observer_on, const at::Tensor& fake_quant_on,
                                at::Tensor& running_min, at::Tensor& running_max, at::Tensor& scale,
@@ -22,41 +24,22 @@ void fused_observer_update_cpu(const at::Tensor& x, const at::Tensor& observer_o
   // while the observer is off.
   const bool observe = flag_is_on(p.observer_on);
   const bool recompute = observer_recomputes(p, observe);
-  std::vector<float> lo(p.channels, INFINITY), hi(p.channels, -INFINITY);
+  // The min/max as the reduction layer's MinMax kind: one partial per block of the fixed layout, then the
+  // blocks of each channel folded in order p = 0, 1, ..., P - 1, so no result depends on the thread count.
+  const ReduceDims dims = cpu::observer_dims(p);
+  const ReduceBlocks blocks = make_reduce_blocks(dims, kObserverBlock);
+  std::vector<MinMax> partials;
   if (observe && x.numel() > 0) {
-    std::mutex fold;
-    const auto combine = [&](const float* l, const float* h) {
-      const std::lock_guard<std::mutex> lock(fold);
-      for (int64_t c = 0; c < p.channels; ++c) lo[c] = nan_min(lo[c], l[c]), hi[c] = nan_max(hi[c], h[c]);
-    };
-    const int64_t size = x.element_size();
-    if (p.channels == 1) {  // one run: split it into element ranges
-      at::parallel_for(0, x.numel(), glue::kCpuGrain, [&](int64_t b, int64_t e) {
-        ObserverParams q = p;
-        q.x = static_cast<const char*>(p.x) + b * size;
-        q.outer = 1;
-        q.inner = e - b;
-        float l = INFINITY, h = -INFINITY;
-        cpu::fused_observer_minmax(q, 0, 1, &l, &h);
-        combine(&l, &h);
-      });
-    } else if (p.outer == 1) {  // one row of channels (e.g. a weight on axis 0): split the channels
-      at::parallel_for(0, p.channels, std::max<int64_t>(1, glue::kCpuGrain / p.inner), [&](int64_t b, int64_t e) {
-        ObserverParams q = p;
-        q.x = static_cast<const char*>(p.x) + b * p.inner * size;
-        q.channels = e - b;
-        cpu::fused_observer_minmax(q, 0, 1, lo.data() + b, hi.data() + b);  // disjoint channels: no combine
-      });
-    } else {
-      const int64_t grain = std::max<int64_t>(1, glue::kCpuGrain / (p.channels * p.inner));
-      at::parallel_for(0, p.outer, grain, [&](int64_t b, int64_t e) {
-        std::vector<float> l(p.channels, INFINITY), h(p.channels, -INFINITY);
-        cpu::fused_observer_minmax(p, b, e, l.data(), h.data());
-        combine(l.data(), h.data());
-      });
-    }
+    partials.resize(blocks.P * p.channels);
+    glue::parallel_for_blocks(dims, blocks, [&](int64_t b, int64_t e) {
+      cpu::fused_observer_minmax(p, blocks, b, e, partials.data());
+    });
   }
-  for (int64_t c = 0; c < p.channels; ++c) observer_finish_channel(p, c, lo[c], hi[c], observe, recompute);
+  for (int64_t c = 0; c < p.channels; ++c) {
+    const MinMax m = partials.empty() ? MinMaxCombine::identity()
+                                      : finish<MinMaxCombine>(partials.data() + c, blocks.P, p.channels);
+    observer_finish_channel(p, c, m.lo, m.hi, observe, recompute);
+  }
 }
 
 }  // namespace qkernels

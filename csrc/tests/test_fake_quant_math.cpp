@@ -9,16 +9,9 @@
 
 #include "qkernels/fake_quant_learnable_math.h"
 #include "qkernels/fake_quant_math.h"
+#include "host_check.h"
 
 using namespace qkernels;
-
-static int failures = 0;
-#define CHECK(cond, ...)                                  \
-  do {                                                    \
-    if (!(cond)) {                                        \
-      if (++failures <= 20) std::printf(__VA_ARGS__);     \
-    }                                                     \
-  } while (0)
 
 static uint32_t bits(float f) {
   uint32_t u;
@@ -145,6 +138,5 @@ int main() {
     CHECK((dz == 0.0f) == inside, "learnable cuda dz: x=%a\n", x);
   }
 
-  std::printf("%s: %d failures\n", failures ? "FAILED" : "ok", failures);
-  return failures ? 1 : 0;
+  return report();
 }

@@ -57,6 +57,7 @@ from .fake_quant import (
     storage_view,
     uses_fma,
 )
+from .reduce import finish_sum
 
 __all__ = [
     "ZERO_POINT_ROUNDINGS",
@@ -254,11 +255,11 @@ def learnable_backward(
 
 def reduce_partials(partials: torch.Tensor, scale_grad_dtype: torch.dtype, zero_point_grad_dtype: torch.dtype
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dscale, dzero_point) from the kernels' float32 partial sums [2, B, P, C] (ds, then dz): each summed
-    over P in float64 and rounded once to its dtype, 1-D [B * C], in storages of their own."""
-    sums = partials.sum(2, dtype=torch.float64)
-    return (sums[0].reshape(-1).to(scale_grad_dtype, copy=True),
-            sums[1].reshape(-1).to(zero_point_grad_dtype, copy=True))
+    """(dscale, dzero_point) from the kernels' float32 partial sums [2, B, P, C] (ds, then dz), finished by the
+    reduction layer (``qkernels.reference.reduce.finish_sum``: summed over P in float64 and rounded once to its
+    dtype), 1-D [B * C], in storages of their own."""
+    return (finish_sum(partials[0], 1, scale_grad_dtype).reshape(-1),
+            finish_sum(partials[1], 1, zero_point_grad_dtype).reshape(-1))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -90,9 +90,13 @@ QK_HOST_DEVICE void observer_finish_channel(const ObserverParams& p, int64_t c, 
 }
 
 namespace cpu {
-// Folds the NaN-propagating min/max of rows [row_begin, row_end) into lo/hi [channels] (the caller splits
-// the rows across threads and combines the per-thread arrays; min and max do not depend on the order).
-void fused_observer_minmax(const ObserverParams& p, int64_t row_begin, int64_t row_end, float* lo, float* hi);
+// The reduction layer's dims of the min/max pass: x as [1, outer, channels, inner] (qkernels/reduce.h).
+inline ReduceDims observer_dims(const ObserverParams& p) { return ReduceDims{1, p.outer, p.channels, p.inner}; }
+// Writes the NaN-propagating (min, max) partial of every block of work items [begin, end) of the layout
+// `blocks` of observer_dims(p) into partials [P, channels] (reduce_items(...) items; each block is formed by
+// one item in a fixed order, so the partials do not depend on how the items are split across threads).
+void fused_observer_minmax(const ObserverParams& p, const ReduceBlocks& blocks, int64_t begin, int64_t end,
+                           MinMax* partials);
 }  // namespace cpu
 
 namespace cuda {

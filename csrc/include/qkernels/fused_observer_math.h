@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "qkernels/fake_quant_math.h"
+#include "qkernels/reduce.h"  // nan_min, nan_max
 
 namespace qkernels {
 
@@ -17,10 +18,6 @@ QK_HOST_DEVICE float moving_average(float running, float cur, float c, bool cont
   const float d = cur - running;
   return contracted ? fmaf(c, d, running) : running + c * d;
 }
-
-// min / max that return NaN when either side is NaN (torch.aminmax, torch.minimum).
-QK_HOST_DEVICE float nan_min(float a, float b) { return (a != a || a < b) ? a : b; }
-QK_HOST_DEVICE float nan_max(float a, float b) { return (a != a || a > b) ? a : b; }
 
 struct QParams {
   float scale;
