@@ -122,6 +122,7 @@ def _plain_eager(*tensors) -> bool:
 
 
 # The C++ entry points, or None without the CPU extension. They return None for any call they leave to Python.
+# The families read it as _shared._entry at call time: one assignment switches it for all of them (tests do).
 _entry = _library.python_module("_C")
 _is_compiling = torch.compiler.is_compiling
 _backend_override = backends.override
