@@ -33,3 +33,16 @@ def test_kernel_sources_are_torch_free():
         includes = re.findall(r'#include\s+[<"]([^>"]+)', path.read_text())
         bad = [i for i in includes if i.split("/")[0] in ("torch", "ATen", "c10")]
         assert not bad, f"{path} includes {bad}"
+
+
+def test_former_module_names_are_the_family_modules():
+    """qkernels.ops and qkernels.learnable (the public modules' names before the families had a module each) are
+    the fake-quant and learnable family modules, under both import forms."""
+    code = (
+        "import qkernels, qkernels.ops, qkernels.learnable; "
+        "from qkernels.ops import fake_quantize_per_tensor_affine; "
+        "from qkernels.learnable import fake_quantize_learnable_per_group_affine; "
+        "assert qkernels.ops is qkernels.fake_quant and qkernels.learnable is qkernels.fake_quant_learnable; "
+        "assert fake_quantize_per_tensor_affine is qkernels.fake_quantize_per_tensor_affine"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
