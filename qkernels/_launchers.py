@@ -74,5 +74,5 @@ class LauncherContract:
             ops = {launcher: op(self.op_name(launcher, device)) for launcher in self.launchers}
             if namespace == "qkernels":
                 ops.update({f"{name}_eager": op(f"_{self.family}_{name}_eager_{device}") for name in self.eager})
-            self._native[key] = types.SimpleNamespace(__name__=f"{self.family} launchers ({device})", **ops)
+            self._native[key] = types.SimpleNamespace(**ops)
         return self._native[key]

@@ -47,7 +47,6 @@ from torch import Tensor
 from . import _shared, backends
 from ._launchers import LauncherContract
 from ._shared import (
-    _flavour_of,
     _backend_override,
     _check_input,
     _check_qparam_tensor,
@@ -56,12 +55,13 @@ from ._shared import (
     _check_scale_value,
     _fail,
     _FEW_VALUES,
+    _flavour_of,
     _inner_stride,
     _is_compiling,
     _plain_eager,
     _values_checkable,
 )
-from .reference.fake_quant import uses_fma
+from .reference.fake_quant import default_flavour, uses_fma
 from .reference.fused_observer import flag_is_on
 
 
@@ -236,7 +236,7 @@ def _per_channel_run(self, scale, zero_point, axis, quant_min, quant_max, need_m
         axis = axis % x.dim()
         s = scale.detach().to(torch.float32).contiguous()
         z = zero_point.detach()
-        use_fma = uses_fma(x.device.type, z.dtype)
+        use_fma = uses_fma(default_flavour(x), z.dtype)
         z = (z.to(torch.float32) if z.is_floating_point() else z).contiguous()
         backends.select(x, quant_min, quant_max).per_channel(
             x, out, kmask, s, z, _inner_stride(out, axis), quant_min, quant_max, _flavour_of(x), use_fma)
@@ -420,7 +420,7 @@ def _eager_per_tensor_tensor(op, x, scale, zero_point, enabled, quant_min, quant
 
 
 def _eager_per_channel(op, x, scale, zero_point, axis, quant_min, quant_max, requires_grad, pack_mask):
-    return op(x, scale, zero_point, axis, quant_min, quant_max, uses_fma(x.device.type, zero_point.dtype),
+    return op(x, scale, zero_point, axis, quant_min, quant_max, uses_fma(default_flavour(x), zero_point.dtype),
               requires_grad, pack_mask)
 
 

@@ -36,23 +36,23 @@ import torch
 from torch import Tensor
 
 from . import _shared, backends
-from .enums import ZpRule
 from ._launchers import LauncherContract
 from ._shared import (
-    _flavour_of,
     _backend_override,
-    _is_compiling,
     _check_input,
     _check_qparam_tensor,
     _check_range,
     _check_scale_tensor_values,
     _fail,
     _failing_values,
+    _flavour_of,
     _inner_stride,
+    _is_compiling,
     _plain_eager,
     _values_checkable,
 )
-from .reference.fake_quant import uses_fma
+from .enums import ZpRule
+from .reference.fake_quant import default_flavour, uses_fma
 from .reference.fake_quant_learnable import ZERO_POINT_ROUNDINGS, lsq_grad_factor, qparam_shape
 
 __all__ = [
@@ -69,7 +69,7 @@ _FAMILY = "fake_quant_learnable"
 # The family's launcher contract (qkernels/_launchers.py): x, out, dy and dx share one dense layout, walked in
 # storage order as [B, O, C, I]; scale and zero point are float32 [B * C] (the zero point unrounded);
 # csrc/include/qkernels/fake_quant_learnable_kernels.h. backward writes dx and returns (dscale, dzero_point) per
-# quantizer in ds_dtype / dz_dtype, from fixed-order partial sums finished in float64 (nothing to read when
+# quantizer in ds_dtype / dz_dtype, from fixed-order partial sums finished in float64 (empty tensors when
 # need_qgrads is false). The C++ eager forward (ARCHITECTURE.md) adds the layout and the autograd node.
 LAUNCHERS = LauncherContract(_FAMILY, {
     "forward": "(Tensor x, Tensor(a!) out, Tensor scale, Tensor zero_point, int B, int O, int C, int I, "
@@ -241,7 +241,7 @@ def _backward_checked(grad, self, scale, zero_point, axis, group_size, quant_min
     s, z = _flat_qparams(scale, zero_point)
     grads = backends.select(x, quant_min, quant_max, _FAMILY).backward(
         dy, x, dx, s, z, *dims, quant_min, quant_max, grad_factor, _flavour_of(x), _rule(axis, zero_point_rounding),
-        uses_fma(x.device.type, torch.float32), need_qgrads, *_grad_dtypes(scale, zero_point))
+        uses_fma(default_flavour(x), torch.float32), need_qgrads, *_grad_dtypes(scale, zero_point))
     if not need_qgrads:
         return dx, _qgrad_like(scale, False), _qgrad_like(zero_point, False)
     # The launcher sums its fixed-order partials in float64 and rounds once to each gradient's dtype (for the
@@ -332,7 +332,7 @@ def _call(x, scale, zero_point, axis, group_size, quant_min, quant_max, grad_fac
     eager = getattr(backends.select(x, quant_min, quant_max, _FAMILY), "forward_eager", None)
     if eager is not None and (x.numel() or not need):
         return eager(x, scale, zero_point, axis, group_size, quant_min, quant_max, grad_factor,
-                     _rule(axis, zero_point_rounding), uses_fma(x.device.type, torch.float32), need)
+                     _rule(axis, zero_point_rounding), uses_fma(default_flavour(x), torch.float32), need)
     if not need:
         return _forward_launch(x, scale, zero_point, axis, group_size, quant_min, quant_max)[0]
     return _Learnable.apply(x, scale, zero_point, *args)
