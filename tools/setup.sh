@@ -28,7 +28,8 @@ fi
 missing=$("$PY" - <<'PYEOF'
 import importlib.util
 need = {"triton": "triton", "pytest": "pytest", "xdist": "pytest-xdist", "hypothesis": "hypothesis",
-        "numpy": "numpy", "sklearn": "scikit-learn", "ninja": "ninja", "setuptools": "setuptools"}
+        "numpy": "numpy", "sklearn": "scikit-learn", "tqdm": "tqdm", "matplotlib": "matplotlib",
+        "ninja": "ninja", "setuptools": "setuptools"}
 print(" ".join(pkg for mod, pkg in need.items() if importlib.util.find_spec(mod) is None))
 PYEOF
 )
