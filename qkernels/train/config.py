@@ -1,0 +1,145 @@
+"""A training run's configuration: its keys, defaults, validation, and config files (TOML or JSON).
+
+Every key is also a CLI flag (``batch_size`` is ``--batch-size``); a config file uses the same keys (with
+``_`` or ``-``), and flags given on the command line win over it. ``validate`` checks a whole configuration
+before any work and raises ``ConfigError`` naming the flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+from .data import DATASETS, data_dir_problem
+from .models import MODELS
+
+METHODS = ("fp", "ptq", "qat")
+OPTIMIZERS = ("sgd", "adam")
+SCALE_INITS = ("mse", "minmax")
+BITS = range(2, 9)
+FULL_PRECISION = 32
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; ``flag`` is the CLI flag it came from (``--wbits``)."""
+
+    def __init__(self, flag: str, message: str):
+        super().__init__(f"{flag}: {message}")
+        self.flag = flag
+
+
+@dataclass
+class RunConfig:
+    """One training run. Bit widths are 2-8; ``first_last_bits`` may also be 32 (full precision)."""
+
+    data: str = "digits"
+    data_dir: str | None = None
+    model: str = "cnn"
+    method: str = "qat"
+    wbits: int = 4
+    abits: int = 4
+    first_last_bits: int = 8
+    per_channel: bool = False
+    scale_init: str = "mse"
+    grad_scaling: bool = False
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    quant_lr: float | None = None
+    seed: int = 0
+    eval_bits: list = field(default_factory=lambda: [2, 3, 4, 8])
+    calibration_batches: int = 1
+    device: str = "cpu"
+    backend: str | None = None
+    out: str | None = None
+    init_from: str | None = None
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def keys() -> tuple:
+    return tuple(f.name for f in dataclasses.fields(RunConfig))
+
+
+def _check_bits(key: str, value, allow_full: bool = False):
+    if not isinstance(value, int) or isinstance(value, bool) or not (value in BITS or
+                                                                     (allow_full and value == FULL_PRECISION)):
+        allowed = "2-8" + (" or 32 (full precision)" if allow_full else "")
+        raise ConfigError(flag(key), f"bit width must be {allowed}, got {value!r}")
+
+
+def _check_choice(key: str, value, choices):
+    if value not in choices:
+        raise ConfigError(flag(key), f"must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_positive(key: str, value, kind=int):
+    if not isinstance(value, kind) or isinstance(value, bool) or not value > 0:
+        raise ConfigError(flag(key), f"must be a positive {kind.__name__}, got {value!r}")
+
+
+def validate(config: RunConfig) -> RunConfig:
+    """Checks every value of ``config`` (the data directory included); raises ``ConfigError`` naming the flag."""
+    _check_choice("data", config.data, DATASETS)
+    _check_choice("model", config.model, MODELS)
+    _check_choice("method", config.method, METHODS)
+    _check_choice("optimizer", config.optimizer, OPTIMIZERS)
+    _check_choice("scale_init", config.scale_init, SCALE_INITS)
+    _check_bits("wbits", config.wbits)
+    _check_bits("abits", config.abits)
+    _check_bits("first_last_bits", config.first_last_bits, allow_full=True)
+    if not isinstance(config.eval_bits, (list, tuple)):
+        raise ConfigError(flag("eval_bits"), f"must be a list of bit widths, got {config.eval_bits!r}")
+    for bits in config.eval_bits:
+        _check_bits("eval_bits", bits)
+    for key in ("epochs", "batch_size", "calibration_batches"):
+        _check_positive(key, getattr(config, key))
+    _check_positive("lr", float(config.lr) if isinstance(config.lr, int) else config.lr, float)
+    if config.quant_lr is not None:
+        _check_positive("quant_lr", float(config.quant_lr) if isinstance(config.quant_lr, int)
+                        else config.quant_lr, float)
+    if not isinstance(config.weight_decay, (int, float)) or config.weight_decay < 0:
+        raise ConfigError(flag("weight_decay"), f"must be a float >= 0, got {config.weight_decay!r}")
+    problem = data_dir_problem(config.data, config.data_dir)
+    if problem:
+        raise ConfigError(flag("data_dir"), problem)
+    if config.init_from is not None and not os.path.isfile(os.path.join(config.init_from, "checkpoint.pt")):
+        raise ConfigError(flag("init_from"), f"{config.init_from!r} holds no checkpoint.pt of a finished run")
+    return config
+
+
+def load_file(path: str) -> dict:
+    """The keys of a TOML (``.toml``) or JSON config file, dashes turned into underscores; unknown keys raise
+    ``ConfigError`` for ``--config``."""
+    if not os.path.isfile(path):
+        raise ConfigError("--config", f"{path!r} does not exist")
+    try:
+        if path.endswith(".toml"):
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python < 3.11
+                import tomli as tomllib
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        else:
+            with open(path) as f:
+                raw = json.load(f)
+    except (ValueError, OSError) as exc:  # both parsers' decode errors are ValueErrors
+        raise ConfigError("--config", f"cannot read {path!r}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError("--config", f"{path!r} must hold a table of keys, got {type(raw).__name__}")
+    values = {key.replace("-", "_"): value for key, value in raw.items()}
+    unknown = sorted(set(values) - set(keys()))
+    if unknown:
+        raise ConfigError("--config", f"unknown keys in {path!r}: {', '.join(unknown)} (known: {', '.join(keys())})")
+    return values

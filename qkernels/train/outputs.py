@@ -1,0 +1,116 @@
+"""What a run leaves under ``--out``: ``metrics.json``, ``history.csv``, ``checkpoint.pt`` and PNG plots; and
+the tables printed at the end.
+
+``checkpoint.pt`` is a dict: ``"model"`` (the state dict, quantizer parameters and buffers included),
+``"optimizer"`` (and ``"quant_optimizer"``, ``"scheduler"``), ``"epoch"`` (epochs done), ``"rng"`` (torch's
+CPU and CUDA generator states and Python's), ``"config"`` and ``"history"``. It is rewritten after every
+epoch (atomically), so ``--resume`` continues from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+
+import torch
+
+import qkernels
+
+from ._deps import require
+
+HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "test_accuracy", "lr", "seconds")
+
+
+def package_commit() -> str | None:
+    """The git commit of the qkernels checkout in use, or None when it is not a git checkout."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(qkernels.__file__),
+                              capture_output=True, text=True, timeout=10, check=True).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def save_checkpoint(path: str, state: dict):
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def write_metrics(out: str, metrics: dict):
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+        f.write("\n")
+
+
+def write_history(out: str, history: list):
+    with open(os.path.join(out, "history.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def _pyplot():
+    matplotlib = require("matplotlib")
+    matplotlib.use("Agg")  # files only: no display needed
+    return require("matplotlib.pyplot")
+
+
+def plot_history(out: str, history: list, title: str):
+    """``training.png``: training loss, and train/test accuracy, per epoch."""
+    if not history:
+        return
+    plt = _pyplot()
+    epochs = [row["epoch"] for row in history]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_ax.plot(epochs, [row["train_loss"] for row in history], marker="o")
+    loss_ax.set(xlabel="epoch", ylabel="training loss", title="loss")
+    acc_ax.plot(epochs, [row["train_accuracy"] for row in history], marker="o", label="train")
+    acc_ax.plot(epochs, [row["test_accuracy"] for row in history], marker="o", label="test")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    acc_ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "training.png"), dpi=120)
+    plt.close(fig)
+
+
+def plot_accuracy_vs_bits(path: str, series: dict, title: str, reference: float | None = None):
+    """Accuracy against bit width, one line per entry of ``series`` (``{label: {bits: accuracy}}``), with an
+    optional horizontal line for the float model."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in series.items():
+        bits = sorted(points)
+        ax.plot(bits, [points[b] for b in bits], marker="o", label=label)
+    if reference is not None:
+        ax.axhline(reference, color="gray", linestyle="--", label="fp")
+    ax.set(xlabel="bit width", ylabel="test accuracy", title=title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def percent(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.1f}%"
+
+
+def table(header: list, rows: list) -> str:
+    """A plain text table, columns padded to their widest cell."""
+    cells = [header] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(header: list, rows: list) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,273 @@
+"""Attaching qkernels' fake quantizers to a model: LSQ for QAT, observers for PTQ, max-abs weights for
+cross-bit evaluation.
+
+Which tensors are quantized (the setup of Nagel et al.'s code, "LSQ_paper"): every ``Conv2d`` and ``Linear``
+quantizes its weight and its input. The first layer's input (the image) is not quantized; the first and last
+layers use ``first_last_bits`` for their weights (and the last for its input), 32 meaning full precision.
+An input grid is unsigned (``[0, 2^b − 1]``) when the calibration data feeding it is non-negative (after a
+ReLU), signed (``[−2^(b−1), 2^(b−1) − 1]``) otherwise; weight grids are signed. Zero points are 0.
+
+Layers are visited in registration order, so the first and last registered ``Conv2d``/``Linear`` are taken as
+the first and last layers: ``qkernels.train.models`` registers submodules in the order forward uses them.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.ao.quantization.observer import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
+
+import qkernels
+from qkernels.nn import FakeQuantize, LearnableFakeQuantize
+
+from .config import FULL_PRECISION
+
+__all__ = ["QuantizedLayer", "quantize_model", "quantizer_parameters", "ptq_model", "quantize_weights_max_abs",
+           "weights_max_abs", "quantized_layers", "initial_scale"]
+
+MSE_CANDIDATES = 100
+
+
+class QuantizedLayer(nn.Module):
+    """A ``Conv2d`` or ``Linear`` computing ``layer(input_quantizer(x))`` with ``weight_quantizer(W)`` for its
+    weight. A missing quantizer (full precision) is ``nn.Identity``. The float weight stays ``layer.weight``."""
+
+    def __init__(self, layer: nn.Module, weight_quantizer: nn.Module | None = None,
+                 input_quantizer: nn.Module | None = None):
+        super().__init__()
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            raise TypeError(f"layer: QuantizedLayer wraps nn.Conv2d or nn.Linear, got {type(layer).__name__}")
+        self.layer = layer
+        self.weight_quantizer = weight_quantizer or nn.Identity()
+        self.input_quantizer = input_quantizer or nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.input_quantizer(x)
+        w = self.weight_quantizer(self.layer.weight)
+        if isinstance(self.layer, nn.Conv2d):
+            return self.layer._conv_forward(x, w, self.layer.bias)
+        return F.linear(x, w, self.layer.bias)
+
+
+def quantized_layers(model: nn.Module) -> list:
+    """``(name, module)`` of every ``Conv2d``/``Linear`` (bare or inside a ``QuantizedLayer``, which is then
+    listed instead), in registration order."""
+    found, inside = [], set()
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix) for prefix in inside):
+            continue
+        if isinstance(module, QuantizedLayer):
+            found.append((name, module))
+            inside.add(name + ".")
+        elif isinstance(module, (nn.Conv2d, nn.Linear)):
+            found.append((name, module))
+    if not found:
+        raise ValueError("model: has no nn.Conv2d or nn.Linear layer to quantize")
+    return found
+
+
+def _bare(module: nn.Module) -> nn.Module:
+    return module.layer if isinstance(module, QuantizedLayer) else module
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module):
+    if not name:
+        raise ValueError("model: is itself a single layer; wrap it in a container module")
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, new)
+
+
+def _signed_range(bits: int) -> tuple:
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def _unsigned_range(bits: int) -> tuple:
+    return 0, (1 << bits) - 1
+
+
+def _layer_bits(index: int, count: int, wbits: int, abits: int, first_last_bits: int) -> tuple:
+    """(weight bits, input bits) of layer ``index`` of ``count``; input bits None for the first layer."""
+    first, last = index == 0, index == count - 1
+    weight = first_last_bits if first or last else wbits
+    inputs = None if first else (first_last_bits if last else abits)
+    return weight, inputs
+
+
+def _capture_inputs(model: nn.Module, batches) -> dict:
+    """The input of every layer of ``quantized_layers(model)``, concatenated over ``batches`` (eval mode, no
+    grad; the model's training mode is restored)."""
+    captured, hooks = {}, []
+    for name, module in quantized_layers(model):
+        hooks.append(module.register_forward_pre_hook(
+            lambda mod, args, name=name: captured.setdefault(name, []).append(args[0].detach())))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return {name: torch.cat(parts) for name, parts in captured.items()}
+
+
+def _max_abs(x: Tensor, per_channel: bool) -> Tensor:
+    """max |x| per tensor ([1]) or per output channel (dim 0, [C])."""
+    return x.abs().flatten(1).amax(1) if per_channel else x.abs().max().reshape(1)
+
+
+def _fake_quant(x: Tensor, scale: Tensor, qmin: int, qmax: int, per_channel: bool) -> Tensor:
+    zero = torch.zeros(scale.shape, dtype=torch.int32, device=x.device)
+    if per_channel:
+        return qkernels.fake_quantize_per_channel_affine(x, scale, zero, 0, qmin, qmax)
+    return qkernels.fake_quantize_per_tensor_affine(x, scale, zero, qmin, qmax)
+
+
+def initial_scale(x: Tensor, qmin: int, qmax: int, method: str, per_channel: bool = False) -> Tensor:
+    """The scale of a zero-point-0 grid ``[qmin, qmax]`` for ``x``, per tensor ([1]) or per channel of dim 0.
+
+    ``"minmax"``: ``max|x| / qmax``. ``"mse"``: the grid search of Nagel et al.'s code, with candidate
+    thresholds ``t_k = k · max|x| / 100`` (k = 1..100) and scale ``t_k / qmax``, keeping the one with the
+    least squared error of the fake-quantized ``x`` (per channel when ``per_channel``). All-zero data gets 1.
+    """
+    with torch.no_grad():
+        x = x.float()
+        top = _max_abs(x, per_channel)
+        top = torch.where(top > 0, top, torch.ones_like(top))
+        if method == "minmax":
+            return top / qmax
+        if method != "mse":
+            raise ValueError(f"method: must be 'mse' or 'minmax', got {method!r}")
+        best_err = torch.full_like(top, float("inf"))
+        best = top / qmax
+        for k in range(1, MSE_CANDIDATES + 1):
+            scale = top * (k / MSE_CANDIDATES) / qmax
+            diff = _fake_quant(x, scale, qmin, qmax, per_channel) - x
+            err = diff.square().flatten(1).sum(1) if per_channel else diff.square().sum().reshape(1)
+            better = err < best_err
+            best_err, best = torch.where(better, err, best_err), torch.where(better, scale, best)
+        return best
+
+
+def _lsq_quantizer(x: Tensor, bits: int, signed: bool, per_channel: bool, scale_init: str,
+                   grad_scaling: bool) -> LearnableFakeQuantize:
+    """A learnable (LSQ) quantizer for ``x``'s tensor, its scale initialized from ``x``, learning on; the zero
+    point stays 0 (not learned)."""
+    qmin, qmax = _signed_range(bits) if signed else _unsigned_range(bits)
+    dtype = torch.qint8 if signed else torch.quint8
+    if per_channel:
+        quantizer = LearnableFakeQuantize(MovingAveragePerChannelMinMaxObserver, qmin, qmax,
+                                          channel_len=x.shape[0], use_grad_scaling=grad_scaling, dtype=dtype,
+                                          qscheme=torch.per_channel_symmetric, ch_axis=0)
+    else:
+        quantizer = LearnableFakeQuantize(MovingAverageMinMaxObserver, qmin, qmax, use_grad_scaling=grad_scaling,
+                                          dtype=dtype, qscheme=torch.per_tensor_symmetric if signed else torch.per_tensor_affine)
+    with torch.no_grad():
+        quantizer.scale.copy_(initial_scale(x, qmin, qmax, scale_init, per_channel))
+    quantizer.enable_param_learning()
+    quantizer.zero_point.requires_grad_(False)
+    return quantizer.to(x.device)
+
+
+def quantize_model(model: nn.Module, calibration: Tensor, wbits: int, abits: int, *, first_last_bits: int = 8,
+                   per_channel: bool = False, scale_init: str = "mse", grad_scaling: bool = False) -> nn.Module:
+    """Attaches LSQ quantizers (``qkernels.nn.LearnableFakeQuantize``) to ``model`` in place, and returns it.
+
+    Every ``Conv2d``/``Linear`` becomes a ``QuantizedLayer`` (see the module docstring for which tensors, at
+    which bits and on which grid). Weight quantizers are symmetric, per tensor or per output channel
+    (``per_channel``); input quantizers per tensor. Scales start from ``scale_init`` (``"mse"`` or
+    ``"minmax"``, see ``initial_scale``) on the weights and on the layers' inputs for the ``calibration``
+    batch ([B, ...], run through the float model in eval mode). Scales are then ``nn.Parameter``s that
+    train with the model (put them in their own optimizer with ``quantizer_parameters``). ``grad_scaling``:
+    LSQ's gradient scale ``1 / sqrt(numel · qmax)`` (off by default, as in Nagel et al.'s released runs; an
+    input's numel counts the batch of each process, so it changes with the number of processes)."""
+    layers = quantized_layers(model)
+    if any(isinstance(module, QuantizedLayer) for _, module in layers):
+        raise ValueError("model: is already quantized")
+    inputs = _capture_inputs(model, [calibration])
+    for index, (name, layer) in enumerate(layers):
+        weight_bits, input_bits = _layer_bits(index, len(layers), wbits, abits, first_last_bits)
+        weight_q = None if weight_bits == FULL_PRECISION else _lsq_quantizer(
+            layer.weight.detach(), weight_bits, True, per_channel, scale_init, grad_scaling)
+        input_q = None
+        if input_bits is not None and input_bits != FULL_PRECISION:
+            x = inputs[name]
+            input_q = _lsq_quantizer(x, input_bits, bool((x < 0).any()), False, scale_init, grad_scaling)
+        _replace(model, name, QuantizedLayer(layer, weight_q, input_q))
+    return model
+
+
+def quantizer_parameters(model: nn.Module) -> list:
+    """The learnable quantizer parameters (LSQ scales) of ``model``, for a separate optimizer."""
+    return [p for m in model.modules() if isinstance(m, LearnableFakeQuantize)
+            for p in m.parameters(recurse=False) if p.requires_grad]
+
+
+def weights_max_abs(w: Tensor, bits: int, per_channel: bool = False) -> Tensor:
+    """Round-to-nearest max-abs weights: ``s · clamp(round(w / s), −L, L)`` with ``L = 2^(b−1) − 1`` and
+    ``s = max|w| / L`` per tensor (or per output channel), half to even; 2^b − 1 levels (ternary at 2 bits),
+    nothing clipped. An all-zero tensor stays zero."""
+    level = (1 << (bits - 1)) - 1
+    with torch.no_grad():
+        top = _max_abs(w.float(), per_channel)
+        scale = torch.where(top > 0, top, torch.ones_like(top)) / level
+        return _fake_quant(w.float(), scale, -level, level, per_channel).to(w.dtype)
+
+
+def quantize_weights_max_abs(model: nn.Module, bits: int, *, first_last_bits: int = 8,
+                             per_channel: bool = False) -> nn.Module:
+    """A copy of ``model`` whose ``Conv2d``/``Linear`` weights are ``weights_max_abs`` at ``bits`` (first and
+    last layer at ``first_last_bits``, 32 = unchanged) with weight quantizers removed; input quantizers stay
+    as they are. This is the cross-bit evaluation of a trained model, and the PTQ of its weights."""
+    model = copy.deepcopy(model)
+    layers = quantized_layers(model)
+    for index, (_, module) in enumerate(layers):
+        weight_bits, _ = _layer_bits(index, len(layers), bits, bits, first_last_bits)
+        if isinstance(module, QuantizedLayer):
+            module.weight_quantizer = nn.Identity()
+        if weight_bits != FULL_PRECISION:
+            weight = _bare(module).weight
+            weight.data = weights_max_abs(weight.detach(), weight_bits, per_channel)
+    return model
+
+
+def _observed_quantizer(x: Tensor, bits: int) -> FakeQuantize:
+    signed = bool((x < 0).any())
+    qmin, qmax = _signed_range(bits) if signed else _unsigned_range(bits)
+    return FakeQuantize(MovingAverageMinMaxObserver, quant_min=qmin, quant_max=qmax,
+                        dtype=torch.qint8 if signed else torch.quint8,
+                        qscheme=torch.per_tensor_symmetric if signed else torch.per_tensor_affine).to(x.device)
+
+
+def ptq_model(model: nn.Module, calibration: list, wbits: int, abits: int, *, first_last_bits: int = 8,
+              per_channel: bool = False) -> nn.Module:
+    """Post-training quantization of a float ``model`` (a new model, eval mode): weights
+    ``weights_max_abs`` at ``wbits``, layer inputs through ``qkernels.nn.FakeQuantize`` with torch.ao's
+    moving-average min/max observer (averaging constant 0.01), calibrated on the ``calibration`` batches
+    (observers on, fake quantization off), then frozen. Bits per layer as ``quantize_model``."""
+    model = copy.deepcopy(model)
+    layers = quantized_layers(model)
+    if any(isinstance(module, QuantizedLayer) for _, module in layers):
+        raise ValueError("model: ptq_model takes a float model; this one is already quantized")
+    inputs = _capture_inputs(model, calibration)
+    for index, (name, layer) in enumerate(layers):
+        _, input_bits = _layer_bits(index, len(layers), wbits, abits, first_last_bits)
+        observed = None if input_bits in (None, FULL_PRECISION) else _observed_quantizer(inputs[name], input_bits)
+        _replace(model, name, QuantizedLayer(layer, None, observed))
+    model.eval()
+    observers = [m for m in model.modules() if isinstance(m, FakeQuantize)]
+    for observer in observers:
+        observer.disable_fake_quant()
+        observer.enable_observer()
+    with torch.no_grad():
+        for batch in calibration:
+            model(batch)
+    for observer in observers:
+        observer.enable_fake_quant()
+        observer.disable_observer()
+    return quantize_weights_max_abs(model, wbits, first_last_bits=first_last_bits, per_channel=per_channel)

@@ -1,0 +1,341 @@
+"""One training run: ``run(config)`` and ``resume(directory)``.
+
+The methods:
+
+- ``fp``: trains the float model.
+- ``ptq``: trains the float model (or takes ``init_from``'s), then ``ptq_model`` at ``wbits``/``abits``;
+  ``metrics["ptq"]`` also holds the PTQ accuracy at each ``eval_bits`` (weights and inputs at that width).
+- ``qat``: ``quantize_model`` (LSQ on ``qkernels.nn.LearnableFakeQuantize``, scales from one calibration
+  batch), optionally from ``init_from``'s float weights, then trains weights and scales together.
+
+Every run ends with the cross-bit evaluation (``quantize_weights_max_abs`` at each of ``eval_bits``, inputs as
+trained). Training is deterministic for a seed: the model is built after ``torch.manual_seed(seed)``, each
+epoch's order and augmentation come from a generator seeded by (seed, epoch), and the last incomplete batch
+of an epoch is dropped (so every step takes a full global batch, on any number of processes). The learning
+rate follows a cosine schedule over all steps; the quantizer scales (with ``quant_lr``) have their own Adam
+with a constant rate, as Nagel et al.'s code does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import random
+import time
+
+import torch
+import torch.nn.functional as F
+
+import qkernels
+
+from . import outputs
+from ._deps import require
+from .config import ConfigError, RunConfig, flag, validate
+from .data import augment_batch, load
+from .distributed import Group, join, unwrap
+from .models import build
+from .quantize import ptq_model, quantize_model, quantize_weights_max_abs, quantizer_parameters
+
+__all__ = ["run", "resume", "accuracy"]
+
+CHECKPOINT = "checkpoint.pt"
+EVAL_BATCH = 512
+
+
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy of ``model`` (eval mode, no grad; its mode is restored) on ``x`` [N, ...], ``y`` [N]."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(x), EVAL_BATCH):
+            logits = model(x[start:start + EVAL_BATCH].to(device))
+            correct += int((logits.argmax(1).cpu() == y[start:start + EVAL_BATCH]).sum())
+    model.train(was_training)
+    return correct / len(x)
+
+
+def default_out(config: RunConfig) -> str:
+    bits = "" if config.method == "fp" else f"_w{config.wbits}a{config.abits}"
+    return os.path.join("runs", f"{config.data}_{config.model}_{config.method}{bits}")
+
+
+def _check_device(config: RunConfig):
+    try:
+        device = torch.device(config.device)
+    except RuntimeError as exc:
+        raise ConfigError(flag("device"), str(exc)) from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(flag("device"), "CUDA is not available here")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(flag("device"), f"must be cpu or cuda[:N], got {config.device!r}")
+    if config.backend is not None:
+        if config.backend not in qkernels.backends.BACKENDS:
+            raise ConfigError(flag("backend"), f"must be one of {', '.join(qkernels.backends.BACKENDS)}, "
+                                               f"got {config.backend!r}")
+        reason = None if config.backend == "auto" else qkernels.backends.availability(config.backend, device.type)
+        if reason:
+            raise ConfigError(flag("backend"), f"{config.backend} is not live for {device.type}: {reason}")
+
+
+def _float_weights(config: RunConfig) -> dict | None:
+    """The float state dict of ``init_from``'s run, checked to fit this run's data and model."""
+    if config.init_from is None:
+        return None
+    saved = outputs.load_checkpoint(os.path.join(config.init_from, CHECKPOINT))
+    source = saved.get("config", {})
+    if source.get("method") == "qat":
+        raise ConfigError(flag("init_from"), f"{config.init_from!r} is a qat run; give a fp or ptq run (float "
+                                             "weights)")
+    for key in ("data", "model"):
+        if source.get(key) != getattr(config, key):
+            raise ConfigError(flag("init_from"), f"{config.init_from!r} trained {key} {source.get(key)!r}, "
+                                                 f"this run uses {getattr(config, key)!r}")
+    return saved["model"]
+
+
+def preflight(config: RunConfig) -> dict | None:
+    """Every check before work: ``validate``, the device and backend, ``init_from``'s checkpoint. Returns the
+    float weights to start from (or None). Raises ``ConfigError`` naming the flag."""
+    validate(config)
+    _check_device(config)
+    if config.progress:
+        require("tqdm")
+    require("matplotlib")
+    return _float_weights(config)
+
+
+def run(config: RunConfig, *, on_epoch_end=None) -> dict:
+    """Trains and evaluates ``config``; writes its outputs under ``config.out`` (``default_out`` when None) on
+    rank 0 and returns the metrics. ``on_epoch_end(epoch, model)`` is called after each epoch's checkpoint."""
+    config = dataclasses.replace(config)
+    start = preflight(config)
+    if config.out is None:
+        config.out = default_out(config)
+    return _execute(config, start, None, on_epoch_end)
+
+
+def resume(directory: str, *, on_epoch_end=None, progress: bool | None = None) -> dict:
+    """Continues the run saved in ``directory`` (its ``checkpoint.pt``) to the end of its configuration: the
+    same result as the uninterrupted run, bit for bit."""
+    path = os.path.join(directory, CHECKPOINT)
+    if not os.path.isfile(path):
+        raise ConfigError("--resume", f"{directory!r} holds no {CHECKPOINT}")
+    state = outputs.load_checkpoint(path)
+    config = RunConfig(**state["config"])
+    config.out = directory
+    if progress is not None:
+        config.progress = progress
+    start = preflight(config)
+    return _execute(config, start, state, on_epoch_end)
+
+
+def _execute(config: RunConfig, start: dict | None, state: dict | None, on_epoch_end) -> dict:
+    group, device = join(config.device)
+    backend = qkernels.use_backend(config.backend) if config.backend else contextlib.nullcontext()
+    try:
+        with backend:
+            return _Run(config, group, device, start, state, on_epoch_end).execute()
+    finally:
+        group.close()
+
+
+class _Run:
+    def __init__(self, config: RunConfig, group: Group, device: torch.device, start: dict | None,
+                 state: dict | None, on_epoch_end):
+        self.config, self.group, self.device, self.on_epoch_end = config, group, device, on_epoch_end
+        if config.batch_size % group.world:
+            raise ConfigError(flag("batch_size"), f"the global batch {config.batch_size} must split evenly "
+                                                  f"across {group.world} processes")
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        self.data = load(config.data, config.data_dir)
+        self.steps = len(self.data.train_x) // config.batch_size
+        if self.steps == 0:
+            raise ConfigError(flag("batch_size"), f"larger than the {len(self.data.train_x)} training images")
+        self.model = build(config.model, self.data.in_channels, self.data.image_size, self.data.num_classes)
+        if start is not None:
+            self.model.load_state_dict(start)
+        self.model.to(device)
+        self.calibration = self._calibration()
+        if config.method == "qat":
+            quantize_model(self.model, self.calibration[0], config.wbits, config.abits,
+                           first_last_bits=config.first_last_bits, per_channel=config.per_channel,
+                           scale_init=config.scale_init, grad_scaling=config.grad_scaling)
+        self.epochs = 0 if config.method == "ptq" and config.init_from else config.epochs
+        self._optimizers()
+        self.history, self.done = [], 0
+        if state is not None:
+            self._restore(state)
+
+    def _calibration(self) -> list:
+        """The first ``calibration_batches`` global batches of a seeded order, the same on every rank."""
+        order = torch.randperm(len(self.data.train_x), generator=torch.Generator().manual_seed(self.config.seed))
+        size = self.config.batch_size
+        return [self.data.train_x[order[i * size:(i + 1) * size]].to(self.device)
+                for i in range(min(self.config.calibration_batches, self.steps))]
+
+    def _optimizers(self):
+        config = self.config
+        quant = quantizer_parameters(self.model)
+        quant_ids = {id(p) for p in quant}
+        weights = [p for p in self.model.parameters() if p.requires_grad and id(p) not in quant_ids]
+        groups = [{"params": weights, "weight_decay": config.weight_decay}]
+        self.quant_optimizer = None
+        if quant and config.quant_lr is not None:
+            self.quant_optimizer = torch.optim.Adam(quant, lr=config.quant_lr, weight_decay=0.0)
+        elif quant:
+            groups.append({"params": quant, "weight_decay": 0.0})
+        if config.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
+        else:
+            self.optimizer = torch.optim.Adam(groups, lr=config.lr)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer,
+                                                                    T_max=max(1, self.epochs * self.steps))
+
+    def _restore(self, state: dict):
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.quant_optimizer is not None:
+            self.quant_optimizer.load_state_dict(state["quant_optimizer"])
+        self.history, self.done = list(state["history"]), state["epoch"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        random.setstate(rng["python"])
+
+    def _state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "quant_optimizer": self.quant_optimizer.state_dict() if self.quant_optimizer else None,
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.done,
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "config": self.config.to_dict(),
+            "history": self.history,
+        }
+
+    def _train_epoch(self, net: torch.nn.Module, epoch: int) -> dict:
+        config, data, group = self.config, self.data, self.group
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(data.train_x), generator=generator)
+        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count over this rank's samples
+        net.train()
+        bar = None
+        if config.progress and group.main:
+            bar = require("tqdm").tqdm(total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False,
+                                       dynamic_ncols=True, disable=None)  # None: off when not a terminal
+        share = group.share(config.batch_size)
+        for step in range(self.steps):
+            index = order[step * config.batch_size:(step + 1) * config.batch_size]
+            x = data.train_x[index]
+            if data.augment:  # the whole global batch, so the draws do not depend on the number of processes
+                x = augment_batch(x, generator)
+            x, y = x[share].to(self.device), data.train_y[index][share].to(self.device)
+            logits = net(x)
+            loss = F.cross_entropy(logits, y)
+            for optimizer in (self.optimizer, self.quant_optimizer):
+                if optimizer is not None:
+                    optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            for optimizer in (self.optimizer, self.quant_optimizer):
+                if optimizer is not None:
+                    optimizer.step()
+            self.scheduler.step()
+            with torch.no_grad():
+                totals += torch.stack([loss.detach().double().cpu() * len(y),
+                                       (logits.argmax(1) == y).sum().double().cpu(),
+                                       torch.tensor(float(len(y)), dtype=torch.float64)])
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{totals[0] / totals[2]:.4f}", acc=f"{totals[1] / totals[2]:.2%}",
+                                refresh=False)
+        if bar is not None:
+            bar.close()
+        loss_sum, correct, count = group.sum(totals).tolist()
+        return {"train_loss": loss_sum / count, "train_accuracy": correct / count}
+
+    def execute(self) -> dict:
+        config = self.config
+        net = self.group.wrap(self.model, self.device)
+        main = self.group.main
+        if main:
+            os.makedirs(config.out, exist_ok=True)
+        for epoch in range(self.done, self.epochs):
+            began = time.perf_counter()
+            row = {"epoch": epoch + 1, **self._train_epoch(net, epoch)}
+            row["test_accuracy"] = accuracy(self.model, self.data.test_x, self.data.test_y)
+            row["lr"] = self.optimizer.param_groups[0]["lr"]
+            row["seconds"] = round(time.perf_counter() - began, 3)
+            self.history.append(row)
+            self.done = epoch + 1
+            if main:
+                print(f"epoch {epoch + 1:>3}/{self.epochs}  loss {row['train_loss']:.4f}  "
+                      f"train {outputs.percent(row['train_accuracy'])}  test {outputs.percent(row['test_accuracy'])}"
+                      f"  lr {row['lr']:.2e}  {row['seconds']:.1f} s", flush=True)
+                outputs.save_checkpoint(os.path.join(config.out, CHECKPOINT), self._state())
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(epoch + 1, self.model)
+        metrics = self._evaluate()
+        if main:
+            self._write(metrics)
+            print(self.summary(metrics), flush=True)
+        return metrics
+
+    def _evaluate(self) -> dict:
+        config, data = self.config, self.data
+        final = self.model
+        metrics = {}
+        if config.method == "ptq":
+            final = ptq_model(self.model, self.calibration, config.wbits, config.abits,
+                              first_last_bits=config.first_last_bits, per_channel=config.per_channel)
+            metrics["ptq"] = {str(b): accuracy(ptq_model(self.model, self.calibration, b, b,
+                                                         first_last_bits=config.first_last_bits,
+                                                         per_channel=config.per_channel), data.test_x, data.test_y)
+                              for b in config.eval_bits}
+        test = accuracy(final, data.test_x, data.test_y)
+        cross = {str(b): accuracy(quantize_weights_max_abs(final, b, first_last_bits=config.first_last_bits),
+                                  data.test_x, data.test_y) for b in config.eval_bits}
+        return {
+            "test_accuracy": test,
+            "cross_bit": cross,
+            **metrics,
+            "config": config.to_dict(),
+            "qkernels_version": qkernels.__version__,
+            "qkernels_commit": outputs.package_commit(),
+            "torch_version": torch.__version__,
+            "world_size": self.group.world,
+            "epochs_trained": self.done,
+            "history": self.history,
+        }
+
+    def _write(self, metrics: dict):
+        out = self.config.out
+        outputs.save_checkpoint(os.path.join(out, CHECKPOINT), self._state())
+        outputs.write_metrics(out, metrics)
+        outputs.write_history(out, self.history)
+        title = f"{self.config.data} {self.config.model} {self.config.method}" + (
+            "" if self.config.method == "fp" else f" W{self.config.wbits}A{self.config.abits}")
+        outputs.plot_history(out, self.history, title)
+        series = {"weights max-abs RTN": {int(b): a for b, a in metrics["cross_bit"].items()}}
+        if "ptq" in metrics:
+            series["ptq (weights and inputs)"] = {int(b): a for b, a in metrics["ptq"].items()}
+        outputs.plot_accuracy_vs_bits(os.path.join(out, "cross_bit.png"), series, title)
+
+    def summary(self, metrics: dict) -> str:
+        config = self.config
+        bits = "float" if config.method == "fp" else f"W{config.wbits}A{config.abits}"
+        header = ["method", "trained at", "test accuracy"] + [f"W{b} max-abs" for b in metrics["cross_bit"]]
+        row = [config.method, bits, outputs.percent(metrics["test_accuracy"])] + [
+            outputs.percent(a) for a in metrics["cross_bit"].values()]
+        lines = [outputs.table(header, [row])]
+        if "ptq" in metrics:
+            lines.append(outputs.table([f"PTQ W{b}A{b}" for b in metrics["ptq"]],
+                                       [[outputs.percent(a) for a in metrics["ptq"].values()]]))
+        return "\n".join(lines) + f"\noutputs: {config.out}"
