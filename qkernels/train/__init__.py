@@ -1,0 +1,1 @@
+"""Training harness (see README, "Training")."""
