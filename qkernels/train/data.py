@@ -191,11 +191,11 @@ def _load_synthetic() -> Dataset:
     class's motif (possibly y again), each added at a uniformly random position, over smooth noise S
     (a 3x8x8 Gaussian draw bilinearly upsampled to 32x32) and white noise E ~ N(0, 1):
 
-        x = 1.0 * S + 0.5 * E + M_y @ p1 + M_y @ p2 + M_z @ p3     (M @ p: M added with its top-left at p),
+        x = 1.0 * S + 0.5 * E + M_y @ p1 + M_y @ p2 + M_z @ p3      (M @ p: M added with its top left at p),
 
     then normalized per channel with the training split's mean and std. The class does not depend on where the
-    motifs are, so a linear model on the pixels stays near chance (logistic regression: 12% test accuracy), while the harness's
-    cnn reaches ~93% in 5 epochs (Adam, lr 1e-3, batch 64)."""
+    motifs are, so a linear model on the pixels stays near chance (logistic regression: 12% test accuracy),
+    while the harness's cnn reaches ~93% in 5 epochs (Adam, lr 1e-3, batch 64)."""
     g = torch.Generator().manual_seed(_SYNTHETIC_SEED)
     side, motif, classes = 32, 7, _SYNTHETIC_CLASSES
     span = side - motif  # a motif's top-left corner lies in [0, span] each way
