@@ -1,12 +1,14 @@
-"""What qkernels can run here: ``python -m qkernels.info``.
+"""What qkernels can run here: ``python -m qkernels.info`` (``--help`` says what it prints).
 
-Prints versions, the CPU capability, the CUDA device, how the native extensions were built, the requested
-backend, which backends are live on each device type (or why not) and which one ``auto`` picks. This is an
-explicit diagnostic, so unlike ``import qkernels`` it may initialize CUDA and import triton.
+Prints versions, the CPU capability, the CUDA device, how the native extensions were built and whether they load,
+the requested backend, which backends are live for CPU and for CUDA tensors (or why not) and which one ``auto``
+picks. This is an explicit diagnostic, so unlike ``import qkernels`` it may initialize CUDA and import triton;
+without a CUDA device it runs nothing on CUDA tensors.
 """
 
 from __future__ import annotations
 
+import argparse
 import platform
 import sys
 
@@ -16,6 +18,16 @@ import qkernels
 from qkernels import _library, backends
 
 DEVICES = ("cpu", "cuda")
+DEVICE_LABELS = {"cpu": "CPU tensors", "cuda": "CUDA tensors"}
+EXTENSIONS = (("cpu", "_C"), ("cuda", "_C_cuda"))  # (backend, native extension it runs on)
+NO_CUDA = "n/a (no CUDA device)"
+
+DESCRIPTION = """\
+Print what qkernels can run on this machine: the versions of qkernels, python, torch and triton; the CPU
+capability and the CUDA device; how the native extensions (the cpu and cuda backends) were built and whether
+they load; the backend requested (QKERNELS_BACKEND); a table of the backends (cuda, triton, cpu, reference) with,
+for CPU tensors and for CUDA tensors, "live" or why not; and the backend that "auto" picks for a float32 tensor
+on each device. Without a CUDA device nothing is run on CUDA tensors."""
 
 
 def _triton_version() -> str:
@@ -34,6 +46,18 @@ def _auto_pick(device: str) -> str:
         return f"error: {type(exc).__name__}: {exc}"
 
 
+def _plain(text: str) -> str:
+    """``text`` with the extensions' module paths replaced by the backends they serve."""
+    return text.replace("qkernels._C_cuda", "the cuda backend's extension").replace(
+        "qkernels._C", "the cpu backend's extension")
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows as left-aligned columns; the first row is the header."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join(f"{cell:<{w}}" for cell, w in zip(r, widths)) + "  " + r[-1] for r in rows]
+
+
 def report() -> str:
     lines = [
         f"qkernels     {qkernels.__version__}",
@@ -48,32 +72,40 @@ def report() -> str:
 
     info = _library.build_info()
     built = info.get("extensions", {})
-    lines += ["", "build        " + (
+    lines += ["", "native build " + (
         f"mode {info.get('build_mode', '?')}, git sha {info.get('git_sha') or 'unknown'}, torch at build "
         f"{info.get('torch', '?')}, cuda arch list {info.get('cuda_arch_list', 'n/a')}" if info
-        else "no _build_info.json (native extensions were not built by setup.py)")]
-    for name in ("_C", "_C_cuda"):
-        state = built.get(f"qkernels.{name}", "unknown")
-        lines.append(f"  qkernels.{name:<8} build: {state}; load: {_library.missing_reason(name) or 'loaded'}")
+        else "no _build_info.json (native extensions were not built by setup.py)"), ""]
+    rows = [("backend", "native extension built", "loaded")]
+    for name, ext in EXTENSIONS:
+        reason = _library.missing_reason(ext)
+        rows.append((name, _plain(built.get(f"qkernels.{ext}", "unknown")), "yes" if reason is None
+                     else "no: " + _plain(reason)))
+    lines += _table(rows)
 
     try:
         req = backends.requested()
     except ValueError as exc:
         req = f"invalid ({exc})"
-    rows = [("backend", *DEVICES)] + [
-        (name, *((reason or "live") for reason in (per_device[d] for d in DEVICES)))
-        for name, per_device in backends.status().items()
+    lines += ["", f"requested    {req} (QKERNELS_BACKEND or qkernels.use_backend)", ""]
+    labels = dict(DEVICE_LABELS, **({} if cuda else {"cuda": "CUDA tensors (none here: could it run them)"}))
+    rows = [("backend", *(labels[d] for d in DEVICES))] + [
+        (name, *(_plain(per_device[d] or "live") for d in DEVICES)) for name, per_device in backends.status().items()
     ]
-    width = max(len(r[1]) for r in rows) + 2
-    lines += ["", f"requested    {req}", ""]
-    lines += [f"{r[0]:<10} {r[1]:<{width}}{r[2]}" for r in rows]
-    lines.append("")
-    lines.append(f"auto picks   cpu float32 -> {_auto_pick('cpu')}")
-    lines.append(f"             cuda float32 -> {_auto_pick('cuda') if cuda else 'n/a (no CUDA device)'}")
+    lines += _table(rows)
+
+    lines += [""] + _table([
+        ("device", "auto picks (float32)"),
+        ("cpu", _auto_pick("cpu")),
+        ("cuda", _auto_pick("cuda") if cuda else NO_CUDA),
+    ])
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m qkernels.info", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args(argv)
     print(report())
 
 

@@ -14,11 +14,17 @@ Observers: ``MovingAverageMinMaxObserver`` and ``MovingAveragePerChannelMinMaxOb
 default QAT qconfigs use); other observers, float qparams and dynamic quantization raise at construction.
 Numbers: ``FakeQuantize`` equals torch.ao's unfused module (``qparams="observer"``),
 ``FusedMovingAvgObsFakeQuantize`` torch's fused op, ``LearnableFakeQuantize`` torch.ao's learnable module,
-bit for bit in the outputs and buffers (the learnable qparam gradients up to summation order). Per-channel
-running stats start empty, as in torch.ao: run one eager step (or load a state dict) before compiling.
+bit for bit in the outputs and buffers (the learnable qparam gradients up to summation order).
+
+Per-channel running stats start empty, as in torch.ao (the observer's ``min_val``/``max_val`` have no elements
+until its first call gives it the channel count): run one eager forward step (or load a state dict) before
+``torch.compile``. Compiling (or exporting) a module whose per-channel stats are still empty raises
+``EmptyRunningStatsError`` (a ``RuntimeError``) saying so, with or without ``fullgraph``.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import Tensor
@@ -34,6 +40,7 @@ from .fake_quant_learnable import (
     lsq_grad_factor,
 )
 
+# (and EmptyRunningStatsError, made on first access: module __getattr__ below)
 __all__ = ["FakeQuantize", "FusedMovingAvgObsFakeQuantize", "LearnableFakeQuantize"]
 
 _SUPPORTED = (MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver)
@@ -80,6 +87,51 @@ def _observer_args(module, x: Tensor, observer_on: Tensor, fake_quant_on: Tensor
             obs.qscheme in _SYMMETRIC)
 
 
+@functools.cache
+def _empty_stats_error_class() -> type:
+    """``EmptyRunningStatsError``, made on first use: it subclasses Dynamo's ``UserError`` (a ``RuntimeError``),
+    which Dynamo raises to the caller as it is rather than wrapping it, and importing ``torch._dynamo`` costs
+    about a second, which ``import qkernels.nn`` does not pay (it is already imported whenever this is raised)."""
+    from torch._dynamo.exc import UserError, UserErrorType
+
+    class EmptyRunningStatsError(UserError):
+        """A qkernels.nn module with empty per-channel running stats was compiled or exported."""
+
+        def __init__(self, msg: str):
+            super().__init__(UserErrorType.INVALID_INPUT, msg)
+
+    EmptyRunningStatsError.__module__ = __name__
+    return EmptyRunningStatsError
+
+
+def __getattr__(name: str):
+    if name == "EmptyRunningStatsError":
+        return _empty_stats_error_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _raise_empty_stats(module_name: str) -> bool:
+    raise _empty_stats_error_class()(
+        f"qkernels.nn.{module_name}: the per-channel running stats are empty (torch.ao's per-channel observer "
+        "sizes them on its first call, which cannot happen while compiling): run one eager forward step, or "
+        "load a state dict, before torch.compile or torch.export")
+
+
+# What torch.compiler.assume_constant_result(_raise_empty_stats) does, without importing torch._dynamo here (about
+# a second): Dynamo calls the function itself while tracing instead of tracing it, so our error reaches the caller
+# rather than being reported as an exception observed in the traced code (tests/test_nn.py checks both).
+_raise_empty_stats._dynamo_marked_constant = True
+
+
+def _check_stats_sized(module) -> None:
+    """Under compile/export, raises EmptyRunningStatsError if the per-channel observer was never run (the
+    check is on static buffer sizes: nothing in the compiled graph). In eager mode the first call sizes them."""
+    if torch.compiler.is_compiling() and module.is_per_channel:
+        obs = module.activation_post_process
+        if obs.min_val.numel() == 0 or obs.max_val.numel() == 0:
+            _raise_empty_stats(type(module).__name__)
+
+
 def _observer_options(module, qparams: str) -> dict:
     obs = module.activation_post_process
     return dict(qparams=qparams, eps=module._observer_eps, symmetric_zero_point=_symmetric_zero_point(obs))
@@ -94,6 +146,7 @@ class FakeQuantize(_ao_fq.FakeQuantize):
         _setup(self)
 
     def forward(self, X: Tensor) -> Tensor:
+        _check_stats_sized(self)
         return fused_moving_avg_obs_fake_quant(
             *_observer_args(self, X, self.observer_enabled, self.fake_quant_enabled, self.scale, self.zero_point),
             **_observer_options(self, "observer"))
@@ -108,6 +161,7 @@ class FusedMovingAvgObsFakeQuantize(_ao_fq.FusedMovingAvgObsFakeQuantize):
         _setup(self)
 
     def forward(self, X: Tensor) -> Tensor:
+        _check_stats_sized(self)
         return fused_moving_avg_obs_fake_quant(
             *_observer_args(self, X, self.observer_enabled, self.fake_quant_enabled, self.scale, self.zero_point),
             **_observer_options(self, "fused"))
@@ -125,6 +179,7 @@ class LearnableFakeQuantize(_LearnableFakeQuantize):
                                                                        torch.per_channel_affine)
 
     def forward(self, X: Tensor) -> Tensor:
+        _check_stats_sized(self)
         obs = self.activation_post_process
         static = self.static_enabled.reshape(()) != 0
         fake_quant = self.fake_quant_enabled.reshape(()) != 0

@@ -185,6 +185,65 @@ def test_prepare_qat_fx_with_qkernels_qconfig_mapping():
         assert torch.equal(compiled(x), copy.deepcopy(ours)(x))
 
 
+PER_CHANNEL = [  # per-channel qkernels constructors whose observer's running stats start empty
+    qqc.to_qkernels(tq.default_per_channel_weight_fake_quant),
+    qqc.to_qkernels(tq.default_fused_per_channel_wt_fake_quant),
+    PAIRS[-1][1],  # LearnableFakeQuantize, per channel
+]
+
+
+@pytest.mark.parametrize("fullgraph", [True, False])
+@pytest.mark.parametrize("ctor", PER_CHANNEL, ids=["FakeQuantize", "FusedMovingAvgObsFakeQuantize", "Learnable"])
+def test_compiling_with_empty_per_channel_stats_raises_our_error(ctor, fullgraph):
+    module = ctor()
+    assert module.activation_post_process.min_val.numel() == 0
+    torch._dynamo.reset()
+    with pytest.raises(qnn.EmptyRunningStatsError) as info:
+        torch.compile(module, fullgraph=fullgraph, backend="eager")(torch.randn(6, 8))
+    text = str(info.value)
+    assert isinstance(info.value, RuntimeError)
+    assert f"qkernels.nn.{type(module).__name__}: the per-channel running stats are empty" in text
+    assert "run one eager forward step, or load a state dict, before torch.compile" in text
+    assert "Observed exception" not in text
+    # One eager step sizes them; then the same module compiles and matches eager.
+    module(torch.randn(6, 8))
+    assert module.activation_post_process.min_val.shape == (6,)
+    eager = copy.deepcopy(module)
+    torch._dynamo.reset()
+    x = torch.randn(6, 8)
+    assert torch.equal(torch.compile(module, fullgraph=fullgraph, backend="eager")(x), eager(x))
+
+
+def test_empty_stats_error_from_a_prepared_model_and_a_loaded_state_dict_fixes_it():
+    torch.manual_seed(0)
+    model = Net().train()
+    model.qconfig = qqc.get_default_qat_qconfig("x86")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tq.prepare_qat(model, inplace=True)
+    sized = copy.deepcopy(model)
+    sized(batch(0)[0])  # one eager step sizes the weights' per-channel stats
+    torch._dynamo.reset()
+    with pytest.raises(qnn.EmptyRunningStatsError, match="per-channel running stats are empty"):
+        torch.compile(qqc.compilable(model), fullgraph=True, backend="eager")(batch(1)[0])
+    model.load_state_dict(sized.state_dict())
+    torch._dynamo.reset()
+    x = batch(1)[0]
+    assert torch.equal(torch.compile(qqc.compilable(model), fullgraph=True, backend="eager")(x), sized(x))
+
+
+def test_empty_stats_marker_is_what_assume_constant_result_sets():
+    """qkernels.nn marks its raising function as torch.compiler.assume_constant_result would, without importing
+    torch._dynamo at import time: this fails if torch changes how that decorator marks a function."""
+    def probe():
+        return 0
+    marked = torch.compiler.assume_constant_result(probe)
+    assert vars(marked) == vars(qnn._raise_empty_stats) and vars(marked)
+    assert qnn.EmptyRunningStatsError.__module__ == "qkernels.nn"
+    with pytest.raises(AttributeError, match="no_such_name"):
+        qnn.no_such_name
+
+
 def test_patch_torch_keeps_the_training_trajectory_of_a_stock_qat_model():
     """A QAT model prepared with stock torch.ao trains identically with its fake quantization on qkernels."""
     torch.manual_seed(0)

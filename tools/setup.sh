@@ -5,6 +5,7 @@
 # The native build is strict here (a failed extension fails the setup); pip install alone degrades instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+say() { echo "qkernels setup: $*"; }
 
 has_torch() {
   "$1" -c 'import sys, torch
@@ -14,15 +15,19 @@ sys.exit(v < (2, 6))' 2>/dev/null
 
 if [ -x .venv/bin/python ]; then
   PY=.venv/bin/python
+  say "using the existing .venv"
 elif has_torch python3; then
   PY=python3
+  say "using python3, which has torch >= 2.6"
 else
+  say "creating .venv"
   python3 -m venv .venv
   PY=.venv/bin/python
 fi
 
 if ! has_torch "$PY"; then
   # Exactly 2.13.0: any looser spec may pull a multi-GB CUDA build.
+  say "installing torch 2.13.0 (CPU build)"
   "$PY" -m pip install -q torch==2.13.0
 fi
 missing=$("$PY" - <<'PYEOF'
@@ -34,9 +39,11 @@ print(" ".join(pkg for mod, pkg in need.items() if importlib.util.find_spec(mod)
 PYEOF
 )
 if [ -n "$missing" ]; then
+  say "installing: $missing"
   # shellcheck disable=SC2086
   "$PY" -m pip install -q $missing
 fi
 
+say "building the native extensions (about 2-3 minutes)"
 QKERNELS_STRICT_BUILD=${QKERNELS_STRICT_BUILD:-1} "$PY" -m pip install -q --no-build-isolation --no-deps -e .
-echo "qkernels: set up with $PY"
+say "done, set up with $PY"
