@@ -1,4 +1,4 @@
-"""The quick start's main job: the demo reproduces stock torch bit for bit through patch_torch."""
+"""The patch demo (README, Use): it reproduces stock torch bit for bit through patch_torch."""
 
 import importlib.util
 

@@ -214,13 +214,19 @@ def test_compiling_with_empty_per_channel_stats_raises_our_error(ctor, fullgraph
     assert torch.equal(torch.compile(module, fullgraph=fullgraph, backend="eager")(x), eager(x))
 
 
-def test_empty_stats_error_from_a_prepared_model_and_a_loaded_state_dict_fixes_it():
+def prepared_net(qconfig) -> Net:
+    """A seeded Net prepared for QAT in place with ``qconfig`` (torch.ao's deprecation warnings silenced)."""
     torch.manual_seed(0)
     model = Net().train()
-    model.qconfig = qqc.get_default_qat_qconfig("x86")
+    model.qconfig = qconfig
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tq.prepare_qat(model, inplace=True)
+    return model
+
+
+def test_empty_stats_error_from_a_prepared_model_and_a_loaded_state_dict_fixes_it():
+    model = prepared_net(qqc.get_default_qat_qconfig("x86"))
     sized = copy.deepcopy(model)
     sized(batch(0)[0])  # one eager step sizes the weights' per-channel stats
     torch._dynamo.reset()
@@ -246,12 +252,9 @@ def test_empty_stats_marker_is_what_assume_constant_result_sets():
 
 def test_patch_torch_keeps_the_training_trajectory_of_a_stock_qat_model():
     """A QAT model prepared with stock torch.ao trains identically with its fake quantization on qkernels."""
-    torch.manual_seed(0)
-    base = Net().train()
-    base.qconfig = tq.get_default_qat_qconfig("x86")
+    base = prepared_net(tq.get_default_qat_qconfig("x86"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tq.prepare_qat(base, inplace=True)
         plain, patched = copy.deepcopy(base), copy.deepcopy(base)
         want = train(plain)
         with qkernels.patched_torch():

@@ -303,3 +303,18 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
                                        msg=lambda m, key=key: f"{key}: {m}")
         else:
             assert torch.equal(rank0[key], single[key]), key
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2"])
+def test_quantize_model_on_the_cifar_models(name):
+    torch.manual_seed(0)
+    model = build(name, 3, 32, 10)
+    layers = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules())
+    x = torch.randn(4, 3, 32, 32)
+    quantize_model(model, x, 4, 4, per_channel=True)
+    wrapped = [m for m in model.modules() if isinstance(m, QuantizedLayer)]
+    assert len(wrapped) == layers
+    depthwise = [m for m in wrapped if getattr(m.layer, "groups", 1) > 1] if name == "mobilenetv2" else []
+    assert all(m.weight_quantizer.scale.shape == (m.layer.out_channels,) for m in depthwise)
+    model(x).square().mean().backward()
+    assert all(m.weight_quantizer.scale.grad is not None for m in wrapped[1:-1])

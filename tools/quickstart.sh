@@ -9,7 +9,7 @@ echo
 echo "== what is live here (python -m qkernels.info)"
 "$PY" -m qkernels.info
 echo
-echo "== a short comparison on digits: fp, ptq and qat at 2, 3 and 4 bits on the CNN (about 3 minutes on 2 cores)"
+echo "== a short comparison on digits: fp, ptq and qat at 2, 3 and 4 bits on the CNN (about 20 seconds on 2 cores)"
 "$PY" -m qkernels.train compare --data digits --model cnn --methods fp,ptq,qat --bits 2,3,4 --out runs/quickstart
 echo
 echo "quick start done; results are in runs/quickstart"

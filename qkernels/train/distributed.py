@@ -71,7 +71,3 @@ def join(device: str) -> tuple:
         torch.cuda.set_device(local)
         return group, torch.device("cuda", local)
     return group, torch.device(device)
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model

@@ -165,8 +165,9 @@ def _lsq_quantizer(x: Tensor, bits: int, signed: bool, per_channel: bool, scale_
                                           channel_len=x.shape[0], use_grad_scaling=grad_scaling, dtype=dtype,
                                           qscheme=torch.per_channel_symmetric, ch_axis=0)
     else:
+        qscheme = torch.per_tensor_symmetric if signed else torch.per_tensor_affine
         quantizer = LearnableFakeQuantize(MovingAverageMinMaxObserver, qmin, qmax, use_grad_scaling=grad_scaling,
-                                          dtype=dtype, qscheme=torch.per_tensor_symmetric if signed else torch.per_tensor_affine)
+                                          dtype=dtype, qscheme=qscheme)
     with torch.no_grad():
         quantizer.scale.copy_(initial_scale(x, qmin, qmax, scale_init, per_channel))
     quantizer.enable_param_learning()

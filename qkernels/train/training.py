@@ -33,7 +33,7 @@ from . import outputs
 from ._deps import require
 from .config import ConfigError, RunConfig, flag, validate
 from .data import augment_batch, load
-from .distributed import Group, join, unwrap
+from .distributed import Group, join
 from .models import build
 from .quantize import ptq_model, quantize_model, quantize_weights_max_abs, quantizer_parameters
 
