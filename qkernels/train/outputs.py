@@ -90,6 +90,7 @@ def plot_accuracy_vs_bits(path: str, series: dict, title: str, reference: float 
         ax.plot(bits, [points[b] for b in bits], marker="o", label=label)
     if reference is not None:
         ax.axhline(reference, color="gray", linestyle="--", label="fp")
+    ax.set_xticks(sorted({b for points in series.values() for b in points}))  # whole bit widths only
     ax.set(xlabel="bit width", ylabel="test accuracy", title=title)
     ax.legend()
     fig.tight_layout()
