@@ -30,6 +30,7 @@ from .fake_quant import (  # noqa: E402
     packed_masks,
 )
 from .fused_observer import fused_moving_avg_obs_fake_quant  # noqa: E402
+from .oscillation_fake_quant import OscillationState, new_oscillation_state, oscillation_fake_quantize  # noqa: E402
 from .fake_quant_learnable import (  # noqa: E402
     fake_quantize_learnable_per_channel_affine,
     fake_quantize_learnable_per_group_affine,
@@ -65,6 +66,9 @@ __all__ = [
     "fake_quantize_learnable_per_group_affine",
     "lsq_grad_factor",
     "fused_moving_avg_obs_fake_quant",
+    "OscillationState",
+    "new_oscillation_state",
+    "oscillation_fake_quantize",
     "patch_torch",
     "unpatch_torch",
     "patched_torch",
