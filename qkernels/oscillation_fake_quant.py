@@ -50,7 +50,8 @@ _OP = "oscillation_fake_quantize"
 # The family's launcher contract (qkernels/_launchers.py). The weight, out, x_int (int8), mask (bool), the state
 # tensors and dy/dw are contiguous and walked as [B, O, C, I] (B == 1; quantizer c); scale and zero point are
 # float32 [C] (the zero point integral). forward updates the state in place (when tracking is on) and returns
-# the number of oscillations of the call as int64 [1]; x_int and mask are written only when need_grad.
+# the number of oscillations of the call as int64 [1]; x_int and mask are written only when need_grad. started is
+# uint8 [2], threshold float32 [] and tracking uint8 [] (0 or 1), all read on the device.
 # backward writes dw and returns dscale float32 [C] (empty when need_dscale is false), from the fixed blocks of
 # make_blocks(dims, REDUCE_TARGET) finished in float64.
 LAUNCHERS = LauncherContract(_FAMILY, {
@@ -181,12 +182,12 @@ def _step_impl(weight, scale, zero_point, axis, quant_min, quant_max, prev_x_int
     x_int, mask = _grad_buffers(weight, need_grad)
     if weight.numel() == 0:
         return out, x_int, mask
-    on = (tracking.reshape(1) != 0)
+    on = (tracking.detach().reshape(1) != 0)
     threshold = freeze_threshold.detach().reshape(()).to(torch.float32)
     count = backends.select(weight, quant_min, quant_max, _FAMILY).forward(
         weight.detach(), out, x_int, mask, _flat(scale), _zero_point(zero_point), *_dims(weight, axis), quant_min,
         quant_max, prev_x_int, prev_switch_dir, ema_oscillation, frozen, frozen_x_int, ema_x_int, started,
-        threshold, tracking.detach().reshape(()), float(momentum), bool(use_ema_x_int), bool(need_grad))
+        threshold, on.reshape(()).to(torch.uint8), float(momentum), bool(use_ema_x_int), bool(need_grad))
     # The counters, on the device: the call's count, the running total, and which lazy starts happened.
     num_oscillations.copy_(torch.cat([num_oscillations[:1] + count, count]))
     freezing = on & (threshold > 0) if use_ema_x_int else torch.zeros_like(on)
