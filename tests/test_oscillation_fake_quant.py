@@ -234,3 +234,23 @@ def test_compiles_fullgraph_and_matches_eager():
             assert torch.equal(a, b)
             w = w + 0.05 * torch.randn_like(w)
     assert all(torch.equal(a, b) for a, b in zip(eager_state, compiled_state))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck_and_determinism(backend):
+    torch.manual_seed(4)
+    w = torch.randn(8, 3, 3)
+    scale, zero_point = torch.rand(8) * 0.2 + 0.05, torch.zeros(8, dtype=torch.int32)
+    state = qkernels.new_oscillation_state(w)
+    step = torch.ops.qkernels.oscillation_fake_quant
+    args = (w, scale, zero_point, 0, -4, 3, *state, torch.tensor(0.3), _flag(True), 0.5, True, True)
+    with qkernels.use_backend(backend):
+        torch.library.opcheck(step, args)
+        out, x_int, mask = step(*args)
+        dy = torch.randn_like(w)
+        backward = torch.ops.qkernels.oscillation_fake_quant_backward
+        bargs = (dy, w, x_int, mask, scale, zero_point, 0, 0.5, True)
+        torch.library.opcheck(backward, bargs)
+        first, again = backward(*bargs), backward(*bargs)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert first[1].shape == (8,) and first[0].shape == w.shape
