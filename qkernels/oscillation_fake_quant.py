@@ -94,35 +94,40 @@ def new_oscillation_state(weight: Tensor) -> OscillationState:
 # ----------------------------------------------------------------------------------------------------------
 # Checks (messages name the argument), all before any work.
 # ----------------------------------------------------------------------------------------------------------
-def _check(weight, scale, zero_point, axis, quant_min, quant_max, state, freeze_threshold, tracking, momentum,
-           grad_factor):
-    _check_input(_OP, weight)
+def _check_qparams(op, weight, scale, zero_point, axis, quant_min, quant_max):
+    """The weight, its quantizer's qparams and range (shared with qkernels.oscillation_dampening)."""
+    _check_input(op, weight)
     if weight.dtype == torch.float64:
-        _fail(f"{_OP}: `weight` must be float32, float16 or bfloat16, got {weight.dtype}")
+        _fail(f"{op}: `weight` must be float32, float16 or bfloat16, got {weight.dtype}")
     if not weight.is_contiguous():
-        _fail(f"{_OP}: `weight` must be contiguous")
+        _fail(f"{op}: `weight` must be contiguous")
     _check_qparam_tensor("scale", scale, weight)
     _check_qparam_tensor("zero_point", zero_point, weight)
     if not scale.is_floating_point():
-        _fail(f"{_OP}: `scale` must be a floating-point tensor, got {scale.dtype}")
+        _fail(f"{op}: `scale` must be a floating-point tensor, got {scale.dtype}")
     if zero_point.is_complex() or zero_point.dtype == torch.bool:
-        _fail(f"{_OP}: `zero_point` must be an integer or floating-point tensor, got {zero_point.dtype}")
+        _fail(f"{op}: `zero_point` must be an integer or floating-point tensor, got {zero_point.dtype}")
     if axis is None:
-        want = 1
         if scale.numel() != 1 or zero_point.numel() != 1:
-            _fail(f"{_OP}: `scale` and `zero_point` must have exactly one element per tensor, got shapes "
+            _fail(f"{op}: `scale` and `zero_point` must have exactly one element per tensor, got shapes "
                   f"{tuple(scale.shape)} and {tuple(zero_point.shape)}")
     else:
         if weight.dim() == 0 or not -weight.dim() <= axis < weight.dim():
-            _fail(f"{_OP}: `axis` must be in [{-weight.dim()}, {weight.dim() - 1}] for a {weight.dim()}-D "
+            _fail(f"{op}: `axis` must be in [{-weight.dim()}, {weight.dim() - 1}] for a {weight.dim()}-D "
                   f"`weight`, got {axis}")
         want = weight.size(axis)
         if scale.shape != (want,) or zero_point.shape != (want,):
-            _fail(f"{_OP}: `scale` and `zero_point` must be 1-D with {want} elements (`weight.size({axis})`), got "
+            _fail(f"{op}: `scale` and `zero_point` must be 1-D with {want} elements (`weight.size({axis})`), got "
                   f"shapes {tuple(scale.shape)} and {tuple(zero_point.shape)}")
     if not -128 <= quant_min <= 0 <= quant_max <= 127:
-        _fail(f"{_OP}: the range must contain 0 and fit int8 (-128 <= `quant_min` <= 0 <= `quant_max` <= 127), got "
+        _fail(f"{op}: the range must contain 0 and fit int8 (-128 <= `quant_min` <= 0 <= `quant_max` <= 127), got "
               f"[{quant_min}, {quant_max}]")
+    _check_scale_tensor_values(scale)
+
+
+def _check(weight, scale, zero_point, axis, quant_min, quant_max, state, freeze_threshold, tracking, momentum,
+           grad_factor):
+    _check_qparams(_OP, weight, scale, zero_point, axis, quant_min, quant_max)
     if not isinstance(state, OscillationState):
         _fail(f"{_OP}: `state` must be an OscillationState (qkernels.new_oscillation_state), got "
               f"{type(state).__name__}")
@@ -145,8 +150,6 @@ def _check(weight, scale, zero_point, axis, quant_min, quant_max, state, freeze_
         _fail(f"{_OP}: `momentum` must be in (0, 1], got {momentum}")
     if not math.isfinite(grad_factor):
         _fail(f"{_OP}: `grad_factor` must be finite, got {grad_factor}")
-    _check_scale_tensor_values(scale)
-    return want
 
 
 def _dims(weight: Tensor, axis: Optional[int]):
