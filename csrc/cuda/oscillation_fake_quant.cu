@@ -57,12 +57,11 @@ struct QuantizerOf {
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    forward_kernel(OscillationForwardParams p, QuantizerOf quantizer, int64_t* __restrict__ count_partial) {
+    forward_kernel(OscillationForwardParams p, QuantizerOf quantizer, int64_t n, int64_t* __restrict__ count_partial) {
   __shared__ int64_t smem[kThreads / 32];
   const OscillationFlags f = oscillation_flags(p);
   const T* __restrict__ w = static_cast<const T*>(p.w);
   T* __restrict__ out = static_cast<T*>(p.out);
-  const int64_t n = p.dims.numel();
   int64_t count = 0;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; e < n;
        e += static_cast<int64_t>(gridDim.x) * kThreads) {
@@ -157,7 +156,7 @@ int oscillation_fake_quant_forward(const OscillationForwardParams& p, int64_t* c
   const QuantizerOf quantizer(p.dims);
   return by_dtype(p.dtype, [&](auto tag) {
     forward_kernel<decltype(tag)>
-        <<<grid, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p, quantizer, count_partial);
+        <<<grid, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p, quantizer, n, count_partial);
     return static_cast<int>(cudaGetLastError());
   });
 }
