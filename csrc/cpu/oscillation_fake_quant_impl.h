@@ -24,34 +24,41 @@ constexpr int64_t kSub = 256;  // elements per stack sub-block of the backward l
 // ------------------------------------------------------------------------------------------------------
 // Forward: n elements from offset e whose quantizers are q0 + k * q_step (q_step 0: one quantizer; 1: I == 1).
 // ------------------------------------------------------------------------------------------------------
-template <typename T>
+template <typename T, bool kGrad>
 int64_t step_run(const OscillationForwardParams& p, const OscillationFlags& f, int64_t e, int64_t n, int64_t q0,
                  int64_t q_step) {
-  const T* w = static_cast<const T*>(p.w) + e;
-  T* out = static_cast<T*>(p.out) + e;
+  // Local restrict pointers: int8/bool stores may alias anything, so through p every store would reload p's fields.
+  const T* __restrict__ w = static_cast<const T*>(p.w) + e;
+  T* __restrict__ out = static_cast<T*>(p.out) + e;
+  int8_t* __restrict__ x_int = p.x_int + (kGrad ? e : 0);
+  bool* __restrict__ mask = p.mask + (kGrad ? e : 0);
+  int8_t* __restrict__ prev_x_int = p.prev_x_int + e;
+  int8_t* __restrict__ prev_switch_dir = p.prev_switch_dir + e;
+  float* __restrict__ ema_oscillation = p.ema_oscillation + e;
+  bool* __restrict__ frozen = p.frozen + e;
+  int8_t* __restrict__ frozen_x_int = p.frozen_x_int + e;
+  float* __restrict__ ema_x_int = p.ema_x_int + e;
+  const float* __restrict__ scale = p.scale + q0;
+  const float* __restrict__ zero_point = p.zero_point + q0;
+  const float qmin = p.quant_min, qmax = p.quant_max;
   int64_t count = 0;
-  float s = p.scale[q0], z = p.zero_point[q0], inv = 1.0f / s;
   for (int64_t k = 0; k < n; ++k) {
-    if (q_step != 0) {
-      s = p.scale[q0 + k];
-      z = p.zero_point[q0 + k];
-      inv = 1.0f / s;
-    }
-    OscillationElement st{p.prev_x_int[e + k], p.prev_switch_dir[e + k], p.frozen_x_int[e + k],
-                          p.frozen[e + k],     p.ema_oscillation[e + k], p.ema_x_int[e + k]};
-    bool mask, osc;
-    const float x = oscillation_step(to_float(w[k]), inv, z, p.quant_min, p.quant_max, f, st, mask, osc);
+    const float s = scale[k * q_step], z = zero_point[k * q_step];
+    OscillationElement st{prev_x_int[k], prev_switch_dir[k], frozen_x_int[k],
+                          frozen[k],     ema_oscillation[k], ema_x_int[k]};
+    bool m, osc;
+    const float x = oscillation_step(to_float(w[k]), 1.0f / s, z, qmin, qmax, f, st, m, osc);
     out[k] = from_float<T>(oscillation_output(x, s, z));
-    if (p.x_int) {
-      p.x_int[e + k] = oscillation_int8(x);
-      p.mask[e + k] = mask;
+    if (kGrad) {
+      x_int[k] = oscillation_int8(x);
+      mask[k] = m;
     }
-    p.prev_x_int[e + k] = st.prev_x_int;
-    p.prev_switch_dir[e + k] = st.prev_switch_dir;
-    p.ema_oscillation[e + k] = st.ema_oscillation;
-    p.frozen[e + k] = st.frozen;
-    p.frozen_x_int[e + k] = st.frozen_x_int;
-    p.ema_x_int[e + k] = st.ema_x_int;
+    prev_x_int[k] = st.prev_x_int;
+    prev_switch_dir[k] = st.prev_switch_dir;
+    ema_oscillation[k] = st.ema_oscillation;
+    frozen[k] = st.frozen;
+    frozen_x_int[k] = st.frozen_x_int;
+    ema_x_int[k] = st.ema_x_int;
     count += osc;
   }
   return count;
@@ -67,7 +74,8 @@ int64_t forward_walk(const OscillationForwardParams& p, int64_t begin, int64_t e
     const int64_t q = (row / O) * C + c;
     const bool row_of_quantizers = I == 1 && C > 1;
     const int64_t len = row_of_quantizers ? std::min(end - e, C - c) : std::min(end - e, I - (within - c * I));
-    count += step_run<T>(p, f, e, len, q, row_of_quantizers ? 1 : 0);
+    const int64_t q_step = row_of_quantizers ? 1 : 0;
+    count += p.x_int ? step_run<T, true>(p, f, e, len, q, q_step) : step_run<T, false>(p, f, e, len, q, q_step);
     e += len;
   }
   return count;

@@ -36,37 +36,35 @@ QK_HOST_DEVICE int8_t oscillation_int8(float v) { return static_cast<int8_t>(v =
 // whether q lies inside it.
 QK_HOST_DEVICE float oscillation_clamped(float w, float inv, float z, float qmin, float qmax, bool& inside) {
   const float q = round_half_even(w * inv) + z;
-  inside = q >= qmin && q <= qmax;
+  inside = (q >= qmin) & (q <= qmax);
   return q < qmin ? qmin : (q > qmax ? qmax : q);
 }
 
 // One element of the forward step: returns the integer x after frozen substitution (float32), writes the gradient
 // mask and whether the element oscillated in this call (counted only when tracking), and updates st in place as
-// the spec's state update (the frozen state that decides x and mask is the one of before the call).
+// the spec's state update (the frozen state that decides x and mask is the one of before the call). Selects and
+// bitwise bool operations rather than branches, so that the CPU loops vectorize.
 QK_HOST_DEVICE float oscillation_step(float w, float inv, float z, float qmin, float qmax, const OscillationFlags& f,
                                       OscillationElement& st, bool& mask, bool& osc) {
   bool inside;
   const float clamped = oscillation_clamped(w, inv, z, qmin, qmax, inside);
   const float x = st.frozen ? static_cast<float>(st.frozen_x_int) : clamped;
-  mask = !st.frozen && inside;
+  mask = !st.frozen & inside;
 
   const float prev = f.started_prev ? static_cast<float>(st.prev_x_int) : x;
   const float d = prev - x;
   const int8_t dir = d > 0.0f ? 1 : (d < 0.0f ? -1 : 0);  // torch.sign, NaN -> 0 as int8
-  osc = f.tracking && st.prev_switch_dir * dir == -1;
+  osc = f.tracking & (st.prev_switch_dir * dir == -1);
   const float ema = f.m * (osc ? 1.0f : 0.0f) + f.cm * st.ema_oscillation;  // two roundings, as the spec
   const float e = f.started_ema ? st.ema_x_int : x;
-  const bool sel = f.freezing && ema > f.threshold;
-  if (f.tracking) {
-    st.prev_x_int = oscillation_int8(x);
-    if (d != 0.0f) st.prev_switch_dir = dir;  // NaN != 0 too, as in the spec
-    st.ema_oscillation = ema;
-  }
-  if (sel) {
-    st.frozen = true;
-    st.frozen_x_int = oscillation_int8(f.use_ema_x_int ? round_half_even(e) : x);
-  }
-  if (f.freezing && f.use_ema_x_int) st.ema_x_int = f.m * x + f.cm * e;
+  const bool sel = f.freezing & (ema > f.threshold);
+  st.prev_x_int = f.tracking ? oscillation_int8(x) : st.prev_x_int;
+  st.prev_switch_dir = f.tracking & (d != 0.0f) ? dir : st.prev_switch_dir;  // NaN != 0 too, as in the spec
+  st.ema_oscillation = f.tracking ? ema : st.ema_oscillation;
+  st.frozen_x_int = sel ? oscillation_int8(f.use_ema_x_int ? round_half_even(e) : x) : st.frozen_x_int;
+  st.frozen = st.frozen | sel;
+  const float ema_x = f.m * x + f.cm * e;  // two roundings, as the spec
+  st.ema_x_int = f.freezing & f.use_ema_x_int ? ema_x : st.ema_x_int;
   return x;
 }
 
