@@ -4,14 +4,15 @@ step by step, the toy regression of Nagel et al., frozen-weight gradients, check
 import pytest
 import torch
 
+import cuda_emulator
 import qkernels
-from qkernels.oscillation_fake_quant import STATE_FIELDS
+from conftest import assert_bitwise_equal, assert_sums_close, interpreted
+from qkernels.oscillation_fake_quant import LAUNCHERS, STATE_FIELDS, _dims, new_oscillation_state
+from qkernels.reference import oscillation_fake_quant as ref
 from qkernels.reference.oscillation_fake_quant import OfficialTracker
 
-from conftest import assert_bitwise_equal, interpreted
-
-# The backends that implement the family here (the kernel backends join as they land).
-BACKENDS = ["reference", "triton"]
+# The backends run by name here (the CUDA kernels: under the emulator below).
+BACKENDS = ["reference", "cpu", "triton"]
 
 
 def _integers(w, scale, zero_point, axis, qmin, qmax):
@@ -258,3 +259,55 @@ def test_opcheck_and_determinism(backend):
         first, again = backward(*bargs), backward(*bargs)
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert first[1].shape == (8,) and first[0].shape == w.shape
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The native launchers (cpu, and the CUDA kernels under the emulator) against the reference launchers, bit for bit
+# (dscale within the sum tolerance), on random-walk steps that reach every kernel path: per tensor with several
+# blocks along I, per channel in run mode, per channel with I == 1 (row mode) over several row blocks.
+# ----------------------------------------------------------------------------------------------------------
+NATIVE = {"cpu": lambda: LAUNCHERS.native("cpu"),
+          "cuda-emulated": lambda: cuda_emulator.launchers("oscillation_fake_quant")}
+CASES = [((40000,), None), ((8, 3, 5), 0), ((6000, 6), 1), ((7, 33), 1), ((3, 1, 4), 2)]
+
+
+@pytest.mark.parametrize("native", NATIVE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape,axis", CASES, ids=[f"{s}-{a}" for s, a in CASES])
+@pytest.mark.parametrize("use_ema", [True, False])
+def test_native_launchers_equal_the_reference_every_step(native, dtype, shape, axis, use_ema):
+    launchers = NATIVE[native]()
+    g = torch.Generator().manual_seed(len(shape) * 7 + (axis or 0))
+    qmin, qmax, momentum = -8, 7, 0.3
+    w = (torch.randn(shape, generator=g) * 0.4).to(dtype)
+    channels = 1 if axis is None else shape[axis]
+    scale = (0.1 * (1 + torch.rand(channels, generator=g))).float()
+    zero_point = torch.randint(-1, 2, (channels,), generator=g).float()
+    dims = _dims(w, axis)
+    states = {who: list(new_oscillation_state(w))[:6] for who in ("ref", "native")}
+    started = {who: torch.zeros(2, dtype=torch.uint8) for who in ("ref", "native")}
+    for t in range(7):
+        threshold = torch.tensor(0.0 if t < 3 else 0.2)
+        tracking = torch.tensor(t != 5)
+        results = {}
+        for who, impl in (("ref", ref.Launchers), ("native", launchers)):
+            out, x_int = torch.empty_like(w), torch.empty(shape, dtype=torch.int8)
+            mask = torch.empty(shape, dtype=torch.bool)
+            count = impl.forward(w, out, x_int, mask, scale, zero_point, *dims, qmin, qmax, *states[who],
+                                 started[who], threshold, tracking, momentum, use_ema, True)
+            started[who] |= torch.stack([tracking, tracking & (threshold > 0) & use_ema]).to(torch.uint8)
+            dy = torch.randn(shape, generator=torch.Generator().manual_seed(t)).to(dtype)
+            dw = torch.empty_like(w)
+            dscale = impl.backward(dy, w, x_int, mask, dw, scale, zero_point, *dims, 0.5, True)
+            results[who] = (out, x_int, mask, count, dw, dscale, dy)
+        names = ("out", "x_int", "mask", "count", "dw")
+        for name, a, e in zip(names, results["native"], results["ref"]):
+            assert_bitwise_equal(a, e, what=f"step {t} {name}")
+        for name, a, e in zip(STATE_FIELDS, states["native"], states["ref"]):
+            assert_bitwise_equal(a, e, what=f"step {t} {name}")
+        assert torch.equal(started["native"], started["ref"])
+        out, x_int, mask, _, _, _, dy = results["ref"]
+        _, ds = ref.backward_elements(dy, w, x_int, mask, scale, zero_point, dims, 0.5)
+        assert_sums_close(results["native"][5], ds, lambda v: v.sum((0, 1, 3)), f"step {t} dscale")
+        w = (w.float() + 0.6 * scale.max() * torch.randn(shape, generator=g)).to(dtype)
+    assert bool(states["ref"][3].any()), "the walk should freeze some elements"
