@@ -1,11 +1,21 @@
 """The fused dampening loss (Nagel et al. §4) against autograd on its explicit formula, every aggregation."""
 
+import math
+
 import pytest
 import torch
 
 import qkernels
+from qkernels import backends
+from qkernels.oscillation_fake_quant import _dims
+from qkernels.reference import oscillation_dampening as reference
+from qkernels.reference.oscillation_fake_quant import REDUCE_TARGET
+from qkernels.reference.reduce import make_blocks
 
-BACKENDS = ["reference"]
+from conftest import assert_bitwise_equal, assert_sums_close, make_input
+
+# The backends that implement the family here (the native ones join as they land).
+BACKENDS = ["reference", "triton"]
 
 
 def _explicit(w, scale, zero_point, axis, qmin, qmax, frozen, frozen_x_int, aggregation):
@@ -91,3 +101,47 @@ def test_compiles_and_opchecks():
         torch.library.opcheck(torch.ops.qkernels.oscillation_dampening, args)
         compiled = torch.compile(qkernels.oscillation_dampening, fullgraph=True, backend="aot_eager")
         assert torch.equal(compiled(*args), qkernels.oscillation_dampening(*args))
+
+
+# (shape, axis, plan the Triton launcher takes, P blocks per quantizer of make_blocks(dims, REDUCE_TARGET))
+LAYOUTS = [
+    ((6, 4, 3, 3), None, "segment", 1),  # per tensor
+    ((40000,), None, "run", 3),  # per tensor, blocks along I
+    ((8, 3, 3, 3), 0, "segment", 1),  # per channel along the first axis
+    ((300, 70), 1, "row", 2),  # per channel, row mode (I == 1, C > 1), blocks of rows
+    ((70, 3, 300), 1, "run", 2),  # per channel, run mode, blocks of rows
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape,axis,plan,P", LAYOUTS)
+def test_triton_launcher_equals_the_reference_launcher(shape, axis, plan, P, dtype):
+    reason = backends.availability("triton", "cpu")
+    if reason is not None:
+        pytest.skip(reason)
+    from qkernels.triton_kernels import oscillation_dampening as triton_launchers
+
+    dims = _dims(torch.empty(shape), axis)
+    assert make_blocks(dims, REDUCE_TARGET).P == P and triton_launchers._plan(
+        dims, triton_launchers._KERNELS)[0].__name__ == f"_damp_{plan}_kernel"
+    C, n = dims[2], math.prod(shape)
+    g = torch.Generator().manual_seed(n + C)
+    # values on both sides of every bound (ties and specials, NaN included, in the small per-tensor case)
+    w = make_input(n, shape, 0.1, 0, -4, 3, dtype, "cpu", specials=n < 1000 and axis is None)
+    scale = torch.rand(C, generator=g) * 0.1 + 0.05
+    zero_point = torch.randint(-2, 3, (C,), generator=g).float()
+    frozen = torch.rand(shape, generator=g) < 0.3
+    frozen_x_int = torch.randint(-8, 8, shape, generator=g, dtype=torch.int8)  # some outside [-4, 3]
+    args = (w, scale, zero_point, *dims, -4, 3, frozen, frozen_x_int)
+    dw, dw_ref = torch.empty(shape), torch.empty(shape)
+    e_sums, ds_sums = triton_launchers.forward(*args, dw)
+    reference.Launchers.forward(*args, dw_ref)
+    assert_bitwise_equal(dw, dw_ref, what="dw")
+    e, _, ds = reference.elements(w, scale, zero_point, dims, -4, 3, frozen, frozen_x_int)
+    assert ds.abs().sum() > 0  # frozen weights outside the range reach the scale
+    for got, values, what in ((e_sums, e, "e"), (ds_sums, ds, "ds")):
+        assert got.dtype == torch.float32 and got.shape == (C,)
+        assert_sums_close(got, values, lambda v: v.sum((0, 1, 3)), what)
+    again = torch.empty(shape)  # the same bits on every run
+    for a, b, what in zip(triton_launchers.forward(*args, again) + (again,), (e_sums, ds_sums, dw), "e ds dw".split()):
+        assert_bitwise_equal(a, b, what=what)

@@ -29,6 +29,9 @@ that every program loads its scale once (no per-element index division or recipr
 * run (the layout's run mode otherwise): a program takes one block, ``rows`` of a quantizer's O runs and a
   ``chunk`` of I, tiled [ROWS_T, BLOCK_I].
 
+The plans (``_plan``), the programs' block geometry (``_row_block``, ``_run_block``), qparams and launch are shared
+with the ``oscillation_dampening`` kernels.
+
 The forward's oscillation count is exact: int32 lanes of each program's flags (Count, ``_reduce.count_lanes``), each
 program's total in int64, the totals summed in int64. The backward's dscale is the reduction layer's Sum: each
 block's float32 partial at [0, p, c] (lanes of float32 adds in the program's fixed order, reduced in float64 and
@@ -152,6 +155,38 @@ def _qparams(scale_ptr, zp_ptr, c, cm):
 
 
 @triton.jit
+def _program_id(INDEX_I32: tl.constexpr):
+    """The program's id, int64 unless every offset fits int32."""
+    pid = tl.program_id(0)
+    if not INDEX_I32:
+        pid = pid.to(tl.int64)
+    return pid
+
+
+@triton.jit
+def _row_block(pid, O, C, n_ct, rows, BLOCK_C: tl.constexpr):
+    """Row mode: program pid = p * n_ct + ct covers rows [p * rows, min(p * rows + rows, O)) of the columns
+    c = ct * BLOCK_C + [0, BLOCK_C) (mask c < C), each column one quantizer: (p, c, column mask, row start,
+    row end)."""
+    ct = pid % n_ct
+    p = pid // n_ct
+    c = ct * BLOCK_C + tl.arange(0, BLOCK_C)
+    return p, c, c < C, p * rows, tl.minimum(p * rows + rows, O)
+
+
+@triton.jit
+def _run_block(pid, O, I, P, n_ib, rows, chunk):
+    """Run mode: program pid = c * P + p, p = ob * n_ib + ib, covers rows [ob * rows, ob * rows + rows) and
+    elements [ib * chunk, ib * chunk + chunk) of I of quantizer c (both ends cut at O, I): (p, c, row start,
+    row end, I start, I end)."""
+    p = pid % P
+    c = pid // P
+    ob = p // n_ib
+    ib = p % n_ib
+    return p, c, ob * rows, tl.minimum(ob * rows + rows, O), ib * chunk, tl.minimum(ib * chunk + chunk, I)
+
+
+@triton.jit
 def _store_result(acc, part_ptr, pid, offs, pm, AXIS: tl.constexpr, FORWARD: tl.constexpr, NEED: tl.constexpr):
     """Forward: the program's oscillation count (int64) at pid; backward (if NEED): the Sum partials at offs."""
     if FORWARD:
@@ -167,9 +202,7 @@ def _osc_segment_kernel(
     SEGS: tl.constexpr, BLOCK_I: tl.constexpr,
 ):
     # O == 1: quantizer c is the run [c * I, c * I + I), one tile row; its partial [0, 0, c] is at c.
-    pid = tl.program_id(0)
-    if not INDEX_I32:
-        pid = pid.to(tl.int64)
+    pid = _program_id(INDEX_I32)
     lo = quant_min + 0.0  # `+ 0.0`: float32 also when Triton passed a 1 as a constexpr
     hi = quant_max + 0.0
     ctx = _context(flags, consts, FORWARD)
@@ -188,25 +221,18 @@ def _osc_row_kernel(
     FORWARD: tl.constexpr, NEED: tl.constexpr, USE_EMA: tl.constexpr, INDEX_I32: tl.constexpr,
     ROWS_T: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    # I == 1: program (p, column tile) covers rows [p * rows, p * rows + rows) of columns
-    # [ct * BLOCK_C, ct * BLOCK_C + BLOCK_C), each column one quantizer.
-    pid = tl.program_id(0)
-    if not INDEX_I32:
-        pid = pid.to(tl.int64)
-    ct = pid % n_ct
-    p = pid // n_ct
+    # I == 1: program (p, column tile), _row_block.
+    pid = _program_id(INDEX_I32)
+    p, c, cm, o_start, o_end = _row_block(pid, O, C, n_ct, rows, BLOCK_C)
     lo = quant_min + 0.0
     hi = quant_max + 0.0
     ctx = _context(flags, consts, FORWARD)
-    c = ct * BLOCK_C + tl.arange(0, BLOCK_C)
-    cm = c < C
     s, inv, z = _qparams(scale_ptr, zp_ptr, c, cm)
-    o_end = tl.minimum(p * rows + rows, O)
     if FORWARD:
         acc = tl.zeros((ROWS_T, BLOCK_C), tl.int32)
     else:
         acc = tl.zeros((ROWS_T, BLOCK_C), tl.float32)
-    for o in range(p * rows, o_end, ROWS_T):
+    for o in range(o_start, o_end, ROWS_T):
         ro = o + tl.arange(0, ROWS_T)[:, None]
         acc += _tile(io, state, ctx, ro * C + c[None, :], (ro < o_end) & cm[None, :], s[None, :], inv[None, :],
                      z[None, :], lo, hi, FORWARD, NEED, USE_EMA)
@@ -219,58 +245,57 @@ def _osc_run_kernel(
     FORWARD: tl.constexpr, NEED: tl.constexpr, USE_EMA: tl.constexpr, INDEX_I32: tl.constexpr,
     ROWS_T: tl.constexpr, BLOCK_I: tl.constexpr,
 ):
-    # Program (c, p), p = ob * n_ib + ib: rows [ob * rows, ob * rows + rows) and elements
-    # [ib * chunk, ib * chunk + chunk) of I of quantizer c, the rows C * I apart.
-    pid = tl.program_id(0)
-    if not INDEX_I32:
-        pid = pid.to(tl.int64)
-    p = pid % P
-    c = pid // P
-    ob = p // n_ib
-    ib = p % n_ib
+    # Program (c, p), _run_block; the rows of quantizer c are C * I apart.
+    pid = _program_id(INDEX_I32)
+    p, c, o_start, o_end, i_start, i_end = _run_block(pid, O, I, P, n_ib, rows, chunk)
     lo = quant_min + 0.0
     hi = quant_max + 0.0
     ctx = _context(flags, consts, FORWARD)
     s, inv, z = _qparams(scale_ptr, zp_ptr, c, c < C)  # (always in range: a mask as the other modes)
-    o_end = tl.minimum(ob * rows + rows, O)
-    i_end = tl.minimum(ib * chunk + chunk, I)
     if FORWARD:
         acc = tl.zeros((ROWS_T, BLOCK_I), tl.int32)
     else:
         acc = tl.zeros((ROWS_T, BLOCK_I), tl.float32)
-    for o in range(ob * rows, o_end, ROWS_T):
+    for o in range(o_start, o_end, ROWS_T):
         ro = o + tl.arange(0, ROWS_T)[:, None]
-        for i in range(ib * chunk, i_end, BLOCK_I):
+        for i in range(i_start, i_end, BLOCK_I):
             ci = i + tl.arange(0, BLOCK_I)[None, :]
             acc += _tile(io, state, ctx, c * I + ro * (C * I) + ci, (ro < o_end) & (ci < i_end), s, inv, z, lo, hi,
                          FORWARD, NEED, USE_EMA)
     _store_result(acc, part_ptr, pid, p * C + c, None, None, FORWARD, NEED)
 
 
-def _plan(dims):
-    """(kernel, grid, shape arguments, tile constexprs, P) of the blocks of make_blocks(dims, REDUCE_TARGET)."""
+def _plan(dims, kernels):
+    """(kernel, grid, shape arguments, tile constexprs, P) of the blocks of make_blocks(dims, REDUCE_TARGET);
+    kernels: the family's (segment, row, run) kernels, taking the shape arguments of their mode."""
+    segment_kernel, row_kernel, run_kernel = kernels
     _, O, C, I = dims
     blocks = make_blocks(dims, REDUCE_TARGET)
     if O == 1 and I <= _BLOCK:  # then P == 1 in either mode
         block_i = triton.next_power_of_2(I)
         segs = _BLOCK // block_i
-        return _osc_segment_kernel, (triton.cdiv(C, segs),), (C, I), dict(SEGS=segs, BLOCK_I=block_i), 1
+        return segment_kernel, (triton.cdiv(C, segs),), (C, I), dict(SEGS=segs, BLOCK_I=block_i), 1
     if blocks.row_mode:
         block_c = min(triton.next_power_of_2(C), _BLOCK_C)
         rows_t = min(_BLOCK // block_c, triton.next_power_of_2(min(blocks.rows, O)))
         n_ct = triton.cdiv(C, block_c)
-        return (_osc_row_kernel, (blocks.P * n_ct,), (O, C, n_ct, blocks.rows), dict(ROWS_T=rows_t, BLOCK_C=block_c),
+        return (row_kernel, (blocks.P * n_ct,), (O, C, n_ct, blocks.rows), dict(ROWS_T=rows_t, BLOCK_C=block_c),
                 blocks.P)
     block_i = min(_BLOCK, triton.next_power_of_2(blocks.chunk))
     rows_t = min(_BLOCK // block_i, triton.next_power_of_2(min(blocks.rows, O)))
-    return (_osc_run_kernel, (C * blocks.P,), (O, C, I, blocks.P, blocks.n_ib, blocks.rows, blocks.chunk),
+    return (run_kernel, (C * blocks.P,), (O, C, I, blocks.P, blocks.n_ib, blocks.rows, blocks.chunk),
             dict(ROWS_T=rows_t, BLOCK_I=block_i), blocks.P)
 
 
-def _launch(plan, io, state, flags, consts, scale, zero_point, part, quant_min, quant_max, **flags_constexpr):
+def _launch(plan, head, tail, numel, **constexprs):
+    """Launches the plan's kernel on (*head, *shape arguments, *tail), without fp contraction; numel: the
+    elements walked (int32 offsets below 2^31)."""
     kernel, grid, shape_args, tiles, _ = plan
-    kernel[grid](io, state, flags, consts, scale, zero_point, part, *shape_args, quant_min, quant_max,
-                 INDEX_I32=io[0].numel() < 2**31, **flags_constexpr, **tiles, num_warps=_WARPS, enable_fp_fusion=False)
+    kernel[grid](*head, *shape_args, *tail, INDEX_I32=numel < 2**31, **constexprs, **tiles, num_warps=_WARPS,
+                 enable_fp_fusion=False)
+
+
+_KERNELS = (_osc_segment_kernel, _osc_row_kernel, _osc_run_kernel)
 
 
 def forward(w, out, x_int, mask, scale, zero_point, B, O, C, I, quant_min, quant_max, prev_x_int, prev_switch_dir,
@@ -281,15 +306,15 @@ def forward(w, out, x_int, mask, scale, zero_point, B, O, C, I, quant_min, quant
     (int64 [1]). w (numel > 0), out and the state are contiguous, walked as [B, O, C, I] (B == 1); scale and
     zero_point float32 [C]; started uint8 [2], threshold float32 [] and tracking [] (any dtype) are read on the
     device."""
-    plan = _plan((B, O, C, I))
+    plan = _plan((B, O, C, I), _KERNELS)
     counts = torch.empty(plan[1][0], dtype=torch.int64, device=w.device)
     # Unused pointers (need_grad false) point at w, which no kernel writes.
     io = (w, out, x_int, mask) if need_grad else (w, out, w, w)
     state = (prev_x_int, prev_switch_dir, ema_oscillation, frozen, frozen_x_int, ema_x_int)
     consts = (float(torch.tensor(momentum, dtype=torch.float32)), float(torch.tensor(1.0 - momentum,
                                                                                       dtype=torch.float32)))
-    _launch(plan, io, state, (started, threshold, tracking), consts, scale, zero_point, counts, quant_min,
-            quant_max, FORWARD=True, NEED=bool(need_grad), USE_EMA=bool(use_ema_x_int))
+    _launch(plan, (io, state, (started, threshold, tracking), consts, scale, zero_point, counts),
+            (quant_min, quant_max), w.numel(), FORWARD=True, NEED=bool(need_grad), USE_EMA=bool(use_ema_x_int))
     return counts.sum().reshape(1)
 
 
@@ -297,11 +322,12 @@ def backward(dy, w, x_int, mask, dw, scale, zero_point, B, O, C, I, grad_factor,
     """Launcher: writes dw (w's dtype) and returns dscale float32 [C] (empty when need_dscale is false), the
     Sum partials [B, P, C] of make_blocks(dims, REDUCE_TARGET) finished in float64. dy, w, x_int (int8), mask
     (bool) and dw are contiguous (numel > 0), walked as [B, O, C, I] (B == 1)."""
-    plan = _plan((B, O, C, I))
+    plan = _plan((B, O, C, I), _KERNELS)
     partials = torch.empty((B, plan[4], C), dtype=torch.float32, device=w.device) if need_dscale else None
     # The quantizer range is not used by the backward (x_int and mask carry it).
-    _launch(plan, (dy, w, x_int, mask, dw), (), (), (float(grad_factor),), scale, zero_point,
-            partials if need_dscale else scale, 0, 0, FORWARD=False, NEED=bool(need_dscale), USE_EMA=False)
+    _launch(plan, ((dy, w, x_int, mask, dw), (), (), (float(grad_factor),), scale, zero_point,
+                   partials if need_dscale else scale), (0, 0), w.numel(), FORWARD=False, NEED=bool(need_dscale),
+            USE_EMA=False)
     if not need_dscale:
         return scale.new_empty((0,))
     return finish_sum(partials, 1, torch.float32).reshape(-1)
