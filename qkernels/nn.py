@@ -314,6 +314,9 @@ class OscillationFakeQuantize(torch.nn.Module):
         """The fake-quantized ``weight`` (its shape and dtype); ``track=False``: this call never tracks (the
         dampening target)."""
         if self.prev_x_int.shape != weight.shape:
+            if self.prev_x_int.shape != (0,):
+                raise ValueError(f"weight: shape {tuple(weight.shape)}, but the state was sized for "
+                                 f"{tuple(self.prev_x_int.shape)}")
             if torch.compiler.is_compiling():
                 raise RuntimeError("qkernels.nn.OscillationFakeQuantize: the state is not sized for this weight: "
                                    "run one eager call, pass weight_shape, or load a state dict before "

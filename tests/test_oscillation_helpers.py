@@ -66,6 +66,8 @@ def test_state_dict_round_trip_into_a_fresh_module(per_channel):
     assert torch.equal(fresh(w), module(w)) and _same(_buffers(fresh), _buffers(module))
     sized = OscillationFakeQuantize(-4, 3, **kwargs, weight_shape=(6, 5))
     assert sized.prev_x_int.shape == (6, 5) and sized.ema_oscillation.dtype == torch.float32
+    with pytest.raises(ValueError, match="weight: shape"):
+        sized(torch.randn(6, 4))
 
 
 class _Net(torch.nn.Module):

@@ -107,7 +107,7 @@ def parser() -> argparse.ArgumentParser:
                                   epilog=EPILOG)
     _common(compare, with_method=False)
     compare.add_argument("--methods", type=_names, default=["fp", "ptq", "qat"], metavar="LIST",
-                         help="comma-separated subset of fp,ptq,qat (default all)")
+                         help=f"comma-separated subset of {','.join(METHODS)} (default fp,ptq,qat)")
     compare.add_argument("--bits", type=_bits_list, default=[2, 3, 4], metavar="LIST",
                          help="bit widths of weights and activations (default 2,3,4)")
     compare.add_argument("--out", default="runs/compare", metavar="DIR", help="output directory (default "
