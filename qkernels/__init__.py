@@ -40,6 +40,8 @@ from .fake_quant_learnable import (  # noqa: E402
 )
 from .patch import patch_torch, patched_torch, unpatch_torch  # noqa: E402
 from . import nn, qconfig  # noqa: E402  (torch.ao-compatible modules and qconfigs)
+from . import oscillation  # noqa: E402  (Nagel et al.'s oscillation helpers)
+from .oscillation import bn_reestimate  # noqa: E402
 
 # The families' public modules under their former names, kept for the public API: qkernels.ops is
 # qkernels.fake_quant, qkernels.learnable is qkernels.fake_quant_learnable (both import forms work).
@@ -52,6 +54,8 @@ __all__ = [
     "backends",
     "ops",
     "nn",
+    "oscillation",
+    "bn_reestimate",
     "qconfig",
     "reference",
     "use_backend",

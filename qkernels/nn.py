@@ -16,6 +16,9 @@ Numbers: ``FakeQuantize`` equals torch.ao's unfused module (``qparams="observer"
 ``FusedMovingAvgObsFakeQuantize`` torch's fused op, ``LearnableFakeQuantize`` torch.ao's learnable module,
 bit for bit in the outputs and buffers (the learnable qparam gradients up to summation order).
 
+``OscillationFakeQuantize`` (no torch.ao counterpart) is LSQ weight fake quantization with Nagel et al.'s
+oscillation tracking and freezing (``qkernels.oscillation_fake_quantize``); see its docstring.
+
 Per-channel running stats start empty, as in torch.ao (the observer's ``min_val``/``max_val`` have no elements
 until its first call gives it the channel count): run one eager forward step (or load a state dict) before
 ``torch.compile``. Compiling (or exporting) a module whose per-channel stats are still empty raises
@@ -34,6 +37,7 @@ from torch.ao.quantization.observer import MovingAverageMinMaxObserver, MovingAv
 
 from .fused_observer import fused_moving_avg_obs_fake_quant, observer_update
 from .fake_quant import _host_flag
+from .oscillation_fake_quant import OscillationState, new_oscillation_state, oscillation_fake_quantize
 from .fake_quant_learnable import (
     fake_quantize_learnable_per_channel_affine,
     fake_quantize_learnable_per_tensor_affine,
@@ -41,7 +45,7 @@ from .fake_quant_learnable import (
 )
 
 # (and EmptyRunningStatsError, made on first access: module __getattr__ below)
-__all__ = ["FakeQuantize", "FusedMovingAvgObsFakeQuantize", "LearnableFakeQuantize"]
+__all__ = ["FakeQuantize", "FusedMovingAvgObsFakeQuantize", "LearnableFakeQuantize", "OscillationFakeQuantize"]
 
 _SUPPORTED = (MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver)
 _SYMMETRIC = (torch.per_tensor_symmetric, torch.per_channel_symmetric)
@@ -204,3 +208,132 @@ class LearnableFakeQuantize(_LearnableFakeQuantize):
             y = fake_quantize_learnable_per_tensor_affine(X, self.scale, self.zero_point, self.quant_min,
                                                           self.quant_max, grad_factor)
         return y if on else torch.where(fake_quant, y, X)
+
+
+_STATE_NAMES = OscillationState._fields
+SCALE_EPS = 1e-8  # the least scale (Nagel et al.'s code)
+
+
+class OscillationFakeQuantize(torch.nn.Module):
+    """LSQ weight fake quantization with oscillation tracking and freezing (Nagel et al. 2022, the official
+    code's semantics): ``module(w)`` returns ``s · (x − z)`` with ``x = clamp(rne(w / s) + z, qmin, qmax)``, or
+    the frozen integer where an element is frozen, and updates the per-element state while tracking
+    (``qkernels.oscillation_fake_quantize``; gradients to ``w`` (straight-through inside the range, 0 where
+    frozen) and to ``scale`` (LSQ)).
+
+    Parameters and buffers: ``scale`` (learned, ``[1]``, or ``[channels]`` along ``ch_axis``), ``zero_point``
+    (int32, same shape, not learned), the state ``prev_x_int``, ``prev_switch_dir``, ``ema_oscillation``,
+    ``frozen``, ``frozen_x_int``, ``ema_x_int`` (each the weight's shape), ``started`` (uint8 [2]) and
+    ``num_oscillations`` (int64 [2]: total, last call) (``qkernels.OscillationState``), and
+    ``freeze_threshold`` (float32, 0-dim; ``module.freeze_threshold = 0.05`` fills it in place, no host sync;
+    ≤ 0: no freezing). The per-weight state is sized from the first weight the module sees, from
+    ``weight_shape`` at construction, or from a loaded state dict; it must be sized before ``torch.compile``.
+
+    Each call first clamps ``scale`` in place to at least ``SCALE_EPS`` (1e-8, as the official code's
+    ``max(scale, 1e-8)``). Tracking is on in training mode and, with ``track_in_eval`` (default, as the
+    official code, whose eval passes are tracked), in eval mode too; ``track=False`` never tracks (a plain
+    LSQ quantizer that still applies frozen integers). The flag is a device tensor set by
+    ``train()``/``eval()``: nothing is read on the host in ``forward``. ``momentum`` is the EMA momentum ``m``
+    (in (0, 1]); ``use_ema_x_int`` freezes to ``rint(ema_x_int)`` (else to the current integer);
+    ``grad_scaling`` multiplies the scale gradient by LSQ's ``1 / sqrt(N · qmax)`` (N: elements per scale)."""
+
+    def __init__(self, quant_min: int, quant_max: int, momentum: float = 1e-3, freeze_threshold: float = 0.0,
+                 use_ema_x_int: bool = True, track_in_eval: bool = True, ch_axis: int | None = None,
+                 channels: int | None = None, scale=1.0, zero_point: int = 0, grad_scaling: bool = False,
+                 track: bool = True, weight_shape=None):
+        super().__init__()
+        if not -128 <= quant_min <= 0 <= quant_max <= 127:
+            raise ValueError(f"quant_min, quant_max: the range must contain 0 and fit int8, got "
+                             f"[{quant_min}, {quant_max}]")
+        if not (isinstance(momentum, (int, float)) and 0.0 < momentum <= 1.0):
+            raise ValueError(f"momentum: must be in (0, 1], got {momentum!r}")
+        if (ch_axis is None) != (channels is None):
+            raise ValueError(f"ch_axis, channels: give both (per channel) or neither (per tensor), got "
+                             f"{ch_axis!r}, {channels!r}")
+        if channels is not None and not (isinstance(channels, int) and channels > 0):
+            raise ValueError(f"channels: must be a positive int, got {channels!r}")
+        if not quant_min <= zero_point <= quant_max:
+            raise ValueError(f"zero_point: must be in [{quant_min}, {quant_max}], got {zero_point!r}")
+        self.quant_min, self.quant_max, self.momentum = quant_min, quant_max, float(momentum)
+        self.use_ema_x_int, self.ch_axis, self.grad_scaling = bool(use_ema_x_int), ch_axis, bool(grad_scaling)
+        shape = (1,) if channels is None else (channels,)
+        initial = torch.as_tensor(scale, dtype=torch.float32).detach()
+        if initial.numel() not in (1, shape[0]) or not bool((initial > 0).all()):
+            raise ValueError(f"scale: must be positive, one value or {shape[0]}, got {scale!r}")
+        self.scale = torch.nn.Parameter(initial.reshape(-1).expand(shape).clone())
+        self.register_buffer("zero_point", torch.full(shape, zero_point, dtype=torch.int32))
+        for name, tensor in zip(_STATE_NAMES, new_oscillation_state(torch.empty(0))):
+            self.register_buffer(name, tensor)
+        self.register_buffer("freeze_threshold", torch.zeros((), dtype=torch.float32))
+        self.register_buffer("_tracking_flag", torch.ones((), dtype=torch.uint8), persistent=False)
+        self.register_buffer("_tracking_off", torch.zeros((), dtype=torch.uint8), persistent=False)
+        self.track, self.track_in_eval = bool(track), bool(track_in_eval)
+        self.freeze_threshold = freeze_threshold
+        if weight_shape is not None:
+            self._size_state(torch.empty(weight_shape, device=self.scale.device))
+
+    def __setattr__(self, name, value):
+        if name == "freeze_threshold" and "freeze_threshold" in self.__dict__.get("_buffers", {}):
+            if isinstance(value, Tensor):
+                self._buffers["freeze_threshold"].copy_(value.detach().reshape(()))
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+                self._buffers["freeze_threshold"].fill_(float(value))
+            else:
+                raise ValueError(f"freeze_threshold: must be a float >= 0 or a 0-dim tensor, got {value!r}")
+            return
+        super().__setattr__(name, value)
+        if name in ("track", "track_in_eval") and "_tracking_flag" in self._buffers:
+            self._update_tracking_flag()
+
+    def _update_tracking_flag(self):
+        self._tracking_flag.fill_(int(self.track and (self.training or self.track_in_eval)))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._update_tracking_flag()
+        return self
+
+    @property
+    def state(self) -> OscillationState:
+        """The state buffers as a ``qkernels.OscillationState`` (the tensors themselves, not copies)."""
+        return OscillationState(*(getattr(self, name) for name in _STATE_NAMES))
+
+    def _size_state(self, weight: Tensor):
+        for name, tensor in zip(_STATE_NAMES, new_oscillation_state(weight)):
+            self._buffers[name] = tensor.to(self._buffers[name].device)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        saved = state_dict.get(prefix + "prev_x_int")
+        if isinstance(saved, Tensor) and saved.shape != self.prev_x_int.shape:
+            self._size_state(torch.empty(saved.shape, device=self.prev_x_int.device))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def forward(self, weight: Tensor, *, track: bool = True) -> Tensor:
+        """The fake-quantized ``weight`` (its shape and dtype); ``track=False``: this call never tracks (the
+        dampening target)."""
+        if self.prev_x_int.shape != weight.shape:
+            if self.prev_x_int.shape != (0,):
+                raise ValueError(f"weight: shape {tuple(weight.shape)}, but the state was sized for "
+                                 f"{tuple(self.prev_x_int.shape)}")
+            if torch.compiler.is_compiling():
+                raise RuntimeError("qkernels.nn.OscillationFakeQuantize: the state is not sized for this weight: "
+                                   "run one eager call, pass weight_shape, or load a state dict before "
+                                   "torch.compile")
+            self._size_state(weight)
+        with torch.no_grad():  # the official code uses max(scale, 1e-8); clamping the parameter lets it recover
+            self.scale.clamp_(min=SCALE_EPS)
+        grad_factor = 1.0
+        if self.grad_scaling:
+            per_scale = weight.numel() // self.scale.numel()
+            grad_factor = lsq_grad_factor(max(per_scale, 1), self.quant_max)
+        return oscillation_fake_quantize(
+            weight, self.scale, self.zero_point, self.ch_axis, self.quant_min, self.quant_max, self.state,
+            freeze_threshold=self.freeze_threshold, tracking=self._tracking_flag if track else self._tracking_off,
+            momentum=self.momentum, use_ema_x_int=self.use_ema_x_int, grad_factor=grad_factor)
+
+    def extra_repr(self) -> str:
+        axis = "" if self.ch_axis is None else f", ch_axis={self.ch_axis}, channels={self.scale.numel()}"
+        return (f"quant_min={self.quant_min}, quant_max={self.quant_max}, momentum={self.momentum}{axis}, "
+                f"use_ema_x_int={self.use_ema_x_int}, track={self.track}, track_in_eval={self.track_in_eval}")

@@ -7,7 +7,7 @@ import argparse
 import shlex
 import sys
 
-from .config import METHODS, OPTIMIZERS, SCALE_INITS, ConfigError, RunConfig, keys, load_file
+from .config import AGGREGATIONS, METHODS, OPTIMIZERS, SCALE_INITS, ConfigError, RunConfig, keys, load_file
 from .data import DATASETS
 from .models import MODELS
 
@@ -36,7 +36,8 @@ def _common(parser: argparse.ArgumentParser, *, with_method: bool):
     add("--data-dir", default=S, metavar="PATH", help="directory holding cifar-10-batches-py / cifar-100-python")
     add("--model", choices=MODELS, default=S, help=f"model (default {d.model})")
     if with_method:
-        add("--method", choices=METHODS, default=S, help=f"fp, ptq or qat (default {d.method})")
+        add("--method", choices=METHODS, default=S, help=f"fp, ptq, qat (LSQ), qat+freeze or qat+dampen "
+            f"(Nagel et al.'s oscillation freezing / dampening) (default {d.method})")
         add("--wbits", type=int, default=S, metavar="N", help=f"weight bits, 2-8 (default {d.wbits})")
         add("--abits", type=int, default=S, metavar="N", help=f"activation bits, 2-8 (default {d.abits})")
         add("--init-from", default=S, metavar="DIR", help="start from the float weights of a fp or ptq run in DIR")
@@ -64,6 +65,29 @@ def _common(parser: argparse.ArgumentParser, *, with_method: bool):
     add("--backend", default=S, help="qkernels backend: auto, cuda, triton, cpu, reference (default: "
         "QKERNELS_BACKEND or auto)")
     add("--no-progress", dest="progress", action="store_false", default=S, help="no progress bars")
+    osc = parser.add_argument_group("oscillations (qat, qat+freeze, qat+dampen; Nagel et al. 2022)")
+    osc.add_argument("--osc-momentum", type=float, default=S, metavar="M",
+                     help=f"EMA momentum of the oscillation tracker, in (0, 1] (default {d.osc_momentum})")
+    osc.add_argument("--osc-threshold", type=float, default=S, metavar="TAU", help="a weight counts as "
+                     f"oscillating when its oscillation EMA exceeds TAU (default {d.osc_threshold})")
+    osc.add_argument("--freeze-threshold", type=float, default=S, metavar="START",
+                     help=f"qat+freeze: initial freezing threshold (default {d.freeze_threshold})")
+    osc.add_argument("--freeze-threshold-final", type=float, default=S, metavar="END",
+                     help=f"qat+freeze: final threshold of the cosine schedule (default {d.freeze_threshold_final})")
+    osc.add_argument("--freeze-start-frac", type=float, default=S, metavar="F", help="qat+freeze: the "
+                     f"schedule starts after this fraction of the steps, threshold 0 before (default "
+                     f"{d.freeze_start_frac})")
+    osc.add_argument("--dampen-weight", type=float, default=S, metavar="START",
+                     help=f"qat+dampen: initial dampening weight (default {d.dampen_weight})")
+    osc.add_argument("--dampen-weight-final", type=float, default=S, metavar="END",
+                     help=f"qat+dampen: final dampening weight (default {d.dampen_weight_final})")
+    osc.add_argument("--dampen-start-frac", type=float, default=S, metavar="F", help="qat+dampen: the "
+                     f"cosine starts after this fraction of the steps (default {d.dampen_start_frac})")
+    osc.add_argument("--dampen-aggregation", choices=AGGREGATIONS, default=S,
+                     help=f"qat+dampen: per-layer normalization (default {d.dampen_aggregation})")
+    osc.add_argument("--bn-reestimate", action=argparse.BooleanOptionalAction, default=S,
+                     help="qat*: re-estimate BatchNorm statistics on 50 training batches before every evaluation "
+                     "(default on)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -83,7 +107,7 @@ def parser() -> argparse.ArgumentParser:
                                   epilog=EPILOG)
     _common(compare, with_method=False)
     compare.add_argument("--methods", type=_names, default=["fp", "ptq", "qat"], metavar="LIST",
-                         help="comma-separated subset of fp,ptq,qat (default all)")
+                         help=f"comma-separated subset of {','.join(METHODS)} (default fp,ptq,qat)")
     compare.add_argument("--bits", type=_bits_list, default=[2, 3, 4], metavar="LIST",
                          help="bit widths of weights and activations (default 2,3,4)")
     compare.add_argument("--out", default="runs/compare", metavar="DIR", help="output directory (default "

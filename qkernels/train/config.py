@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from .data import DATASETS, data_dir_problem
 from .models import MODELS
 
-METHODS = ("fp", "ptq", "qat")
+METHODS = ("fp", "ptq", "qat", "qat+freeze", "qat+dampen")
+QAT_METHODS = ("qat", "qat+freeze", "qat+dampen")
+AGGREGATIONS = ("kernel_mean", "sum", "mean")
 OPTIMIZERS = ("sgd", "adam")
 SCALE_INITS = ("mse", "minmax")
 BITS = range(2, 9)
@@ -32,7 +34,14 @@ class ConfigError(ValueError):
 
 @dataclass
 class RunConfig:
-    """One training run. Bit widths are 2-8; ``first_last_bits`` may also be 32 (full precision)."""
+    """One training run. Bit widths are 2-8; ``first_last_bits`` may also be 32 (full precision).
+
+    The ``qat*`` methods use ``qkernels.oscillation``: the EMA momentum ``osc_momentum``; the fraction of
+    weights with ``ema_oscillation > osc_threshold`` is reported as oscillating; ``qat+freeze``'s threshold
+    follows ``CosineSchedule`` from ``freeze_threshold`` to ``freeze_threshold_final`` from
+    ``freeze_start_frac`` of the steps on (0 before); ``qat+dampen``'s weight λ likewise from
+    ``dampen_weight`` to ``dampen_weight_final`` (λ = ``dampen_weight`` before); ``bn_reestimate``: BatchNorm
+    statistics re-estimated before every evaluation."""
 
     data: str = "digits"
     data_dir: str | None = None
@@ -58,6 +67,17 @@ class RunConfig:
     out: str | None = None
     init_from: str | None = None
     progress: bool = True
+    # Nagel et al.'s oscillation tracking (qat*), freezing (qat+freeze) and dampening (qat+dampen)
+    osc_momentum: float = 1e-3
+    osc_threshold: float = 0.005
+    freeze_threshold: float = 0.1
+    freeze_threshold_final: float = 0.01
+    freeze_start_frac: float = 0.25
+    dampen_weight: float = 0.0
+    dampen_weight_final: float = 0.1
+    dampen_start_frac: float = 0.25
+    dampen_aggregation: str = "kernel_mean"
+    bn_reestimate: bool = True
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -88,6 +108,18 @@ def _check_positive(key: str, value, kind=int):
         raise ConfigError(flag(key), f"must be a positive {kind.__name__}, got {value!r}")
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_fraction(key: str, value, low_open: bool = False, high_closed: bool = False):
+    """``value`` in [0, 1) (``low_open``: 0 excluded; ``high_closed``: 1 included)."""
+    ok = _is_number(value) and (value > 0 if low_open else value >= 0) and (value <= 1 if high_closed else value < 1)
+    if not ok:
+        interval = ("(" if low_open else "[") + "0, 1" + ("]" if high_closed else ")")
+        raise ConfigError(flag(key), f"must be a float in {interval}, got {value!r}")
+
+
 def validate(config: RunConfig) -> RunConfig:
     """Checks every value of ``config`` (the data directory included); raises ``ConfigError`` naming the flag."""
     _check_choice("data", config.data, DATASETS)
@@ -110,6 +142,17 @@ def validate(config: RunConfig) -> RunConfig:
                         else config.quant_lr, float)
     if not isinstance(config.weight_decay, (int, float)) or config.weight_decay < 0:
         raise ConfigError(flag("weight_decay"), f"must be a float >= 0, got {config.weight_decay!r}")
+    _check_fraction("osc_momentum", config.osc_momentum, low_open=True, high_closed=True)
+    _check_fraction("osc_threshold", config.osc_threshold)
+    _check_fraction("freeze_start_frac", config.freeze_start_frac)
+    _check_fraction("dampen_start_frac", config.dampen_start_frac)
+    for key in ("freeze_threshold", "freeze_threshold_final", "dampen_weight", "dampen_weight_final"):
+        value = getattr(config, key)
+        if not (_is_number(value) and 0 <= value < float("inf")):
+            raise ConfigError(flag(key), f"must be a finite float >= 0, got {value!r}")
+    _check_choice("dampen_aggregation", config.dampen_aggregation, AGGREGATIONS)
+    if not isinstance(config.bn_reestimate, bool):
+        raise ConfigError(flag("bn_reestimate"), f"must be true or false, got {config.bn_reestimate!r}")
     problem = data_dir_problem(config.data, config.data_dir)
     if problem:
         raise ConfigError(flag("data_dir"), problem)

@@ -21,6 +21,8 @@ import qkernels
 from ._deps import require
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "test_accuracy", "lr", "seconds")
+# and, for the qat* methods (qkernels.train.training), as they occur:
+OSCILLATION_FIELDS = ("test_accuracy_pre_bn", "osc_fraction", "frozen_fraction", "flips_last_step", "dampen_loss")
 
 
 def package_commit() -> str | None:
@@ -50,7 +52,8 @@ def write_metrics(out: str, metrics: dict):
 
 def write_history(out: str, history: list):
     with open(os.path.join(out, "history.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+        present = {key for row in history for key in row}
+        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS + tuple(k for k in OSCILLATION_FIELDS if k in present))
         writer.writeheader()
         writer.writerows(history)
 
@@ -77,6 +80,29 @@ def plot_history(out: str, history: list, title: str):
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "training.png"), dpi=120)
+    plt.close(fig)
+
+
+def plot_oscillations(out: str, history: list, title: str):
+    """``oscillations.png``: the oscillating and frozen fractions of the tracked weights per epoch, and the test
+    accuracy before and after BatchNorm re-estimation (when the history has them)."""
+    if not history or "osc_fraction" not in history[0]:
+        return
+    plt = _pyplot()
+    epochs = [row["epoch"] for row in history]
+    fig, (osc_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    osc_ax.plot(epochs, [100 * row["osc_fraction"] for row in history], marker="o", label="oscillating")
+    osc_ax.plot(epochs, [100 * row["frozen_fraction"] for row in history], marker="o", label="frozen")
+    osc_ax.set(xlabel="epoch", ylabel="% of tracked weights", title="oscillations")
+    osc_ax.legend()
+    if "test_accuracy_pre_bn" in history[0]:
+        acc_ax.plot(epochs, [row["test_accuracy_pre_bn"] for row in history], marker="o", label="before BN re-est.")
+    acc_ax.plot(epochs, [row["test_accuracy"] for row in history], marker="o", label="test")
+    acc_ax.set(xlabel="epoch", ylabel="test accuracy", title="accuracy")
+    acc_ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "oscillations.png"), dpi=120)
     plt.close(fig)
 
 

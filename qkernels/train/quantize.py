@@ -21,15 +21,13 @@ from torch import Tensor, nn
 from torch.ao.quantization.observer import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
 
 import qkernels
-from qkernels.nn import FakeQuantize, LearnableFakeQuantize
+from qkernels.nn import FakeQuantize, LearnableFakeQuantize, OscillationFakeQuantize
+from qkernels.oscillation import float_copy, initial_scale
 
 from .config import FULL_PRECISION
 
 __all__ = ["QuantizedLayer", "quantize_model", "quantizer_parameters", "ptq_model", "quantize_weights_max_abs",
            "weights_max_abs", "quantized_layers", "initial_scale"]
-
-MSE_CANDIDATES = 100
-
 
 class QuantizedLayer(nn.Module):
     """A ``Conv2d`` or ``Linear`` computing ``layer(input_quantizer(x))`` with ``weight_quantizer(W)`` for its
@@ -128,32 +126,6 @@ def _fake_quant(x: Tensor, scale: Tensor, qmin: int, qmax: int, per_channel: boo
     return qkernels.fake_quantize_per_tensor_affine(x, scale, zero, qmin, qmax)
 
 
-def initial_scale(x: Tensor, qmin: int, qmax: int, method: str, per_channel: bool = False) -> Tensor:
-    """The scale of a zero-point-0 grid ``[qmin, qmax]`` for ``x``, per tensor ([1]) or per channel of dim 0.
-
-    ``"minmax"``: ``max|x| / qmax``. ``"mse"``: the grid search of Nagel et al.'s code, with candidate
-    thresholds ``t_k = k · max|x| / 100`` (k = 1..100) and scale ``t_k / qmax``, keeping the one with the
-    least squared error of the fake-quantized ``x`` (per channel when ``per_channel``). All-zero data gets 1.
-    """
-    with torch.no_grad():
-        x = x.float()
-        top = _max_abs(x, per_channel)
-        top = torch.where(top > 0, top, torch.ones_like(top))
-        if method == "minmax":
-            return top / qmax
-        if method != "mse":
-            raise ValueError(f"method: must be 'mse' or 'minmax', got {method!r}")
-        best_err = torch.full_like(top, float("inf"))
-        best = top / qmax
-        for k in range(1, MSE_CANDIDATES + 1):
-            scale = top * (k / MSE_CANDIDATES) / qmax
-            diff = _fake_quant(x, scale, qmin, qmax, per_channel) - x
-            err = diff.square().flatten(1).sum(1) if per_channel else diff.square().sum().reshape(1)
-            better = err < best_err
-            best_err, best = torch.where(better, err, best_err), torch.where(better, scale, best)
-        return best
-
-
 def _lsq_quantizer(x: Tensor, bits: int, signed: bool, per_channel: bool, scale_init: str,
                    grad_scaling: bool) -> LearnableFakeQuantize:
     """A learnable (LSQ) quantizer for ``x``'s tensor, its scale initialized from ``x``, learning on; the zero
@@ -176,7 +148,8 @@ def _lsq_quantizer(x: Tensor, bits: int, signed: bool, per_channel: bool, scale_
 
 
 def quantize_model(model: nn.Module, calibration: Tensor, wbits: int, abits: int, *, first_last_bits: int = 8,
-                   per_channel: bool = False, scale_init: str = "mse", grad_scaling: bool = False) -> nn.Module:
+                   per_channel: bool = False, scale_init: str = "mse", grad_scaling: bool = False,
+                   weights: bool = True) -> nn.Module:
     """Attaches LSQ quantizers (``qkernels.nn.LearnableFakeQuantize``) to ``model`` in place, and returns it.
 
     Every ``Conv2d``/``Linear`` becomes a ``QuantizedLayer`` (see the module docstring for which tensors, at
@@ -186,14 +159,16 @@ def quantize_model(model: nn.Module, calibration: Tensor, wbits: int, abits: int
     batch ([B, ...], run through the float model in eval mode). Scales are then ``nn.Parameter``s that
     train with the model (put them in their own optimizer with ``quantizer_parameters``). ``grad_scaling``:
     LSQ's gradient scale ``1 / sqrt(numel · qmax)`` (off by default, as in Nagel et al.'s released runs; an
-    input's numel counts the batch of each process, so it changes with the number of processes)."""
+    input's numel counts the batch of each process, so it changes with the number of processes).
+    ``weights=False``: no weight quantizers (inputs only; ``qkernels.oscillation.attach`` puts Nagel et al.'s
+    on the weights)."""
     layers = quantized_layers(model)
     if any(isinstance(module, QuantizedLayer) for _, module in layers):
         raise ValueError("model: is already quantized")
     inputs = _capture_inputs(model, [calibration])
     for index, (name, layer) in enumerate(layers):
         weight_bits, input_bits = _layer_bits(index, len(layers), wbits, abits, first_last_bits)
-        weight_q = None if weight_bits == FULL_PRECISION else _lsq_quantizer(
+        weight_q = None if weight_bits == FULL_PRECISION or not weights else _lsq_quantizer(
             layer.weight.detach(), weight_bits, True, per_channel, scale_init, grad_scaling)
         input_q = None
         if input_bits is not None and input_bits != FULL_PRECISION:
@@ -204,8 +179,9 @@ def quantize_model(model: nn.Module, calibration: Tensor, wbits: int, abits: int
 
 
 def quantizer_parameters(model: nn.Module) -> list:
-    """The learnable quantizer parameters (LSQ scales) of ``model``, for a separate optimizer."""
-    return [p for m in model.modules() if isinstance(m, LearnableFakeQuantize)
+    """The learnable quantizer parameters (LSQ scales, oscillation quantizers' too) of ``model``, for a separate
+    optimizer."""
+    return [p for m in model.modules() if isinstance(m, (LearnableFakeQuantize, OscillationFakeQuantize))
             for p in m.parameters(recurse=False) if p.requires_grad]
 
 
@@ -223,9 +199,10 @@ def weights_max_abs(w: Tensor, bits: int, per_channel: bool = False) -> Tensor:
 def quantize_weights_max_abs(model: nn.Module, bits: int, *, first_last_bits: int = 8,
                              per_channel: bool = False) -> nn.Module:
     """A copy of ``model`` whose ``Conv2d``/``Linear`` weights are ``weights_max_abs`` at ``bits`` (first and
-    last layer at ``first_last_bits``, 32 = unchanged) with weight quantizers removed; input quantizers stay
-    as they are. This is the cross-bit evaluation of a trained model, and the PTQ of its weights."""
-    model = copy.deepcopy(model)
+    last layer at ``first_last_bits``, 32 = unchanged) with weight quantizers removed (``attach``'s
+    parametrizations too: the float weight is kept); input quantizers stay as they are. This is the cross-bit
+    evaluation of a trained model, and the PTQ of its weights."""
+    model = float_copy(model)
     layers = quantized_layers(model)
     for index, (_, module) in enumerate(layers):
         weight_bits, _ = _layer_bits(index, len(layers), bits, bits, first_last_bits)

@@ -6,7 +6,17 @@ The methods:
 - ``ptq``: trains the float model (or takes ``init_from``'s), then ``ptq_model`` at ``wbits``/``abits``;
   ``metrics["ptq"]`` also holds the PTQ accuracy at each ``eval_bits`` (weights and inputs at that width).
 - ``qat``: ``quantize_model`` (LSQ on ``qkernels.nn.LearnableFakeQuantize``, scales from one calibration
-  batch), optionally from ``init_from``'s float weights, then trains weights and scales together.
+  batch) on the layers' inputs and ``qkernels.oscillation.attach`` (``qkernels.nn.OscillationFakeQuantize``,
+  LSQ with Nagel et al.'s oscillation tracking; layers of at most 4 bits tracked) on their weights, optionally
+  from ``init_from``'s float weights, then trains weights and scales together.
+- ``qat+freeze``: ``qat`` with oscillating weights frozen (the threshold on a ``CosineSchedule``, 0 before
+  ``freeze_start_frac`` of the steps).
+- ``qat+dampen``: ``qat`` with λ · ``model_dampening_loss`` added to the loss (λ on a ``CosineSchedule``).
+
+The ``qat*`` methods re-estimate the BatchNorm statistics (``qkernels.bn_reestimate``, 50 training batches)
+before every evaluation (``bn_reestimate``), and record the accuracy before (``test_accuracy_pre_bn``) and after
+(``test_accuracy``), and per epoch the fraction of tracked weights oscillating (``osc_fraction``: EMA above
+``osc_threshold``), frozen (``frozen_fraction``) and the oscillations of the last step (``flips_last_step``).
 
 Every run ends with the cross-bit evaluation (``quantize_weights_max_abs`` at each of ``eval_bits``, inputs as
 trained). Training is deterministic for a seed: the model is built after ``torch.manual_seed(seed)``, each
@@ -31,7 +41,7 @@ import qkernels
 
 from . import outputs
 from ._deps import require
-from .config import ConfigError, RunConfig, flag, validate
+from .config import QAT_METHODS, ConfigError, RunConfig, flag, validate
 from .data import augment_batch, load
 from .distributed import Group, join
 from .models import build
@@ -41,6 +51,7 @@ __all__ = ["run", "resume", "accuracy"]
 
 CHECKPOINT = "checkpoint.pt"
 EVAL_BATCH = 512
+BN_BATCHES = 50
 
 
 def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -86,9 +97,9 @@ def _float_weights(config: RunConfig) -> dict | None:
         return None
     saved = outputs.load_checkpoint(os.path.join(config.init_from, CHECKPOINT))
     source = saved.get("config", {})
-    if source.get("method") == "qat":
-        raise ConfigError(flag("init_from"), f"{config.init_from!r} is a qat run; give a fp or ptq run (float "
-                                             "weights)")
+    if source.get("method") in QAT_METHODS:
+        raise ConfigError(flag("init_from"), f"{config.init_from!r} is a {source['method']} run; give a fp or "
+                                             "ptq run (float weights)")
     for key in ("data", "model"):
         if source.get(key) != getattr(config, key):
             raise ConfigError(flag("init_from"), f"{config.init_from!r} trained {key} {source.get(key)!r}, "
@@ -160,11 +171,23 @@ class _Run:
             self.model.load_state_dict(start)
         self.model.to(device)
         self.calibration = self._calibration()
-        if config.method == "qat":
+        self.quantizers = {}
+        if config.method in QAT_METHODS:
             quantize_model(self.model, self.calibration[0], config.wbits, config.abits,
                            first_last_bits=config.first_last_bits, per_channel=config.per_channel,
-                           scale_init=config.scale_init, grad_scaling=config.grad_scaling)
+                           scale_init=config.scale_init, grad_scaling=config.grad_scaling, weights=False)
+            self.quantizers = qkernels.oscillation.attach(
+                self.model, config.wbits, first_last_bits=config.first_last_bits, per_channel=config.per_channel,
+                scale_init=config.scale_init, momentum=config.osc_momentum, grad_scaling=config.grad_scaling)
         self.epochs = 0 if config.method == "ptq" and config.init_from else config.epochs
+        total = max(1, self.epochs * self.steps)
+        self.freeze = self.dampen = None
+        if config.method == "qat+freeze":
+            self.freeze = qkernels.oscillation.CosineSchedule(total, config.freeze_start_frac, config.freeze_threshold,
+                                                              config.freeze_threshold_final, before=0.0)
+        if config.method == "qat+dampen":
+            self.dampen = qkernels.oscillation.CosineSchedule(total, config.dampen_start_frac, config.dampen_weight,
+                                                              config.dampen_weight_final)
         self._optimizers()
         self.history, self.done = [], 0
         if state is not None:
@@ -226,6 +249,7 @@ class _Run:
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
         order = torch.randperm(len(data.train_x), generator=generator)
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count over this rank's samples
+        dampening = torch.zeros((), dtype=torch.float64)  # the same on every rank
         net.train()
         bar = None
         if config.progress and group.main:
@@ -238,8 +262,19 @@ class _Run:
             if data.augment:  # the whole global batch, so the draws do not depend on the number of processes
                 x = augment_batch(x, generator)
             x, y = x[share].to(self.device), data.train_y[index][share].to(self.device)
+            t = epoch * self.steps + step + 1  # 1-based, as the official schedules
+            if self.freeze is not None:
+                for quantizer in self.quantizers.values():
+                    quantizer.freeze_threshold = self.freeze(t)
+            # The dampening loss before the forward: its untracked quantizer calls would set num_oscillations[1]
+            # (the last call's count) to 0; with no freezing (qat+dampen) its target is the same either way.
+            damp = None if self.dampen is None else qkernels.oscillation.model_dampening_loss(
+                self.model, config.dampen_aggregation)
             logits = net(x)
-            loss = F.cross_entropy(logits, y)
+            loss = task = F.cross_entropy(logits, y)
+            if damp is not None:
+                loss = task + self.dampen(t) * damp
+                dampening += damp.detach().double().cpu()
             for optimizer in (self.optimizer, self.quant_optimizer):
                 if optimizer is not None:
                     optimizer.zero_grad(set_to_none=True)
@@ -249,7 +284,7 @@ class _Run:
                     optimizer.step()
             self.scheduler.step()
             with torch.no_grad():
-                totals += torch.stack([loss.detach().double().cpu() * len(y),
+                totals += torch.stack([task.detach().double().cpu() * len(y),
                                        (logits.argmax(1) == y).sum().double().cpu(),
                                        torch.tensor(float(len(y)), dtype=torch.float64)])
             if bar is not None:
@@ -259,7 +294,36 @@ class _Run:
         if bar is not None:
             bar.close()
         loss_sum, correct, count = group.sum(totals).tolist()
-        return {"train_loss": loss_sum / count, "train_accuracy": correct / count}
+        row = {"train_loss": loss_sum / count, "train_accuracy": correct / count}
+        if self.dampen is not None:
+            row["dampen_loss"] = float(dampening) / self.steps
+        if self.quantizers:
+            overall = qkernels.oscillation.stats(self.model, config.osc_threshold)["overall"]
+            row.update(osc_fraction=overall["oscillating"], frozen_fraction=overall["frozen"],
+                       flips_last_step=overall["flips"])
+        return row
+
+    def _bn_batches(self, epoch: int) -> list:
+        """The first ``BN_BATCHES`` global batches (at most an epoch) of a seeded order for the BatchNorm
+        re-estimation after ``epoch``, augmented as in training; the same on every rank."""
+        config, data = self.config, self.data
+        generator = torch.Generator().manual_seed((config.seed + 1) * 1_000_033 + epoch)
+        order = torch.randperm(len(data.train_x), generator=generator)
+        batches = []
+        for step in range(min(BN_BATCHES, self.steps)):
+            x = data.train_x[order[step * config.batch_size:(step + 1) * config.batch_size]]
+            batches.append((augment_batch(x, generator) if data.augment else x).to(self.device))
+        return batches
+
+    def _test_accuracy(self, epoch: int) -> dict:
+        """``test_accuracy``, after the BatchNorm re-estimation of the qat* methods (``test_accuracy_pre_bn``
+        before it)."""
+        accuracy_now = accuracy(self.model, self.data.test_x, self.data.test_y)
+        if self.config.method not in QAT_METHODS or not self.config.bn_reestimate:
+            return {"test_accuracy": accuracy_now}
+        qkernels.bn_reestimate(self.model, self._bn_batches(epoch), BN_BATCHES)
+        return {"test_accuracy_pre_bn": accuracy_now,
+                "test_accuracy": accuracy(self.model, self.data.test_x, self.data.test_y)}
 
     def execute(self) -> dict:
         config = self.config
@@ -270,7 +334,7 @@ class _Run:
         for epoch in range(self.done, self.epochs):
             began = time.perf_counter()
             row = {"epoch": epoch + 1, **self._train_epoch(net, epoch)}
-            row["test_accuracy"] = accuracy(self.model, self.data.test_x, self.data.test_y)
+            row.update(self._test_accuracy(epoch))
             row["lr"] = self.optimizer.param_groups[0]["lr"]
             row["seconds"] = round(time.perf_counter() - began, 3)
             self.history.append(row)
@@ -299,6 +363,10 @@ class _Run:
                                                          first_last_bits=config.first_last_bits,
                                                          per_channel=config.per_channel), data.test_x, data.test_y)
                               for b in config.eval_bits}
+        if self.quantizers:
+            metrics["oscillations"] = qkernels.oscillation.stats(self.model, config.osc_threshold)
+        if self.history and "test_accuracy_pre_bn" in self.history[-1]:
+            metrics["test_accuracy_pre_bn"] = self.history[-1]["test_accuracy_pre_bn"]
         test = accuracy(final, data.test_x, data.test_y)
         cross = {str(b): accuracy(quantize_weights_max_abs(final, b, first_last_bits=config.first_last_bits),
                                   data.test_x, data.test_y) for b in config.eval_bits}
@@ -323,6 +391,7 @@ class _Run:
         title = f"{self.config.data} {self.config.model} {self.config.method}" + (
             "" if self.config.method == "fp" else f" W{self.config.wbits}A{self.config.abits}")
         outputs.plot_history(out, self.history, title)
+        outputs.plot_oscillations(out, self.history, title)
         series = {"weights max-abs RTN": {int(b): a for b, a in metrics["cross_bit"].items()}}
         if "ptq" in metrics:
             series["ptq (weights and inputs)"] = {int(b): a for b, a in metrics["ptq"].items()}
@@ -335,6 +404,12 @@ class _Run:
         row = [config.method, bits, outputs.percent(metrics["test_accuracy"])] + [
             outputs.percent(a) for a in metrics["cross_bit"].values()]
         lines = [outputs.table(header, [row])]
+        if "oscillations" in metrics:
+            overall = metrics["oscillations"]["overall"]
+            lines.append(outputs.table(
+                ["pre-BN accuracy", f"oscillating (EMA > {config.osc_threshold})", "frozen"],
+                [[outputs.percent(metrics.get("test_accuracy_pre_bn")), f"{100 * overall['oscillating']:.3f}%",
+                  f"{100 * overall['frozen']:.3f}%"]]))
         if "ptq" in metrics:
             lines.append(outputs.table([f"PTQ W{b}A{b}" for b in metrics["ptq"]],
                                        [[outputs.percent(a) for a in metrics["ptq"].values()]]))
