@@ -26,11 +26,11 @@ from torch.nn.utils import parametrize
 
 from .fake_quant import fake_quantize_per_channel_affine
 from .nn import OscillationFakeQuantize
+from .oscillation_dampening import AGGREGATIONS, oscillation_dampening
 
 __all__ = ["CosineSchedule", "dampening_loss", "model_dampening_loss", "attach", "attached", "float_copy", "stats",
            "bn_reestimate", "initial_scale", "AGGREGATIONS"]
 
-AGGREGATIONS = ("kernel_mean", "sum", "mean")
 MSE_CANDIDATES = 100
 
 
@@ -65,78 +65,27 @@ class CosineSchedule:
         return float(self.end + 0.5 * (self.start - self.end) * (1.0 + math.cos(math.pi * rel)))
 
 
-def _per_channel_view(t: Tensor, quantizer: OscillationFakeQuantize, weight: Tensor) -> Tensor:
-    """A per-quantizer tensor ``[C]`` shaped to broadcast against ``weight``."""
-    if quantizer.ch_axis is None:
-        return t.reshape(())
-    shape = [1] * weight.dim()
-    shape[quantizer.ch_axis] = -1
-    return t.reshape(shape)
-
-
-def _divisor(weight: Tensor, aggregation: str) -> float:
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"aggregation: must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
-    if aggregation == "sum":
-        return 1.0
-    if aggregation == "mean":
-        return float(weight.numel())
-    return float(weight.numel() // weight.size(0))
-
-
-class _Dampening(torch.autograd.Function):
-    """``sum((clip(w) − target)²) / K`` with its gradients to ``w`` and ``scale`` formed in the forward pass
-    (plain torch ops; the per-scale sums in float64, a fixed order)."""
-
-    @staticmethod
-    def forward(ctx, weight, scale, target, low_level, high_level, quantizer, divisor):
-        w = weight.detach().float()
-        s = _per_channel_view(scale.detach().float(), quantizer, weight)
-        low, high = s * low_level, s * high_level
-        below, above = w < low, w > high
-        clipped = torch.where(below, low, torch.where(above, high, w))
-        diff = clipped - target.float()
-        loss = diff.double().square().sum() / divisor
-        unit = diff * (2.0 / divisor)  # d loss / d clipped
-        dweight = torch.where(below | above, torch.zeros_like(unit), unit).to(weight.dtype)
-        level = torch.where(below, low_level, torch.where(above, high_level, torch.zeros_like(low_level)))
-        per_element = (unit * level).double()
-        if quantizer.ch_axis is None:
-            dscale = per_element.sum().reshape(scale.shape)
-        else:
-            dims = [d for d in range(weight.dim()) if d != quantizer.ch_axis % weight.dim()]
-            dscale = per_element.sum(dims) if dims else per_element
-        ctx.save_for_backward(dweight, dscale.to(scale.dtype))
-        return loss.to(torch.float32)
-
-    @staticmethod
-    def backward(ctx, grad):
-        dweight, dscale = ctx.saved_tensors
-        return dweight * grad.to(dweight.dtype), dscale * grad.to(dscale.dtype), None, None, None, None, None
-
-
 def dampening_loss(weight: Tensor, quantizer: OscillationFakeQuantize, aggregation: str = "kernel_mean") -> Tensor:
     """The oscillation dampening loss of ``weight`` under ``quantizer`` (note §4), a float32 0-dim tensor:
 
         L = Σ (w_q − clip(w, s·(qmin − z), s·(qmax − z)))² / K
 
-    with ``w_q = stopgrad(quantizer(w))`` (frozen integers included; this call does not track) and K the
-    aggregation divisor: ``"kernel_mean"`` (default) ``numel / weight.size(0)`` (the fan-in of an output
-    channel), ``"sum"`` 1 (the paper's Frobenius norm), ``"mean"`` ``numel``. Gradients: to ``w``
-    ``2 (w − w_q) / K`` inside ``[s·(qmin − z), s·(qmax − z)]``, 0 outside; to ``scale`` (per channel when the
-    quantizer is) ``2 (b − w_q) (qmin − z or qmax − z) / K`` summed over the elements clipped to a bound ``b``
-    (non-zero only for a frozen element whose latent weight is outside the range). Value and gradients come
-    from one pass of plain torch ops (sums in float64, deterministic); a fused kernel is a later step."""
+    with ``w_q = stopgrad(quantizer(w))`` (frozen integers included; nothing is tracked) and K the aggregation
+    divisor: ``"kernel_mean"`` (default) ``numel / weight.size(0)`` (the fan-in of an output channel), ``"sum"``
+    1 (the paper's Frobenius norm), ``"mean"`` ``numel``. Gradients: to ``w`` ``2 (w − w_q) / K`` inside the
+    clip range, 0 outside; to ``scale`` through an active clip bound (non-zero only for a frozen element whose
+    latent weight is outside the range). The fused op ``qkernels.oscillation_dampening``: one pass, sums in
+    fixed blocks finished in float64."""
     if not isinstance(quantizer, OscillationFakeQuantize):
         raise TypeError(f"quantizer: must be a qkernels.nn.OscillationFakeQuantize, got {type(quantizer).__name__}")
     if not isinstance(weight, Tensor) or weight.dim() == 0:
         raise ValueError("weight: must be a tensor with at least one dimension")
-    divisor = _divisor(weight, aggregation)
-    with torch.no_grad():
-        target = quantizer(weight.detach(), track=False)
-    z = _per_channel_view(quantizer.zero_point.float(), quantizer, weight)
-    return _Dampening.apply(weight, quantizer.scale, target, quantizer.quant_min - z, quantizer.quant_max - z,
-                            quantizer, divisor)
+    if quantizer.frozen.shape != weight.shape:
+        raise ValueError(f"quantizer: its state is sized for {tuple(quantizer.frozen.shape)}, not the weight's "
+                         f"{tuple(weight.shape)}: call it on the weight once first")
+    return oscillation_dampening(weight.contiguous(), quantizer.scale, quantizer.zero_point, quantizer.ch_axis,
+                                 quantizer.quant_min, quantizer.quant_max, quantizer.frozen, quantizer.frozen_x_int,
+                                 aggregation)
 
 
 def attached(model: nn.Module) -> dict:

@@ -229,7 +229,10 @@ def test_dampening_value_and_gradients_against_autograd(aggregation, per_channel
 
 def test_dampening_bad_arguments():
     quantizer = OscillationFakeQuantize(-4, 3)
-    with pytest.raises(ValueError, match="aggregation"):
+    with pytest.raises(ValueError, match="quantizer: its state is sized"):
+        dampening_loss(torch.randn(3, 3), quantizer)
+    quantizer(torch.randn(3, 3))
+    with pytest.raises(RuntimeError, match="aggregation"):
         dampening_loss(torch.randn(3, 3), quantizer, "median")
     with pytest.raises(TypeError, match="quantizer"):
         dampening_loss(torch.randn(3, 3), torch.nn.Identity())

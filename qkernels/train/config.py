@@ -12,12 +12,13 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from qkernels.oscillation import AGGREGATIONS
+
 from .data import DATASETS, data_dir_problem
 from .models import MODELS
 
 METHODS = ("fp", "ptq", "qat", "qat+freeze", "qat+dampen")
 QAT_METHODS = ("qat", "qat+freeze", "qat+dampen")
-AGGREGATIONS = ("kernel_mean", "sum", "mean")
 OPTIMIZERS = ("sgd", "adam")
 SCALE_INITS = ("mse", "minmax")
 BITS = range(2, 9)

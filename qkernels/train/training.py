@@ -266,11 +266,11 @@ class _Run:
             if self.freeze is not None:
                 for quantizer in self.quantizers.values():
                     quantizer.freeze_threshold = self.freeze(t)
-            # The dampening loss before the forward: its untracked quantizer calls would set num_oscillations[1]
-            # (the last call's count) to 0; with no freezing (qat+dampen) its target is the same either way.
+            logits = net(x)
+            # After the forward, as the official loss: the target sees this step's frozen state (the fused op
+            # reads it; nothing is tracked), and the scales are those the forward clamped.
             damp = None if self.dampen is None else qkernels.oscillation.model_dampening_loss(
                 self.model, config.dampen_aggregation)
-            logits = net(x)
             loss = task = F.cross_entropy(logits, y)
             if damp is not None:
                 loss = task + self.dampen(t) * damp
