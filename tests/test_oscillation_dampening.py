@@ -5,8 +5,10 @@ import math
 import pytest
 import torch
 
+import cuda_emulator
 import qkernels
 from qkernels import backends
+from qkernels.oscillation_dampening import LAUNCHERS
 from qkernels.oscillation_fake_quant import _dims
 from qkernels.reference import oscillation_dampening as reference
 from qkernels.reference.oscillation_fake_quant import REDUCE_TARGET
@@ -14,8 +16,8 @@ from qkernels.reference.reduce import make_blocks
 
 from conftest import assert_bitwise_equal, assert_sums_close, make_input
 
-# The backends that implement the family here (the native ones join as they land).
-BACKENDS = ["reference", "triton"]
+# The backends run by name here (the CUDA kernels: under the emulator below).
+BACKENDS = ["reference", "cpu", "triton"]
 
 
 def _explicit(w, scale, zero_point, axis, qmin, qmax, frozen, frozen_x_int, aggregation):
@@ -113,6 +115,33 @@ LAYOUTS = [
 ]
 
 
+def _check_launcher(forward, shape, axis, dtype):
+    """forward (a launcher of the contract) against the reference launcher on one layout: dw bit for bit, the sums
+    within the sum tolerance, and the same bits on a second run."""
+    dims = _dims(torch.empty(shape), axis)
+    C, n = dims[2], math.prod(shape)
+    g = torch.Generator().manual_seed(n + C)
+    # values on both sides of every bound (ties and specials, NaN included, in the small per-tensor case)
+    w = make_input(n, shape, 0.1, 0, -4, 3, dtype, "cpu", specials=n < 1000 and axis is None)
+    scale = torch.rand(C, generator=g) * 0.1 + 0.05
+    zero_point = torch.randint(-2, 3, (C,), generator=g).float()
+    frozen = torch.rand(shape, generator=g) < 0.3
+    frozen_x_int = torch.randint(-8, 8, shape, generator=g, dtype=torch.int8)  # some outside [-4, 3]
+    args = (w, scale, zero_point, *dims, -4, 3, frozen, frozen_x_int)
+    dw, dw_ref = torch.empty(shape), torch.empty(shape)
+    e_sums, ds_sums = forward(*args, dw)
+    reference.Launchers.forward(*args, dw_ref)
+    assert_bitwise_equal(dw, dw_ref, what="dw")
+    e, _, ds = reference.elements(w, scale, zero_point, dims, -4, 3, frozen, frozen_x_int)
+    assert ds.abs().sum() > 0  # frozen weights outside the range reach the scale
+    for got, values, what in ((e_sums, e, "e"), (ds_sums, ds, "ds")):
+        assert got.dtype == torch.float32 and got.shape == (C,)
+        assert_sums_close(got, values, lambda v: v.sum((0, 1, 3)), what)
+    again = torch.empty(shape)  # the same bits on every run
+    for a, b, what in zip(tuple(forward(*args, again)) + (again,), (e_sums, ds_sums, dw), "e ds dw".split()):
+        assert_bitwise_equal(a, b, what=what)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape,axis,plan,P", LAYOUTS)
 def test_triton_launcher_equals_the_reference_launcher(shape, axis, plan, P, dtype):
@@ -124,24 +153,18 @@ def test_triton_launcher_equals_the_reference_launcher(shape, axis, plan, P, dty
     dims = _dims(torch.empty(shape), axis)
     assert make_blocks(dims, REDUCE_TARGET).P == P and triton_launchers._plan(
         dims, triton_launchers._KERNELS)[0].__name__ == f"_damp_{plan}_kernel"
-    C, n = dims[2], math.prod(shape)
-    g = torch.Generator().manual_seed(n + C)
-    # values on both sides of every bound (ties and specials, NaN included, in the small per-tensor case)
-    w = make_input(n, shape, 0.1, 0, -4, 3, dtype, "cpu", specials=n < 1000 and axis is None)
-    scale = torch.rand(C, generator=g) * 0.1 + 0.05
-    zero_point = torch.randint(-2, 3, (C,), generator=g).float()
-    frozen = torch.rand(shape, generator=g) < 0.3
-    frozen_x_int = torch.randint(-8, 8, shape, generator=g, dtype=torch.int8)  # some outside [-4, 3]
-    args = (w, scale, zero_point, *dims, -4, 3, frozen, frozen_x_int)
-    dw, dw_ref = torch.empty(shape), torch.empty(shape)
-    e_sums, ds_sums = triton_launchers.forward(*args, dw)
-    reference.Launchers.forward(*args, dw_ref)
-    assert_bitwise_equal(dw, dw_ref, what="dw")
-    e, _, ds = reference.elements(w, scale, zero_point, dims, -4, 3, frozen, frozen_x_int)
-    assert ds.abs().sum() > 0  # frozen weights outside the range reach the scale
-    for got, values, what in ((e_sums, e, "e"), (ds_sums, ds, "ds")):
-        assert got.dtype == torch.float32 and got.shape == (C,)
-        assert_sums_close(got, values, lambda v: v.sum((0, 1, 3)), what)
-    again = torch.empty(shape)  # the same bits on every run
-    for a, b, what in zip(triton_launchers.forward(*args, again) + (again,), (e_sums, ds_sums, dw), "e ds dw".split()):
-        assert_bitwise_equal(a, b, what=what)
+    _check_launcher(triton_launchers.forward, shape, axis, dtype)
+
+
+# The native launchers: cpu, and the CUDA kernels under the emulator (their run and row kernels; the layouts'
+# plans are the Triton launcher's).
+NATIVE = {"cpu": lambda: LAUNCHERS.native("cpu"),
+          "cuda-emulated": lambda: cuda_emulator.launchers("oscillation_dampening")}
+
+
+@pytest.mark.parametrize("native", NATIVE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape,axis,plan,P", LAYOUTS)
+def test_native_launchers_equal_the_reference_launcher(native, shape, axis, plan, P, dtype):
+    assert make_blocks(_dims(torch.empty(shape), axis), REDUCE_TARGET).P == P
+    _check_launcher(NATIVE[native]().forward, shape, axis, dtype)

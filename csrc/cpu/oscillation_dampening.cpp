@@ -1,0 +1,24 @@
+// CPU oscillation dampening entry point: the loops of oscillation_dampening_impl.h built for baseline x86-64 (here)
+// and for AVX2+FMA+F16C (oscillation_dampening_avx2.cpp), chosen once from the running CPU (isa.h).
+#include "qkernels/oscillation_dampening_kernels.h"
+
+#define QK_CPU_ISA baseline
+#include "oscillation_dampening_impl.h"
+#undef QK_CPU_ISA
+#include "isa.h"
+
+namespace qkernels {
+namespace cpu {
+
+#ifdef QK_CPU_HAS_AVX2_BUILD
+namespace avx2 {
+void oscillation_dampening_forward(const DampeningParams& p, int64_t begin, int64_t end);
+}  // namespace avx2
+#endif
+
+void oscillation_dampening_forward(const DampeningParams& p, int64_t begin, int64_t end) {
+  QK_CPU_DISPATCH(oscillation_dampening_forward, p, begin, end);
+}
+
+}  // namespace cpu
+}  // namespace qkernels
