@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import qkernels
 from qkernels.nn import OscillationFakeQuantize
 from qkernels.oscillation import (
     CosineSchedule,
@@ -24,14 +23,6 @@ from qkernels.oscillation import (
 
 BUFFERS = ("prev_x_int", "prev_switch_dir", "ema_oscillation", "frozen", "frozen_x_int", "ema_x_int", "started",
            "num_oscillations", "freeze_threshold")
-
-
-@pytest.fixture(autouse=True)
-def reference_backend():
-    """The helpers run the op on the reference backend here; the kernel backends of the op itself are tested in
-    tests/test_oscillation_fake_quant.py."""
-    with qkernels.use_backend("reference"):
-        yield
 
 
 def _buffers(module) -> dict:

@@ -38,16 +38,6 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(data="digits", model="mlp", epochs=2, batch_size=64, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def reference_backend(monkeypatch):
-    """The qat methods' weight quantizer (qkernels.oscillation_fake_quantize) runs on the reference backend, in
-    this process and in the subprocesses (torchrun, the CLI), until its native kernels land ("auto" picks the
-    cpu backend, which cannot run it yet). The kernel backends are tested in tests/test_oscillation_fake_quant.py."""
-    monkeypatch.setenv("QKERNELS_BACKEND", "reference")
-    with qkernels.use_backend("reference"):
-        yield
-
-
 def _state_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
