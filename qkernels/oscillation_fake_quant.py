@@ -178,16 +178,6 @@ def _scale(scale: Tensor) -> Tensor:
     return scale if scale.dtype == torch.float32 and scale.is_contiguous() else _flat(scale)
 
 
-_KEEP_TOTAL = {}  # device -> int64 [1, 0], the mask that keeps the running total of num_oscillations
-
-
-def _keep_total(device: torch.device) -> Tensor:
-    keep = _KEEP_TOTAL.get(device)
-    if keep is None:
-        keep = _KEEP_TOTAL[device] = torch.tensor([1, 0], dtype=torch.int64, device=device)
-    return keep
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Implementations (registered for every device; the backend is chosen in qkernels.backends).
 # ----------------------------------------------------------------------------------------------------------
@@ -211,7 +201,8 @@ def _step_impl(weight, scale, zero_point, axis, quant_min, quant_max, prev_x_int
         quant_min, quant_max, prev_x_int, prev_switch_dir, ema_oscillation, frozen, frozen_x_int, ema_x_int, started,
         threshold, on, float(momentum), bool(use_ema_x_int), bool(need_grad))
     # The counters, on the device and in place: [total + count, count], and which lazy starts happened.
-    num_oscillations.mul_(_keep_total(num_oscillations.device)).add_(count)
+    num_oscillations[1:].zero_()
+    num_oscillations.add_(count)
     if use_ema_x_int:
         started.bitwise_or_(torch.stack([on, on & (threshold > 0)]))
     else:
