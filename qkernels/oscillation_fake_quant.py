@@ -172,6 +172,12 @@ def _zero_point(zero_point: Tensor) -> Tensor:
     return z if not zero_point.is_floating_point() else torch.round(z)
 
 
+def _scale(scale: Tensor) -> Tensor:
+    """The scale as the launchers read it (``_flat``), as it is when it already is float32 and contiguous: on small
+    weights each torch call costs more than the kernel."""
+    return scale if scale.dtype == torch.float32 and scale.is_contiguous() else _flat(scale)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Implementations (registered for every device; the backend is chosen in qkernels.backends).
 # ----------------------------------------------------------------------------------------------------------
@@ -185,16 +191,22 @@ def _step_impl(weight, scale, zero_point, axis, quant_min, quant_max, prev_x_int
     x_int, mask = _grad_buffers(weight, need_grad)
     if weight.numel() == 0:
         return out, x_int, mask
-    on = (tracking.detach().reshape(1) != 0)
-    threshold = freeze_threshold.detach().reshape(()).to(torch.float32)
+    # The flags as the contract wants them, in as few torch calls as the given dtypes allow (each costs several µs).
+    tracking = tracking.detach().reshape(())
+    on = tracking.view(torch.uint8) if tracking.dtype == torch.bool else tracking.ne(0).view(torch.uint8)
+    threshold = freeze_threshold.detach().reshape(())
+    threshold = threshold if threshold.dtype == torch.float32 else threshold.to(torch.float32)
     count = backends.select(weight, quant_min, quant_max, _FAMILY).forward(
-        weight.detach(), out, x_int, mask, _flat(scale), _zero_point(zero_point), *_dims(weight, axis), quant_min,
-        quant_max, prev_x_int, prev_switch_dir, ema_oscillation, frozen, frozen_x_int, ema_x_int, started,
-        threshold, on.reshape(()).to(torch.uint8), float(momentum), bool(use_ema_x_int), bool(need_grad))
-    # The counters, on the device: the call's count, the running total, and which lazy starts happened.
-    num_oscillations.copy_(torch.cat([num_oscillations[:1] + count, count]))
-    freezing = on & (threshold > 0) if use_ema_x_int else torch.zeros_like(on)
-    started.copy_(started | torch.cat([on, freezing]).to(torch.uint8))
+        weight.detach(), out, x_int, mask, _scale(scale), _zero_point(zero_point), *_dims(weight, axis),
+        quant_min, quant_max, prev_x_int, prev_switch_dir, ema_oscillation, frozen, frozen_x_int, ema_x_int, started,
+        threshold, on, float(momentum), bool(use_ema_x_int), bool(need_grad))
+    # The counters, on the device and in place: [total + count, count], and which lazy starts happened.
+    num_oscillations[1:].zero_()
+    num_oscillations.add_(count)
+    if use_ema_x_int:
+        started.bitwise_or_(torch.stack([on, on & (threshold > 0)]))
+    else:
+        started[:1].bitwise_or_(on)
     return out, x_int, mask
 
 
@@ -219,7 +231,7 @@ def _backward_impl(grad, weight, x_int, grad_mask, scale, zero_point, axis, grad
         return dw, _dscale_like(scale, need_dscale).zero_()
     dy = grad.to(weight.dtype).contiguous()
     ds = backends.select(weight, -128, 127, _FAMILY).backward(
-        dy, weight.detach(), x_int, grad_mask, dw, _flat(scale), _zero_point(zero_point), *_dims(weight, axis),
+        dy, weight.detach(), x_int, grad_mask, dw, _scale(scale), _zero_point(zero_point), *_dims(weight, axis),
         float(grad_factor), bool(need_dscale))
     return dw, ds.view(scale.shape).to(scale.dtype) if need_dscale else ds
 

@@ -7,12 +7,16 @@
 // range gives the same bits; its count is an integer sum. The backward's partials are the blocks of the layout, each
 // formed by one work item in a fixed order (run mode: the 8 double SumLanes, element k of each kSub sub-block to
 // lane k % 8; row mode: one double accumulator per column, rows in order): thread count and instruction set never
-// change a bit.
+// change a bit. The AVX2 build (QK_OSCILLATION_AVX2) runs 8 elements per step (oscillation_fake_quant_avx2.h),
+// each lane the scalar math, and the scalar loops on the tails.
 #include <algorithm>
 #include <vector>
 
 #include "qkernels/oscillation_fake_quant_kernels.h"
 #include "reduce.h"
+#ifdef QK_OSCILLATION_AVX2
+#include "oscillation_fake_quant_avx2.h"
+#endif
 
 namespace qkernels {
 namespace cpu {
@@ -24,9 +28,15 @@ constexpr int64_t kSub = 256;  // elements per stack sub-block of the backward l
 // ------------------------------------------------------------------------------------------------------
 // Forward: n elements from offset e whose quantizers are q0 + k * q_step (q_step 0: one quantizer; 1: I == 1).
 // ------------------------------------------------------------------------------------------------------
-template <typename T, bool kGrad>
-int64_t step_run(const OscillationForwardParams& p, const OscillationFlags& f, int64_t e, int64_t n, int64_t q0,
-                 int64_t q_step) {
+template <typename T, bool kGrad, int64_t q_step>
+int64_t step_run(const OscillationForwardParams& p, const OscillationFlags& f, int64_t e, int64_t n, int64_t q0) {
+#ifdef QK_OSCILLATION_AVX2
+  int64_t count = step_run8<T, kGrad, q_step == 1>(p, f, e, n, q0);
+  const int64_t k0 = n / 8 * 8;
+#else
+  int64_t count = 0;
+  const int64_t k0 = 0;
+#endif
   // Local restrict pointers: int8/bool stores may alias anything, so through p every store would reload p's fields.
   const T* __restrict__ w = static_cast<const T*>(p.w) + e;
   T* __restrict__ out = static_cast<T*>(p.out) + e;
@@ -41,8 +51,7 @@ int64_t step_run(const OscillationForwardParams& p, const OscillationFlags& f, i
   const float* __restrict__ scale = p.scale + q0;
   const float* __restrict__ zero_point = p.zero_point + q0;
   const float qmin = p.quant_min, qmax = p.quant_max;
-  int64_t count = 0;
-  for (int64_t k = 0; k < n; ++k) {
+  for (int64_t k = k0; k < n; ++k) {
     const float s = scale[k * q_step], z = zero_point[k * q_step];
     OscillationElement st{prev_x_int[k], prev_switch_dir[k], frozen_x_int[k],
                           frozen[k],     ema_oscillation[k], ema_x_int[k]};
@@ -72,10 +81,14 @@ int64_t forward_walk(const OscillationForwardParams& p, int64_t begin, int64_t e
   for (int64_t e = begin; e < end;) {
     const int64_t row = e / (C * I), within = e - row * C * I, c = within / I;
     const int64_t q = (row / O) * C + c;
-    const bool row_of_quantizers = I == 1 && C > 1;
-    const int64_t len = row_of_quantizers ? std::min(end - e, C - c) : std::min(end - e, I - (within - c * I));
-    const int64_t q_step = row_of_quantizers ? 1 : 0;
-    count += p.x_int ? step_run<T, true>(p, f, e, len, q, q_step) : step_run<T, false>(p, f, e, len, q, q_step);
+    if (I == 1 && C > 1) {  // a row of quantizers
+      const int64_t len = std::min(end - e, C - c);
+      count += p.x_int ? step_run<T, true, 1>(p, f, e, len, q) : step_run<T, false, 1>(p, f, e, len, q);
+      e += len;
+      continue;
+    }
+    const int64_t len = std::min(end - e, I - (within - c * I));
+    count += p.x_int ? step_run<T, true, 0>(p, f, e, len, q) : step_run<T, false, 0>(p, f, e, len, q);
     e += len;
   }
   return count;
@@ -97,7 +110,12 @@ void grad_run(const OscillationBackwardParams& p, int64_t e, int64_t n, float s,
   SumLanes ls = lanes;  // a local stays in registers
   for (int64_t b = 0; b < n; b += kSub) {
     const int64_t m = std::min(kSub, n - b);
-    for (int64_t k = 0; k < m; ++k) {
+#ifdef QK_OSCILLATION_AVX2
+    const int64_t k0 = grad_run8(dy + b, w + b, xi + b, mask + b, dw + b, m, s, inv, z, gf, bs);
+#else
+    const int64_t k0 = 0;
+#endif
+    for (int64_t k = k0; k < m; ++k) {
       dw[b + k] = from_float<T>(oscillation_grad(to_float(dy[b + k]), to_float(w[b + k]),
                                                  static_cast<float>(xi[b + k]), mask[b + k], s, inv, z, gf, bs[k]));
     }
@@ -127,7 +145,13 @@ void backward_items(const OscillationBackwardParams& p, int64_t begin, int64_t e
       const int64_t o1 = std::min(d.O, (part + 1) * k.rows);
       for (int64_t o = part * k.rows; o < o1; ++o) {
         const int64_t e = (b * d.O + o) * d.C;
-        for (int64_t c = 0; c < d.C; ++c) {
+#ifdef QK_OSCILLATION_AVX2
+        const int64_t c0 = grad_row8<T, kPartials>(dy + e, w + e, p.x_int + e, p.mask + e, dw + e, d.C, s,
+                                                   inv.data(), z, p.grad_factor, acc.data());
+#else
+        const int64_t c0 = 0;
+#endif
+        for (int64_t c = c0; c < d.C; ++c) {
           float ds;
           dw[e + c] = from_float<T>(oscillation_grad(to_float(dy[e + c]), to_float(w[e + c]),
                                                      static_cast<float>(p.x_int[e + c]), p.mask[e + c], s[c], inv[c],
