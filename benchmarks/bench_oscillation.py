@@ -79,7 +79,8 @@ def make_steps(shape, dtype, backend):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backend", default="cpu")
+    p.add_argument("--backend", default="cpu", choices=("cpu", "reference"),
+                   help="the tensors are CPU tensors: the CPU backends only")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--threads", type=int)
     args = p.parse_args()

@@ -89,6 +89,14 @@ def _check_qparam_tensor(name: str, t, x: Tensor, numel: Optional[int] = None):
 _FLAVOUR_CPU, _FLAVOUR_CUDA = int(Flavour.Cpu), int(Flavour.Cuda)
 
 
+def _flat_qparam(t: Tensor) -> Tensor:
+    """``t`` as the launchers read a qparam, a contiguous float32 array: ``t`` itself when it already is (no call
+    into torch, which costs more than a small kernel), else a converted copy without history."""
+    if t.dtype == torch.float32 and t.is_contiguous():
+        return t
+    return t.detach().reshape(-1).to(torch.float32).contiguous()
+
+
 def _flavour_of(x: Tensor) -> int:
     """The Flavour of x's device as the launchers take it (a plain int: read on every call)."""
     return _FLAVOUR_CUDA if x.is_cuda else _FLAVOUR_CPU

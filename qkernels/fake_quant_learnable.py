@@ -45,6 +45,7 @@ from ._shared import (
     _check_scale_tensor_values,
     _fail,
     _failing_values,
+    _flat_qparam,
     _flavour_of,
     _inner_stride,
     _is_compiling,
@@ -170,12 +171,6 @@ def _flat_qparams(scale: Tensor, zero_point: Tensor):
     already are (no call into torch, which costs more than a small kernel), else converted copies without
     history."""
     return _flat_qparam(scale), _flat_qparam(zero_point)
-
-
-def _flat_qparam(t: Tensor) -> Tensor:
-    if t.dtype == torch.float32 and t.is_contiguous():
-        return t
-    return t.detach().reshape(-1).to(torch.float32).contiguous()
 
 
 # ----------------------------------------------------------------------------------------------------------

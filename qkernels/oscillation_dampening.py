@@ -24,8 +24,8 @@ from torch import Tensor
 
 from . import backends
 from ._launchers import LauncherContract
-from ._shared import _fail
-from .oscillation_fake_quant import _check_qparams, _dims, _flat, _zero_point
+from ._shared import _fail, _flat_qparam
+from .oscillation_fake_quant import _check_qparams, _dims, _zero_point
 from .reference.oscillation_dampening import AGGREGATIONS, divisor
 
 __all__ = ["oscillation_dampening", "AGGREGATIONS"]
@@ -60,7 +60,7 @@ def _forward_impl(weight, scale, zero_point, axis, quant_min, quant_max, frozen,
     _check(weight, scale, zero_point, axis, quant_min, quant_max, frozen, frozen_x_int, aggregation)
     dw = torch.empty(weight.shape, dtype=torch.float32, device=weight.device)
     e_sums, ds_sums = backends.select(weight, quant_min, quant_max, _FAMILY).forward(
-        weight.detach(), _flat(scale), _zero_point(zero_point), *_dims(weight, axis), quant_min, quant_max, frozen,
+        weight.detach(), _flat_qparam(scale), _zero_point(zero_point), *_dims(weight, axis), quant_min, quant_max, frozen,
         frozen_x_int, dw)
     loss = (e_sums.double().sum() / divisor(weight.shape, aggregation)).float()
     return loss, dw, ds_sums.view(scale.shape)

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from . import backends
 from ._launchers import LauncherContract
-from ._shared import _check_input, _check_qparam_tensor, _check_scale_tensor_values, _fail
+from ._shared import _check_input, _check_qparam_tensor, _check_scale_tensor_values, _fail, _flat_qparam
 from .reference.oscillation_fake_quant import STATE_FIELDS
 
 __all__ = ["OscillationState", "new_oscillation_state", "oscillation_fake_quantize", "oscillation_fake_quant",
@@ -125,8 +125,7 @@ def _check_qparams(op, weight, scale, zero_point, axis, quant_min, quant_max):
     _check_scale_tensor_values(scale)
 
 
-def _check(weight, scale, zero_point, axis, quant_min, quant_max, state, freeze_threshold, tracking, momentum,
-           grad_factor):
+def _check(weight, scale, zero_point, axis, quant_min, quant_max, state, freeze_threshold, tracking, momentum):
     _check_qparams(_OP, weight, scale, zero_point, axis, quant_min, quant_max)
     if not isinstance(state, OscillationState):
         _fail(f"{_OP}: `state` must be an OscillationState (qkernels.new_oscillation_state), got "
@@ -148,8 +147,6 @@ def _check(weight, scale, zero_point, axis, quant_min, quant_max, state, freeze_
         _fail(f"{_OP}: `freeze_threshold` must be a floating-point tensor, got {freeze_threshold.dtype}")
     if not (isinstance(momentum, (int, float)) and 0.0 < momentum <= 1.0):
         _fail(f"{_OP}: `momentum` must be in (0, 1], got {momentum}")
-    if not math.isfinite(grad_factor):
-        _fail(f"{_OP}: `grad_factor` must be finite, got {grad_factor}")
 
 
 def _dims(weight: Tensor, axis: Optional[int]):
@@ -162,20 +159,10 @@ def _dims(weight: Tensor, axis: Optional[int]):
     return (1, 1, 1, n) if C == 1 else (1, n // (C * I), C, I)
 
 
-def _flat(t: Tensor) -> Tensor:
-    """float32, contiguous, 1-D: as the launchers read qparams (the zero point rounded half to even)."""
-    return t.detach().reshape(-1).to(torch.float32).contiguous()
-
-
 def _zero_point(zero_point: Tensor) -> Tensor:
-    z = _flat(zero_point)
+    """The zero point as the launchers read it: ``_flat_qparam``, rounded half to even when it is a float."""
+    z = _flat_qparam(zero_point)
     return z if not zero_point.is_floating_point() else torch.round(z)
-
-
-def _scale(scale: Tensor) -> Tensor:
-    """The scale as the launchers read it (``_flat``), as it is when it already is float32 and contiguous: on small
-    weights each torch call costs more than the kernel."""
-    return scale if scale.dtype == torch.float32 and scale.is_contiguous() else _flat(scale)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -186,7 +173,7 @@ def _step_impl(weight, scale, zero_point, axis, quant_min, quant_max, prev_x_int
                use_ema_x_int, need_grad):
     state = OscillationState(prev_x_int, prev_switch_dir, ema_oscillation, frozen, frozen_x_int, ema_x_int,
                              started, num_oscillations)
-    _check(weight, scale, zero_point, axis, quant_min, quant_max, state, freeze_threshold, tracking, momentum, 1.0)
+    _check(weight, scale, zero_point, axis, quant_min, quant_max, state, freeze_threshold, tracking, momentum)
     out = torch.empty_like(weight)
     x_int, mask = _grad_buffers(weight, need_grad)
     if weight.numel() == 0:
@@ -197,7 +184,7 @@ def _step_impl(weight, scale, zero_point, axis, quant_min, quant_max, prev_x_int
     threshold = freeze_threshold.detach().reshape(())
     threshold = threshold if threshold.dtype == torch.float32 else threshold.to(torch.float32)
     count = backends.select(weight, quant_min, quant_max, _FAMILY).forward(
-        weight.detach(), out, x_int, mask, _scale(scale), _zero_point(zero_point), *_dims(weight, axis),
+        weight.detach(), out, x_int, mask, _flat_qparam(scale), _zero_point(zero_point), *_dims(weight, axis),
         quant_min, quant_max, prev_x_int, prev_switch_dir, ema_oscillation, frozen, frozen_x_int, ema_x_int, started,
         threshold, on, float(momentum), bool(use_ema_x_int), bool(need_grad))
     # The counters, on the device and in place: [total + count, count], and which lazy starts happened.
@@ -231,7 +218,7 @@ def _backward_impl(grad, weight, x_int, grad_mask, scale, zero_point, axis, grad
         return dw, _dscale_like(scale, need_dscale).zero_()
     dy = grad.to(weight.dtype).contiguous()
     ds = backends.select(weight, -128, 127, _FAMILY).backward(
-        dy, weight.detach(), x_int, grad_mask, dw, _scale(scale), _zero_point(zero_point), *_dims(weight, axis),
+        dy, weight.detach(), x_int, grad_mask, dw, _flat_qparam(scale), _zero_point(zero_point), *_dims(weight, axis),
         float(grad_factor), bool(need_dscale))
     return dw, ds.view(scale.shape).to(scale.dtype) if need_dscale else ds
 
@@ -295,8 +282,12 @@ def oscillation_fake_quantize(weight: Tensor, scale: Tensor, zero_point: Tensor,
     place when ``tracking`` is on (see the module docstring and ``qkernels.reference.oscillation_fake_quant``).
     ``axis=None``: one scale (``scale``/``zero_point`` of one element); else one per ``weight.size(axis)``.
     Gradients to ``weight`` and ``scale`` (LSQ, times ``grad_factor``); the zero point is not learned."""
-    _check(weight, scale, zero_point, axis, quant_min, quant_max, state, freeze_threshold, tracking, momentum,
-           grad_factor)
+    # The registered op checks the rest before it touches the state; only what it does not take is checked here.
+    if not isinstance(state, OscillationState):
+        _fail(f"{_OP}: `state` must be an OscillationState (qkernels.new_oscillation_state), got "
+              f"{type(state).__name__}")
+    if not math.isfinite(grad_factor):
+        _fail(f"{_OP}: `grad_factor` must be finite, got {grad_factor}")
     return _OscillationFakeQuant.apply(weight, scale, zero_point, axis, quant_min, quant_max, state,
                                        freeze_threshold, tracking, float(momentum), bool(use_ema_x_int),
                                        float(grad_factor))

@@ -6,13 +6,13 @@ import torch
 
 import cuda_emulator
 import qkernels
-from conftest import assert_bitwise_equal, assert_sums_close, interpreted
+from conftest import assert_bitwise_equal, assert_sums_close, backends_for, interpreted
 from qkernels.oscillation_fake_quant import LAUNCHERS, STATE_FIELDS, _dims, new_oscillation_state
 from qkernels.reference import oscillation_fake_quant as ref
 from qkernels.reference.oscillation_fake_quant import OfficialTracker
 
 # The backends run by name here (the CUDA kernels: under the emulator below).
-BACKENDS = ["reference", "cpu", "triton"]
+BACKENDS = backends_for("cpu")
 
 
 def _integers(w, scale, zero_point, axis, qmin, qmax):

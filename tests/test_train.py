@@ -85,7 +85,7 @@ def test_oscillation_methods_lower_the_loss_and_record_oscillations(tmp_path, me
     for row in history:
         assert {"test_accuracy_pre_bn", "osc_fraction", "frozen_fraction", "flips_last_step"} <= set(row)
         assert 0 <= row["osc_fraction"] <= 1 and 0 <= row["frozen_fraction"] <= 1
-    assert history[-1]["osc_fraction"] > 0 and history[-1]["flips_last_step"] >= 0
+    assert history[-1]["osc_fraction"] > 0
     assert (history[-1]["frozen_fraction"] > 0) == (method == "qat+freeze")
     assert (history[-1]["dampen_loss"] > 0) if method == "qat+dampen" else "dampen_loss" not in history[-1]
     overall = metrics["oscillations"]["overall"]

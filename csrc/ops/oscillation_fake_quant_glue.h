@@ -50,8 +50,9 @@ inline void check_element_tensor(const at::Tensor& t, const at::Tensor& w, at::S
               "qkernels: ", what, " must be a contiguous ", dtype, " tensor of w's size on w's device");
 }
 
-// The forward params. `tracking` becomes a bool tensor on the device (any nonzero value is on), kept alive by the
-// caller in flags; the other flags are read where they are.
+// The forward params. The flags are read on the device where they are: `tracking` as one byte (uint8 0/1, as the
+// Python op passes it, or bool), the threshold as float32 (a converted copy, kept alive by the caller in flags,
+// only when it is not float32 already).
 inline OscillationForwardParams oscillation_forward_params(
     const at::Tensor& w, at::Tensor& out, at::Tensor& x_int, at::Tensor& mask, const at::Tensor& scale,
     const at::Tensor& zero_point, const ReduceDims& dims, int64_t quant_min, int64_t quant_max,
@@ -77,7 +78,9 @@ inline OscillationForwardParams oscillation_forward_params(
   TORCH_CHECK(threshold.numel() == 1 && tracking.numel() == 1 && threshold.device() == w.device() &&
                   tracking.device() == w.device(),
               "qkernels: threshold and tracking must have one element on w's device");
-  flags = {started, threshold.reshape({1}).to(at::kFloat).contiguous(), tracking.reshape({1}).ne(0)};
+  TORCH_CHECK(tracking.scalar_type() == at::kByte || tracking.scalar_type() == at::kBool,
+              "qkernels: tracking must be a uint8 or bool flag");
+  flags = {started, threshold.reshape({1}).to(at::kFloat).contiguous(), tracking.reshape({1})};
   OscillationForwardParams p{};
   p.dtype = dtype_of(w);
   p.dims = dims;
@@ -97,7 +100,7 @@ inline OscillationForwardParams oscillation_forward_params(
   p.ema_x_int = ema_x_int.data_ptr<float>();
   p.started = flags[0].const_data_ptr<uint8_t>();
   p.threshold = flags[1].const_data_ptr<float>();
-  p.tracking = flags[2].const_data_ptr<bool>();
+  p.tracking = static_cast<const uint8_t*>(flags[2].const_data_ptr());
   p.m = static_cast<float>(momentum);
   p.cm = static_cast<float>(1.0 - momentum);  // formed in float64, rounded once (the spec's cm)
   p.use_ema_x_int = use_ema_x_int;

@@ -49,7 +49,7 @@ def elements(w, scale, zero_point, dims, quant_min, quant_max, frozen, frozen_x_
     before the division by K)."""
     w4 = w.reshape(dims).float()
     s, z = _per_element(scale.float(), dims), _per_element(zero_point.float(), dims)
-    _, clamped, _ = _levels(w4, s, z, quant_min, quant_max)
+    _, clamped = _levels(w4, s, z, quant_min, quant_max)
     x = torch.where(frozen.reshape(dims), frozen_x_int.reshape(dims).float(), clamped)
     target = (x - z) * s
     low_level, high_level = quant_min - z, quant_max - z

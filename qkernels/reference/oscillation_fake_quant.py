@@ -63,9 +63,9 @@ def _per_element(t: torch.Tensor, dims) -> torch.Tensor:
 
 
 def _levels(w4, s, z, quant_min, quant_max):
-    inv = torch.reciprocal(s)  # float32 1 / s, correctly rounded
-    q = torch.round(w4.float() * inv) + z
-    return q, q.clamp(quant_min, quant_max), inv
+    """(the level rne(w * (1/s)) + z, and it clamped to the range), float32; 1/s correctly rounded."""
+    q = torch.round(w4.float() * torch.reciprocal(s)) + z
+    return q, q.clamp(quant_min, quant_max)
 
 
 def step(w, scale, zero_point, dims, quant_min, quant_max, state, started, threshold, tracking, momentum: float,
@@ -77,7 +77,7 @@ def step(w, scale, zero_point, dims, quant_min, quant_max, state, started, thres
     w4 = w.reshape(dims)
     st = {k: v.reshape(dims) for k, v in state.items()}
     s, z = _per_element(scale.float(), dims), _per_element(zero_point.float(), dims)
-    q, clamped, _ = _levels(w4, s, z, quant_min, quant_max)
+    q, clamped = _levels(w4, s, z, quant_min, quant_max)
     frozen = st["frozen"]
     x = torch.where(frozen, st["frozen_x_int"].float(), clamped)
     out = ((x - z) * s).to(w.dtype).reshape(w.shape)

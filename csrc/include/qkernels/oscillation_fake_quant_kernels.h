@@ -33,10 +33,10 @@ struct OscillationForwardParams {
   bool* frozen;
   int8_t* frozen_x_int;
   float* ema_x_int;
-  // Flags on the device, read by the kernels: started uint8 [2], threshold float32 [1], tracking bool [1].
+  // Flags on the device, read by the kernels: started uint8 [2], threshold float32 [1], tracking uint8 [1] (0/1).
   const uint8_t* started;
   const float* threshold;
-  const bool* tracking;
+  const uint8_t* tracking;
   float m, cm;  // float32(momentum), float32(1 - momentum)
   bool use_ema_x_int;
 };
@@ -46,7 +46,7 @@ QK_HOST_DEVICE OscillationFlags oscillation_flags(const OscillationForwardParams
   OscillationFlags f{};
   f.started_prev = p.started[0] != 0;
   f.started_ema = p.started[1] != 0;
-  f.tracking = *p.tracking;
+  f.tracking = *p.tracking != 0;
   f.threshold = *p.threshold;
   f.freezing = f.tracking && f.threshold > 0.0f;
   f.use_ema_x_int = p.use_ema_x_int;
