@@ -13,6 +13,13 @@ nagel-oscillations.md`` §2–§5).
 
 ``attach`` parametrizes ``layer.weight`` (``torch.nn.utils.parametrize``): reading ``layer.weight`` runs the
 quantizer (and tracks), the float weight is ``layer.parametrizations.weight.original``.
+
+Wenshøj et al. 2025, "Oscillations Make Neural Networks Robust to Quantization" (``../shared/research/
+wenshoj-oscillation-regularizer.md``): train in full precision with a term that induces oscillations, then
+quantize after training (``qkernels.ptq.quantized_weights``) at any bit width:
+
+    reg = qkernels.oscillation.OscillationRegularizer(model, bits=3, lam=1.0)
+    loss = task_loss + reg()                                          # lam · sum_l mean(q(W_l)^2 - W_l^2)
 """
 
 from __future__ import annotations
@@ -27,9 +34,10 @@ from torch.nn.utils import parametrize
 from .fake_quant import fake_quantize_per_channel_affine
 from .nn import OscillationFakeQuantize
 from .oscillation_dampening import AGGREGATIONS, oscillation_dampening
+from .oscillation_regularizer import check, check_bits, oscillation_regularizer
 
 __all__ = ["CosineSchedule", "dampening_loss", "model_dampening_loss", "attach", "attached", "float_copy", "stats",
-           "bn_reestimate", "initial_scale", "AGGREGATIONS"]
+           "bn_reestimate", "initial_scale", "AGGREGATIONS", "regularizer", "OscillationRegularizer"]
 
 MSE_CANDIDATES = 100
 
@@ -255,3 +263,72 @@ def bn_reestimate(model: nn.Module, loader, num_batches: int = 50) -> int:
             bn.momentum = momentum
     model.eval()
     return count
+
+
+def regularizer(weights, bits: int, scale_grad: bool = True) -> Tensor:
+    """Wenshøj et al.'s oscillation-inducing term ``sum_l mean(q_b(W_l)^2 - W_l^2)`` (float32, 0-dim) over the
+    tensors ``weights``, with the per-tensor max-abs narrow quantizer ``s = max|W| / (2^(b-1) - 1)``,
+    ``q = s · rne(W / s)`` (2^b − 1 levels, nothing clipped). Differentiable in every weight, straight through
+    the rounding: ``dW = (2/N)(q − W)``, plus with ``scale_grad`` (the official code's default) the path through
+    ``max|W|``, which moves only the elements at the max. Any mix of devices, dtypes (float32, float16,
+    bfloat16) and layouts: tensors are grouped per device and dtype, one fused ``qkernels.oscillation_regularizer``
+    call per group. The math: ``qkernels.reference.oscillation_regularizer``."""
+    check(weights, bits, fused=False)
+    groups: dict = {}
+    for w in weights:
+        groups.setdefault((w.device, w.dtype), []).append(w.contiguous())
+    if len(groups) == 1:
+        return oscillation_regularizer(next(iter(groups.values())), bits, scale_grad)
+    # The groups' values are added on the first tensor's device.
+    values = [oscillation_regularizer(group, bits, scale_grad) for group in groups.values()]
+    device = values[0].device
+    return torch.stack([v.to(device) for v in values]).sum()
+
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+
+
+class OscillationRegularizer:
+    """``lam ·`` Wenshøj et al.'s oscillation-inducing term over a model's weights, ready for a training loop:
+
+        reg = OscillationRegularizer(model, bits=3, lam=1.0)
+        loss = criterion(model(x), y) + reg()
+
+    The weights are the ``weight`` parameters of every module of ``model`` that has one (Linear, Conv, Embedding,
+    and norm layers' affine weights unless ``include_norms`` is false; biases never), as the official code's
+    ``attach_weight_quantizers``, minus the modules whose qualified name contains one of the ``exclude``
+    substrings; found at construction (``names`` lists them). Parametrized weights count by their float
+    original. ``bits`` and ``lam`` may be changed between calls. Unlike the official loss wrapper, a call
+    computes the term whatever ``model.training`` is: add it where you train."""
+
+    def __init__(self, model: nn.Module, bits: int, lam: float = 1.0, exclude=(), include_norms: bool = True,
+                 scale_grad: bool = True):
+        if isinstance(exclude, str):
+            raise ValueError(f"exclude: a sequence of name substrings, got the string {exclude!r}; use ({exclude!r},)")
+        if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not math.isfinite(lam):
+            raise ValueError(f"lam: must be a finite number, got {lam!r}")
+        check_bits(bits)  # now, rather than at the first training step
+        self.bits, self.lam, self.scale_grad = bits, float(lam), scale_grad
+        self.names, self.weights = [], []
+        for name, module in model.named_modules():
+            weight = _float_weight(module)
+            if weight is None or any(part in name for part in exclude):
+                continue
+            if not include_norms and isinstance(module, _NORMS):
+                continue
+            self.names.append(name)
+            self.weights.append(weight)
+        if not self.weights:
+            raise ValueError("model: no module with a `weight` parameter is left to regularize "
+                             f"(exclude={tuple(exclude)!r}, include_norms={include_norms})")
+
+    def __call__(self) -> Tensor:
+        return self.lam * regularizer(self.weights, self.bits, self.scale_grad)
+
+
+def _float_weight(module: nn.Module):
+    """The module's float ``weight`` parameter (a parametrized weight's original), or None."""
+    if parametrize.is_parametrized(module, "weight"):
+        return module.parametrizations.weight.original
+    weight = module._parameters.get("weight")
+    return weight if isinstance(weight, nn.Parameter) else None

@@ -31,7 +31,7 @@ from ._launchers import LauncherContract
 from ._shared import _fail
 from .reference.oscillation_regularizer import levels
 
-__all__ = ["oscillation_regularizer", "BITS"]
+__all__ = ["oscillation_regularizer", "check", "check_bits", "BITS"]
 
 _FAMILY = "oscillation_regularizer"
 _OP = "oscillation_regularizer"
@@ -51,7 +51,10 @@ LAUNCHERS = LauncherContract(_FAMILY, {
 })
 
 
-def _check(weights, bits):
+def check(weights, bits, fused: bool = True):
+    """Raises a RuntimeError naming the argument unless ``weights`` is a non-empty list of non-empty strided
+    float32/float16/bfloat16 tensors (for one ``fused`` call: contiguous, of one device and dtype) and ``bits`` an
+    int from 2 to 8."""
     if isinstance(weights, Tensor) or not isinstance(weights, (list, tuple)) or not weights:
         _fail(f"{_OP}: `weights` must be a non-empty list of tensors, got {type(weights).__name__}"
               + (" (empty)" if isinstance(weights, (list, tuple)) else ""))
@@ -63,11 +66,15 @@ def _check(weights, bits):
             _fail(f"{_OP}: `weights[{i}]` must be float32, float16 or bfloat16, got {w.dtype}")
         if w.numel() == 0:
             _fail(f"{_OP}: `weights[{i}]` has no elements (shape {tuple(w.shape)}): its mean is undefined")
-        if w.layout != torch.strided or not w.is_contiguous():
-            _fail(f"{_OP}: `weights[{i}]` must be a contiguous strided tensor")
-        if w.dtype != first.dtype or w.device != first.device:
+        if w.layout != torch.strided or (fused and not w.is_contiguous()):
+            _fail(f"{_OP}: `weights[{i}]` must be a {'contiguous ' if fused else ''}strided tensor")
+        if fused and (w.dtype != first.dtype or w.device != first.device):
             _fail(f"{_OP}: `weights` must share one device and dtype: weights[0] is {first.dtype} on {first.device}, "
                   f"weights[{i}] is {w.dtype} on {w.device} (qkernels.oscillation.regularizer groups a mix)")
+    check_bits(bits)
+
+
+def check_bits(bits):
     if isinstance(bits, bool) or not isinstance(bits, int) or bits not in BITS:
         _fail(f"{_OP}: `bits` must be an integer from 2 to 8, got {bits!r}")
 
@@ -77,7 +84,7 @@ def _launchers(weights, bits):
 
 
 def _forward_impl(weights, bits, scale_grad):
-    _check(weights, bits)
+    check(weights, bits)
     weights = [w.detach() for w in weights]
     device, n = weights[0].device, len(weights)
     amax = torch.empty(n, dtype=torch.float32, device=device)
@@ -90,14 +97,14 @@ def _forward_impl(weights, bits, scale_grad):
 
 
 def _forward_fake(weights, bits, scale_grad):
-    _check(weights, bits)
+    check(weights, bits)
     device, n = weights[0].device, len(weights)
     return (torch.empty((), dtype=torch.float32, device=device), torch.empty(n, dtype=torch.float32, device=device),
             torch.empty(n, 2, dtype=torch.float64, device=device), torch.empty(n, dtype=torch.int64, device=device))
 
 
 def _backward_impl(weights, grad, amax, sums, ties, bits, scale_grad):
-    _check(weights, bits)
+    check(weights, bits)
     weights = [w.detach() for w in weights]
     dw = [torch.empty_like(w) for w in weights]
     _launchers(weights, bits).backward(weights, dw, grad.float(), amax, sums, ties, bits, scale_grad)
