@@ -55,13 +55,9 @@ def check(weights, bits, fused: bool = True):
     """Raises a RuntimeError naming the argument unless ``weights`` is a non-empty list of non-empty strided
     float32/float16/bfloat16 tensors (for one ``fused`` call: contiguous, of one device and dtype) and ``bits`` an
     int from 2 to 8."""
-    if isinstance(weights, Tensor) or not isinstance(weights, (list, tuple)) or not weights:
-        _fail(f"{_OP}: `weights` must be a non-empty list of tensors, got {type(weights).__name__}"
-              + (" (empty)" if isinstance(weights, (list, tuple)) else ""))
+    check_list(weights)
     first = weights[0]
     for i, w in enumerate(weights):
-        if not isinstance(w, Tensor):
-            _fail(f"{_OP}: `weights[{i}]` must be a tensor, got {type(w).__name__}")
         if w.dtype not in _DTYPES:
             _fail(f"{_OP}: `weights[{i}]` must be float32, float16 or bfloat16, got {w.dtype}")
         if w.numel() == 0:
@@ -72,6 +68,16 @@ def check(weights, bits, fused: bool = True):
             _fail(f"{_OP}: `weights` must share one device and dtype: weights[0] is {first.dtype} on {first.device}, "
                   f"weights[{i}] is {w.dtype} on {w.device} (qkernels.oscillation.regularizer groups a mix)")
     check_bits(bits)
+
+
+def check_list(weights):
+    """What the op's schema cannot take: ``weights`` not a non-empty list (or tuple) of tensors."""
+    if isinstance(weights, Tensor) or not isinstance(weights, (list, tuple)) or not weights:
+        _fail(f"{_OP}: `weights` must be a non-empty list of tensors, got {type(weights).__name__}"
+              + (" (empty)" if isinstance(weights, (list, tuple)) else ""))
+    for i, w in enumerate(weights):
+        if not isinstance(w, Tensor):
+            _fail(f"{_OP}: `weights[{i}]` must be a tensor, got {type(w).__name__}")
 
 
 def check_bits(bits):
@@ -147,4 +153,5 @@ def oscillation_regularizer(weights: Sequence[Tensor], bits: int, scale_grad: bo
     weight: ``dW = (2/N)(q - W)`` plus, with ``scale_grad`` (the official code), ``(2/N) S2 / (m c) · sign(W)`` on
     the ``c`` elements at ``m = max|W|``. ``weights``: a non-empty list of contiguous tensors of one device and
     dtype; ``bits`` 2 to 8."""
+    check_list(weights)
     return _op(list(weights), bits, scale_grad)[0]
