@@ -1,8 +1,8 @@
 """The fused oscillation regularizer (Wenshøj et al. 2025), value and gradient over a whole model's weights, against
 the official formulation in eager PyTorch and torch.compile of it.
 
-Weight sets: every ``weight`` parameter (convolutions, linears and norm layers, as the official code) of an
-ImageNet ResNet-18 (11.7M elements in 41 tensors) and of the harness's CIFAR ResNet-20 (0.27M in 41 tensors).
+Weight sets: every ``weight`` parameter (convolutions, linears and norm layers, as the official code) of a CIFAR
+ResNet-18 (11.2M elements in 41 tensors) and of the harness's CIFAR ResNet-20 (0.27M in 41 tensors).
 Providers, each one ``value.backward()`` from fresh gradients:
 
 * ``fused``: ``qkernels.oscillation.regularizer`` (one fused call for the list) on the chosen backend;
@@ -12,13 +12,17 @@ Providers, each one ``value.backward()`` from fresh gradients:
 
 Minimal traffic: the fused op reads the weights three times (the maxima, the sums, the backward) and writes the
 gradient once: 4b bytes per element (b = element size). GB/s = those bytes / time; ``copy`` is the bandwidth of
-``clone`` of a tensor of the set's size. Targets (CPU): >= 5x eager, >= 1.5x compile.
+a copy of the set's size (``clone`` on the CPU). ``step`` (``--step-batch N``): one training step of the model
+itself (forward, cross-entropy, backward on random 32x32 images), and the fused term's cost as a share of it.
+Targets: CPU >= 5x eager and >= 1.5x compile; GPU the fused term <= 5 % of a ResNet-18 step.
 
-    python benchmarks/bench_regularizer.py [--backend cpu] [--dtype float32|bfloat16|float16] [--threads N]
-                                           [--sets resnet18 resnet20] [--bits 4] [--no-compile]
+    python benchmarks/bench_regularizer.py [--device cpu|cuda] [--backend auto|cpu|cuda|triton|reference]
+        [--dtype float32|bfloat16|float16] [--threads N] [--sets resnet18 resnet20] [--bits 4] [--no-compile]
+        [--step-batch 128] [--out DIR]
 """
 
 import argparse
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -26,32 +30,37 @@ from torch import nn
 import qkernels
 from qkernels.train.models import build
 
-from common import bench_ms, measure_copy_gbps
+from common import bench_ms, device_name, measure_copy_gbps
 
 
-def _resnet18_shapes():
-    """The weight shapes of torchvision's ResNet-18 (no torchvision here): convs, BN weights, the classifier."""
-    shapes = [(64, 3, 7, 7), (64,)]
-    cin = 64
+class _Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                                  nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        self.skip = nn.Sequential() if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + self.skip(x))
+
+
+def resnet18(num_classes=10):
+    """ResNet-18 with the CIFAR stem (3x3 convolution, no max-pool), as the paper's CIFAR-10 runs; no
+    torchvision here."""
+    layers, cin = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()], 64
     for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-        for block in range(2):
-            first = block == 0
-            shapes += [(cout, cin if first else cout, 3, 3), (cout,), (cout, cout, 3, 3), (cout,)]
-            if first and (stride != 1 or cin != cout):
-                shapes += [(cout, cin, 1, 1), (cout,)]
+        layers += [_Block(cin, cout, stride), _Block(cout, cout, 1)]
         cin = cout
-    return shapes + [(1000, 512)]
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes))
 
 
-def weight_sets(dtype):
-    torch.manual_seed(0)
-    resnet20 = build("resnet20", 3, 32, 10)
-    sets = {
-        "resnet18": [torch.randn(shape) * 0.05 for shape in _resnet18_shapes()],
-        "resnet20": [m.weight.detach().clone() for m in resnet20.modules()
-                     if isinstance(getattr(m, "weight", None), nn.Parameter)],
-    }
-    return {name: [w.to(dtype).requires_grad_() for w in ws] for name, ws in sets.items()}
+MODELS = {"resnet18": resnet18, "resnet20": lambda: build("resnet20", 3, 32, 10)}
+
+
+def weights_of(model):
+    """Every module's ``weight`` parameter (the official code's choice, norm layers included)."""
+    return [m.weight for m in model.modules() if isinstance(getattr(m, "weight", None), nn.Parameter)]
 
 
 class _RoundSTE(torch.autograd.Function):
@@ -75,27 +84,47 @@ def official(weights, bits):
     return total
 
 
+def _train_step_ms(model, batch, device, dtype):
+    """Milliseconds of one FP training step of ``model`` (forward, cross-entropy, backward) on random images."""
+    x = torch.randn(batch, 3, 32, 32, device=device, dtype=dtype)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x).float(), y).backward()
+    return bench_ms(step, device)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backend", default="cpu", choices=("cpu", "reference"),
-                   help="the tensors are CPU tensors: the CPU backends only")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "triton", "reference"))
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--threads", type=int)
-    p.add_argument("--sets", nargs="+", choices=("resnet18", "resnet20"), default=["resnet18", "resnet20"])
+    p.add_argument("--sets", nargs="+", choices=tuple(MODELS), default=list(MODELS))
     p.add_argument("--bits", type=int, default=4, choices=range(2, 9), metavar="2..8")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile provider")
+    p.add_argument("--step-batch", type=int, default=0, metavar="N",
+                   help="also time a training step of the model at batch N (0: no)")
+    p.add_argument("--out", type=Path, help="also write the table to DIR/bench_regularizer.txt")
     args = p.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: CUDA is not available")
+    if args.step_batch < 0:
+        p.error("--step-batch: must be >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype)
-    device = torch.device("cpu")
-    print(f"backend {args.backend}, {args.dtype}, {args.bits} bits, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}")
-    print(f"{'set':10} {'elements':>10} {'fused ms':>9} {'GB/s':>6} {'eager ms':>9} {'compile ms':>10} "
-          f"{'copy GB/s':>9} {'eager/fused':>11} {'compile/fused':>13}")
+    dtype, device = getattr(torch, args.dtype), torch.device(args.device)
+    lines = [f"{device_name(device)}, backend {args.backend}, {args.dtype}, {args.bits} bits, "
+             f"{torch.get_num_threads()} threads, torch {torch.__version__}",
+             f"{'set':10} {'elements':>10} {'fused ms':>9} {'GB/s':>6} {'eager ms':>9} {'compile ms':>10} "
+             f"{'copy GB/s':>9} {'eager/fused':>11} {'compile/fused':>13} {'step ms':>8} {'fused/step':>10}"]
+    print(*lines, sep="\n")
     compiled = None if args.no_compile else torch.compile(official)
     for name in args.sets:
-        weights = weight_sets(dtype)[name]
+        torch.manual_seed(0)
+        model = MODELS[name]().to(device, dtype)
+        weights = weights_of(model)
 
         def step(f):
             def run():
@@ -105,19 +134,23 @@ def main():
                     f().backward()
             return run
 
-        def fused():
-            return qkernels.oscillation.regularizer(weights, args.bits)
-
-        providers = {"fused": fused, "eager": lambda: official(weights, args.bits)}
+        providers = {"fused": lambda: qkernels.oscillation.regularizer(weights, args.bits),
+                     "eager": lambda: official(weights, args.bits)}
         if compiled is not None:
             providers["compile"] = lambda: compiled(weights, args.bits)
         ms = {k: bench_ms(step(f), device) for k, f in providers.items()}
+        step_ms = _train_step_ms(model, args.step_batch, device, dtype) if args.step_batch else float("nan")
         n = sum(w.numel() for w in weights)
         gbps = 4 * dtype.itemsize * n / ms["fused"] / 1e6
-        copy = measure_copy_gbps(torch.empty(n, dtype=dtype), device)
+        copy = measure_copy_gbps(torch.empty(n, dtype=dtype, device=device), device)
         compile_ms = ms.get("compile", float("nan"))
-        print(f"{name:10} {n:10d} {ms['fused']:9.3f} {gbps:6.1f} {ms['eager']:9.3f} {compile_ms:10.3f} "
-              f"{copy:9.1f} {ms['eager'] / ms['fused']:11.1f} {compile_ms / ms['fused']:13.2f}")
+        lines.append(f"{name:10} {n:10d} {ms['fused']:9.3f} {gbps:6.1f} {ms['eager']:9.3f} {compile_ms:10.3f} "
+                     f"{copy:9.1f} {ms['eager'] / ms['fused']:11.1f} {compile_ms / ms['fused']:13.2f} "
+                     f"{step_ms:8.2f} {ms['fused'] / step_ms:10.1%}")
+        print(lines[-1])
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench_regularizer.txt").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
