@@ -44,10 +44,14 @@ struct AbsMaxLanes {
 // The slot of work item `item`: the last slot whose first block is at or before it (offsets ascend, and every
 // tensor has at least one block).
 int64_t slot_of(const RegularizerParams& p, int64_t item) {
-  int64_t lo = 0, hi = p.L;  // slots[lo].offset <= item, and item < slots[hi].offset where hi < L
+  int64_t lo = 0, hi = p.L;  // slots[lo].offset <= item < slots[hi].offset (hi == L: past the end)
   while (hi - lo > 1) {
     const int64_t mid = lo + (hi - lo) / 2;
-    (p.slots[mid].offset <= item ? lo : hi) = mid;
+    if (p.slots[mid].offset <= item) {
+      lo = mid;
+    } else {
+      hi = mid;
+    }
   }
   return lo;
 }
