@@ -18,13 +18,13 @@ void check_vector(const at::Tensor& t, const at::Tensor& like, at::ScalarType dt
               "qkernels: ", what, " must be contiguous ", dtype, " of sizes ", sizes, " on ", like.device());
 }
 
-// The params of a call over the weights w (dw: their gradients, or none): the slots in `slots`, the blocks of
+// The params of a call over the weights w (dw: their gradients, or empty): the slots in `slots`, the blocks of
 // make_reduce_blocks({1, 1, 1, N_l}, kRegularizerReduceTarget), their partials concatenated in tensor order (P:
 // all of them).
-RegularizerParams regularizer_params(at::TensorList w, const at::TensorList* dw, std::vector<RegularizerSlot>& slots,
+RegularizerParams regularizer_params(at::TensorList w, at::TensorList dw, std::vector<RegularizerSlot>& slots,
                                      int64_t& P) {
   TORCH_CHECK(!w.empty(), "qkernels: oscillation_regularizer needs at least one weight");
-  TORCH_CHECK(dw == nullptr || dw->size() == w.size(), "qkernels: oscillation_regularizer needs one dw per weight");
+  TORCH_CHECK(dw.empty() || dw.size() == w.size(), "qkernels: oscillation_regularizer needs one dw per weight");
   const at::Tensor& first = w[0];
   RegularizerParams p{};
   p.dtype = dtype_of(first);
@@ -38,8 +38,8 @@ RegularizerParams regularizer_params(at::TensorList w, const at::TensorList* dw,
                 "qkernels: oscillation_regularizer weights must be non-empty, contiguous, of one dtype and device");
     RegularizerSlot& s = slots[l];
     s.w = t.const_data_ptr();
-    if (dw != nullptr) {
-      const at::Tensor& d = (*dw)[l];
+    if (!dw.empty()) {
+      const at::Tensor& d = dw[l];
       TORCH_CHECK(d.scalar_type() == t.scalar_type() && d.sizes() == t.sizes() && d.is_contiguous() &&
                       d.device() == t.device(),
                   "qkernels: oscillation_regularizer dw must match its weight in dtype, sizes and device, contiguous");
@@ -65,7 +65,7 @@ int bits_of(int64_t bits) {
 void oscillation_regularizer_amax_cuda(at::TensorList w, at::Tensor& out) {
   std::vector<RegularizerSlot> slots;
   int64_t P = 0;
-  RegularizerParams p = glue::regularizer_params(w, nullptr, slots, P);
+  RegularizerParams p = glue::regularizer_params(w, {}, slots, P);
   const glue::DeviceGuard guard(w[0].device());
   glue::check_vector(out, w[0], at::kFloat, {p.L}, "amax out");
   const at::Tensor partials = at::empty({P}, w[0].options().dtype(at::kFloat));
@@ -77,16 +77,16 @@ void oscillation_regularizer_sums_cuda(at::TensorList w, const at::Tensor& amax,
                                        at::Tensor& ties) {
   std::vector<RegularizerSlot> slots;
   int64_t P = 0;
-  RegularizerParams p = glue::regularizer_params(w, nullptr, slots, P);
+  RegularizerParams p = glue::regularizer_params(w, {}, slots, P);
   p.bits = glue::bits_of(bits);
   const glue::DeviceGuard guard(w[0].device());
   glue::check_vector(amax, w[0], at::kFloat, {p.L}, "amax");
   glue::check_vector(out, w[0], at::kDouble, {p.L, 2}, "sums out");
   glue::check_vector(ties, w[0], at::kLong, {p.L}, "ties");
-  const at::Tensor sums = at::empty({2, P}, w[0].options().dtype(at::kFloat));
+  const at::Tensor partials = at::empty({2, P}, w[0].options().dtype(at::kFloat));
   const at::Tensor counts = at::empty({P}, w[0].options().dtype(at::kLong));
   p.amax = amax.const_data_ptr<float>();
-  p.e_partial = sums.data_ptr<float>();
+  p.e_partial = partials.data_ptr<float>();
   p.t_partial = p.e_partial + P;
   p.tie_partial = counts.data_ptr<int64_t>();
   glue::check_launch(cuda::oscillation_regularizer_sums(p, out.data_ptr<double>(), ties.data_ptr<int64_t>(),
@@ -98,7 +98,7 @@ void oscillation_regularizer_backward_cuda(at::TensorList w, at::TensorList dw, 
                                            int64_t bits, bool scale_grad) {
   std::vector<RegularizerSlot> slots;
   int64_t P = 0;
-  RegularizerParams p = glue::regularizer_params(w, &dw, slots, P);
+  RegularizerParams p = glue::regularizer_params(w, dw, slots, P);
   p.bits = glue::bits_of(bits);
   const glue::DeviceGuard guard(w[0].device());
   glue::check_vector(grad, w[0], at::kFloat, {}, "grad");
