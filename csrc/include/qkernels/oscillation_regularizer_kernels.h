@@ -5,7 +5,7 @@
 // A call covers L weight tensors of one dtype, each contiguous and walked flat: tensor l is the reduction layout
 // [1, 1, 1, N_l] with the blocks of make_reduce_blocks({1, 1, 1, N_l}, kRegularizerReduceTarget) (run mode: P_l
 // chunks of N_l), its Sum partials stored at offset[l] + p of one float32 array (offset: the P of the tensors
-// before l). The caller finishes them in float64.
+// before l). The caller finishes them in float64 (the CUDA entry points finish them on the device themselves).
 #pragma once
 
 #include <cstdint>
@@ -31,7 +31,7 @@ struct RegularizerSlot {
 struct RegularizerParams {
   DType dtype;
   int bits;
-  const RegularizerSlot* slots;  // L of them (on the device for CUDA kernels, as the CUDA glue arranges)
+  const RegularizerSlot* slots;  // L of them, host memory (the CUDA entry points pass them as launch arguments)
   int64_t L;
   const float* amax;             // [L], the sums pass and the backward
   float* amax_partial;           // amax pass: [total P], NaN sticking
@@ -51,5 +51,15 @@ void oscillation_regularizer_amax(const RegularizerParams& p, int64_t begin, int
 void oscillation_regularizer_sums(const RegularizerParams& p, int64_t begin, int64_t end);
 void oscillation_regularizer_backward(const RegularizerParams& p, int64_t begin, int64_t end);
 }  // namespace cpu
+
+namespace cuda {
+// Each pass on `stream`, its kernels reading what the earlier passes wrote on the device (no host sync). amax
+// writes its block partials and out[l] = max|w_l| (float32 [L]); sums its block partials and out[l] = (S1_l / N_l,
+// S2_l) (float64 [L, 2], the partials added in float64, not rounded) and ties[l] = c_l (int64 [L]); backward every
+// dw. Return a cudaError_t value.
+int oscillation_regularizer_amax(const RegularizerParams& p, float* out, void* stream);
+int oscillation_regularizer_sums(const RegularizerParams& p, double* out, int64_t* ties, void* stream);
+int oscillation_regularizer_backward(const RegularizerParams& p, void* stream);
+}  // namespace cuda
 
 }  // namespace qkernels
