@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 import qkernels
+from qkernels.reference.oscillation_regularizer import official
 from qkernels.train.models import build
 
 from common import bench_ms, device_name, measure_copy_gbps
@@ -61,27 +62,6 @@ MODELS = {"resnet18": resnet18, "resnet20": lambda: build("resnet20", 3, 32, 10)
 def weights_of(model):
     """Every module's ``weight`` parameter (the official code's choice, norm layers included)."""
     return [m.weight for m in model.modules() if isinstance(getattr(m, "weight", None), nn.Parameter)]
-
-
-class _RoundSTE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return torch.round(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad
-
-
-def official(weights, bits):
-    """The official ``OsciQuantLoss`` term (λ = 1)."""
-    levels = 2 ** (bits - 1) - 1
-    total = 0.0
-    for w in weights:
-        s = w.abs().max() / levels
-        q = _RoundSTE.apply(w / s) * s
-        total = total + (q * q - w * w).mean()
-    return total
 
 
 def _train_step_ms(model, batch, device, dtype):

@@ -28,30 +28,6 @@ def _run(target, weights, bits, scale_grad=True, upstream=1.0):
     return value.detach(), [w.grad for w in leaves]
 
 
-class _RoundSTE(torch.autograd.Function):
-    """torch.round forward, identity backward (the official ``RoundSTE``)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return torch.round(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad
-
-
-def _official(weights, bits, scale_grad=True):
-    """The official code's formulation with torch autograd: s = max|W| / L (through torch.max unless detached),
-    q = s · round(W / s) with a straight-through round, the term sum_l mean(q^2 - W^2)."""
-    total = 0.0
-    for w in weights:
-        s = w.abs().max() / ref.levels(bits)
-        s = s if scale_grad else s.detach()
-        q = _RoundSTE.apply(w / s) * s
-        total = total + (q * q - w * w).mean()
-    return total
-
-
 # The note's §2 table: W = [0.9, -0.3, 0.05, -1.2], lambda = 1.
 VECTOR = [0.9, -0.3, 0.05, -1.2]
 TABLE = {
@@ -93,7 +69,7 @@ def test_value_and_gradients_match_autograd_of_the_official_formulation(target, 
     weights = _random_weights(bits)
     value, grads = _run(target, weights, bits, scale_grad, upstream=0.7)
     leaves = [w.clone().requires_grad_() for w in weights]
-    expected = _official(leaves, bits, scale_grad)
+    expected = ref.official(leaves, bits, scale_grad)
     (expected * 0.7).backward()
     # The value: ours fixed-block float64-finished sums, torch's float32 means in their own order.
     torch.testing.assert_close(value, expected.detach(), rtol=1e-5, atol=1e-7)

@@ -88,6 +88,69 @@ inline void set_gradients(at::TensorList w, at::TensorList dw, std::vector<Regul
   }
 }
 
+// One launcher call's slots and params, and the partials its pass writes (`partials` float32 [2, blocks]: amax
+// uses row 0; `tie_partials` int64 [blocks]). The same checks and layout on both devices; the device's code runs
+// the pass and the finish. Moving it keeps params.slots valid (a moved vector keeps its buffer).
+struct RegularizerCall {
+  std::vector<RegularizerSlot> slots;
+  int64_t blocks = 0;
+  RegularizerParams p{};
+  at::Tensor partials, tie_partials;
+};
+
+inline RegularizerCall regularizer_amax_call(at::TensorList w, const at::Tensor& out, const char* launcher) {
+  RegularizerCall call;
+  call.slots = regularizer_slots(w, launcher, call.blocks);
+  check_per_tensor(out, {static_cast<int64_t>(call.slots.size())}, at::kFloat, w[0], launcher, "out");
+  call.p = regularizer_params(w, call.slots);
+  call.partials = at::empty({call.blocks}, out.options());
+  call.p.amax_partial = call.partials.data_ptr<float>();
+  return call;
+}
+
+inline RegularizerCall regularizer_sums_call(at::TensorList w, const at::Tensor& amax, int64_t bits,
+                                             const at::Tensor& out, const at::Tensor& ties, const char* launcher) {
+  RegularizerCall call;
+  call.slots = regularizer_slots(w, launcher, call.blocks);
+  const int64_t L = static_cast<int64_t>(call.slots.size());
+  check_bits(bits, launcher);
+  check_per_tensor(amax, {L}, at::kFloat, w[0], launcher, "amax");
+  check_per_tensor(out, {L, 2}, at::kDouble, w[0], launcher, "out");
+  check_per_tensor(ties, {L}, at::kLong, w[0], launcher, "ties");
+  call.p = regularizer_params(w, call.slots);
+  call.p.bits = static_cast<int>(bits);
+  call.p.amax = amax.const_data_ptr<float>();
+  call.partials = at::empty({2, call.blocks}, amax.options());
+  call.tie_partials = at::empty({call.blocks}, ties.options());
+  call.p.e_partial = call.partials.data_ptr<float>();
+  call.p.t_partial = call.p.e_partial + call.blocks;
+  call.p.tie_partial = call.tie_partials.data_ptr<int64_t>();
+  return call;
+}
+
+inline RegularizerCall regularizer_backward_call(at::TensorList w, at::TensorList dw, const at::Tensor& grad,
+                                                 const at::Tensor& amax, const at::Tensor& sums,
+                                                 const at::Tensor& ties, int64_t bits, bool scale_grad,
+                                                 const char* launcher) {
+  RegularizerCall call;
+  call.slots = regularizer_slots(w, launcher, call.blocks);
+  const int64_t L = static_cast<int64_t>(call.slots.size());
+  check_bits(bits, launcher);
+  set_gradients(w, dw, call.slots, launcher);
+  check_per_tensor(grad, {}, at::kFloat, w[0], launcher, "grad");
+  check_per_tensor(amax, {L}, at::kFloat, w[0], launcher, "amax");
+  check_per_tensor(sums, {L, 2}, at::kDouble, w[0], launcher, "sums");
+  check_per_tensor(ties, {L}, at::kLong, w[0], launcher, "ties");
+  call.p = regularizer_params(w, call.slots);
+  call.p.bits = static_cast<int>(bits);
+  call.p.amax = amax.const_data_ptr<float>();
+  call.p.sums = sums.const_data_ptr<double>();
+  call.p.ties = ties.const_data_ptr<int64_t>();
+  call.p.grad = grad.const_data_ptr<float>();
+  call.p.scale_grad = scale_grad;
+  return call;
+}
+
 }  // namespace glue
 }  // namespace qkernels
 

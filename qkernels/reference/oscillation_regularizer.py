@@ -34,7 +34,7 @@ import torch
 
 from .reduce import make_blocks, reference_partials
 
-__all__ = ["REDUCE_TARGET", "levels", "quantize", "elements", "amax", "sums", "backward", "Launchers"]
+__all__ = ["REDUCE_TARGET", "levels", "quantize", "elements", "amax", "sums", "backward", "Launchers", "official"]
 
 REDUCE_TARGET = 16384  # elements per block of the sums (make_blocks' target)
 
@@ -105,3 +105,29 @@ class Launchers:
     def backward(w, dw, grad, amax, sums, ties, bits, scale_grad):
         for i, t in enumerate(w):
             dw[i].copy_(backward(t, grad, amax[i], sums[i], ties[i], bits, scale_grad))
+
+
+class _RoundSTE(torch.autograd.Function):
+    """torch.round forward, the identity backward (the official ``RoundSTE``)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def official(weights, bits: int, scale_grad: bool = True):
+    """The official ``OsciQuantLoss`` term (λ = 1) as its code forms it, with torch autograd, in the weights'
+    dtype: per tensor ``s = max|W| / L`` (through ``torch.max``, whose gradient splits evenly over ties, unless
+    ``scale_grad`` is false), ``q = round(W / s) · s`` with a straight-through round, ``sum_l mean(q² − W²)``.
+    What the tests and benchmarks compare against; the spec above is what the kernels reproduce bit for bit."""
+    total = 0.0
+    for w in weights:
+        s = w.abs().max() / levels(bits)
+        s = s if scale_grad else s.detach()
+        q = _RoundSTE.apply(w / s) * s
+        total = total + (q * q - w * w).mean()
+    return total
