@@ -5,9 +5,10 @@
 ``sum_l mean(q_b(W_l)^2 - W_l^2)`` with the per-tensor max-abs narrow quantizer ``s = max|W| / (2^(b-1) - 1)``,
 ``q = s · rne(W / s)``; the math, the gradient (straight-through rounding, plus the path through ``max|W|`` when
 ``scale_grad``) and the edge cases are ``qkernels.reference.oscillation_regularizer``. Two passes forward (the
-maxima; then the sums and the tie counts), one backward; each launch covers every tensor of the list where the
-backend allows (CPU and CUDA: one launch per pass), the sums fixed-block and finished in float64, so a call gives
-the same bits on every run. The weights of one call share a device and a dtype (float32, float16 or bfloat16);
+maxima; then the sums and the tie counts), one backward. A pass covers every tensor of the list at once where the
+backend allows (CPU: one parallel loop; CUDA: one launch per 64 tensors, plus one that finishes the sums; Triton:
+one launch per tensor); the sums are fixed-block and finished in float64, so a call gives the same bits on every
+run. The weights of one call share a device and a dtype (float32, float16 or bfloat16);
 ``qkernels.oscillation.regularizer`` takes any mix and groups them.
 
 Registered ops (namespace ``qkernels``):
