@@ -114,18 +114,6 @@ def _capture_inputs(model: nn.Module, batches) -> dict:
     return {name: torch.cat(parts) for name, parts in captured.items()}
 
 
-def _max_abs(x: Tensor, per_channel: bool) -> Tensor:
-    """max |x| per tensor ([1]) or per output channel (dim 0, [C])."""
-    return x.abs().flatten(1).amax(1) if per_channel else x.abs().max().reshape(1)
-
-
-def _fake_quant(x: Tensor, scale: Tensor, qmin: int, qmax: int, per_channel: bool) -> Tensor:
-    zero = torch.zeros(scale.shape, dtype=torch.int32, device=x.device)
-    if per_channel:
-        return qkernels.fake_quantize_per_channel_affine(x, scale, zero, 0, qmin, qmax)
-    return qkernels.fake_quantize_per_tensor_affine(x, scale, zero, qmin, qmax)
-
-
 def _lsq_quantizer(x: Tensor, bits: int, signed: bool, per_channel: bool, scale_init: str,
                    grad_scaling: bool) -> LearnableFakeQuantize:
     """A learnable (LSQ) quantizer for ``x``'s tensor, its scale initialized from ``x``, learning on; the zero
@@ -186,14 +174,11 @@ def quantizer_parameters(model: nn.Module) -> list:
 
 
 def weights_max_abs(w: Tensor, bits: int, per_channel: bool = False) -> Tensor:
-    """Round-to-nearest max-abs weights: ``s · clamp(round(w / s), −L, L)`` with ``L = 2^(b−1) − 1`` and
-    ``s = max|w| / L`` per tensor (or per output channel), half to even; 2^b − 1 levels (ternary at 2 bits),
-    nothing clipped. An all-zero tensor stays zero."""
-    level = (1 << (bits - 1)) - 1
-    with torch.no_grad():
-        top = _max_abs(w.float(), per_channel)
-        scale = torch.where(top > 0, top, torch.ones_like(top)) / level
-        return _fake_quant(w.float(), scale, -level, level, per_channel).to(w.dtype)
+    """Round-to-nearest max-abs weights: ``s · round(w / s)`` with ``L = 2^(b−1) − 1`` and ``s = max|w| / L``
+    per tensor (or per output channel), half to even; 2^b − 1 levels (ternary at 2 bits), nothing clipped. An
+    all-zero tensor stays zero. This is ``qkernels.ptq.max_abs_quantize``, the package's one max-abs quantizer
+    (the oscillation regularizer's: a division by ``s``)."""
+    return qkernels.ptq.max_abs_quantize(w, bits, per_channel)
 
 
 def quantize_weights_max_abs(model: nn.Module, bits: int, *, first_last_bits: int = 8,
