@@ -279,6 +279,11 @@ BAD = [
     (["run", "--dampen-start-frac", "-0.5"], "--dampen-start-frac"),
     (["run", "--dampen-aggregation", "median"], "--dampen-aggregation"),
     (["run", "--config", "{tmp}/bn.json"], "--bn-reestimate"),
+    (["run", "--lam", "-1"], "--lam"),
+    (["run", "--lam", "nan"], "--lam"),
+    (["run", "--lam", "inf"], "--lam"),
+    (["run", "--method", "oscreg", "--per-channel"], "--per-channel"),
+    (["run", "--abits", "16"], "--abits"),
     (["compare", "--methods", "fp,int4"], "--methods"),
     (["compare", "--bits", "2,1"], "--bits"),
 ]
