@@ -93,7 +93,9 @@ def _common(parser: argparse.ArgumentParser, *, with_method: bool):
                      "(default on)")
     reg = parser.add_argument_group("oscillation-inducing regularizer (oscreg; Wenshøj et al. 2025)")
     reg.add_argument("--lam", type=float, default=S, metavar="LAMBDA", help="weight of the regularizer "
-                     f"sum_l mean(q(W_l)^2 - W_l^2) in the loss, a finite float >= 0 (default {d.lam:g})")
+                     "sum_l mean(q(W_l)^2 - W_l^2) in the loss, over the Conv2d/Linear weights at --wbits (the "
+                     "first and last at --first-last-bits, as QAT; norm layers not), a finite float >= 0 "
+                     f"(default {d.lam:g})")
 
 
 def parser() -> argparse.ArgumentParser:
