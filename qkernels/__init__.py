@@ -42,6 +42,7 @@ from .fake_quant_learnable import (  # noqa: E402
 from .patch import patch_torch, patched_torch, unpatch_torch  # noqa: E402
 from . import nn, qconfig  # noqa: E402  (torch.ao-compatible modules and qconfigs)
 from . import oscillation  # noqa: E402  (Nagel et al.'s oscillation helpers)
+from . import ptq  # noqa: E402  (max-abs weight PTQ at any bit width, Wenshøj et al.)
 from .oscillation import bn_reestimate  # noqa: E402
 
 # The families' public modules under their former names, kept for the public API: qkernels.ops is
@@ -56,6 +57,7 @@ __all__ = [
     "ops",
     "nn",
     "oscillation",
+    "ptq",
     "bn_reestimate",
     "qconfig",
     "reference",

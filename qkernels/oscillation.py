@@ -37,7 +37,8 @@ from .oscillation_dampening import AGGREGATIONS, oscillation_dampening
 from .oscillation_regularizer import check, check_bits, oscillation_regularizer
 
 __all__ = ["CosineSchedule", "dampening_loss", "model_dampening_loss", "attach", "attached", "float_copy", "stats",
-           "bn_reestimate", "initial_scale", "AGGREGATIONS", "regularizer", "OscillationRegularizer"]
+           "bn_reestimate", "initial_scale", "AGGREGATIONS", "regularizer", "OscillationRegularizer",
+           "weight_parameters"]
 
 MSE_CANDIDATES = 100
 
@@ -294,36 +295,47 @@ class OscillationRegularizer:
         reg = OscillationRegularizer(model, bits=3, lam=1.0)
         loss = criterion(model(x), y) + reg()
 
-    The weights are the ``weight`` parameters of every module of ``model`` that has one (Linear, Conv, Embedding,
-    and norm layers' affine weights unless ``include_norms`` is false; biases never), as the official code's
-    ``attach_weight_quantizers``, minus the modules whose qualified name contains one of the ``exclude``
-    substrings; found at construction (``names`` lists them). Parametrized weights count by their float
-    original. ``bits`` and ``lam`` may be changed between calls. Unlike the official loss wrapper, a call
-    computes the term whatever ``model.training`` is: add it where you train."""
+    The weights are ``weight_parameters(model, exclude, include_norms)`` (the ``weight`` parameters of every
+    module of ``model`` that has one, norm layers' unless ``include_norms`` is false, minus the modules whose
+    qualified name contains one of the ``exclude`` substrings, as the official code's ``attach_weight_quantizers``),
+    found at construction (``names`` lists them). Parametrized weights count by their float original. ``bits``
+    and ``lam`` may be changed between calls. Unlike the official loss wrapper, a call computes the term whatever
+    ``model.training`` is: add it where you train."""
 
     def __init__(self, model: nn.Module, bits: int, lam: float = 1.0, exclude=(), include_norms: bool = True,
                  scale_grad: bool = True):
-        if isinstance(exclude, str):
-            raise ValueError(f"exclude: a sequence of name substrings, got the string {exclude!r}; use ({exclude!r},)")
         if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not math.isfinite(lam):
             raise ValueError(f"lam: must be a finite number, got {lam!r}")
         check_bits(bits)  # now, rather than at the first training step
         self.bits, self.lam, self.scale_grad = bits, float(lam), scale_grad
-        self.names, self.weights = [], []
-        for name, module in model.named_modules():
-            weight = _float_weight(module)
-            if weight is None or any(part in name for part in exclude):
-                continue
-            if not include_norms and isinstance(module, _NORMS):
-                continue
-            self.names.append(name)
-            self.weights.append(weight)
-        if not self.weights:
-            raise ValueError("model: no module with a `weight` parameter is left to regularize "
-                             f"(exclude={tuple(exclude)!r}, include_norms={include_norms})")
+        found = weight_parameters(model, exclude, include_norms)
+        self.names, self.weights = list(found), list(found.values())
 
     def __call__(self) -> Tensor:
         return self.lam * regularizer(self.weights, self.bits, self.scale_grad)
+
+
+def weight_parameters(model: nn.Module, exclude=(), include_norms: bool = True) -> dict:
+    """``{module name: float weight}`` of the weights the official ``attach_weight_quantizers`` takes: the
+    ``weight`` parameter of every module of ``model`` that has one (Linear, Conv, Embedding, and norm layers'
+    affine weights unless ``include_norms`` is false; biases never; a parametrized weight by its float original),
+    minus the modules whose qualified name contains one of the ``exclude`` substrings, in registration order.
+    Shared by ``OscillationRegularizer`` and ``qkernels.ptq.quantized_weights``, so both take the same set.
+    Raises ValueError when ``exclude`` is a string or nothing is left."""
+    if isinstance(exclude, str):
+        raise ValueError(f"exclude: a sequence of name substrings, got the string {exclude!r}; use ({exclude!r},)")
+    found = {}
+    for name, module in model.named_modules():
+        weight = _float_weight(module)
+        if weight is None or any(part in name for part in exclude):
+            continue
+        if not include_norms and isinstance(module, _NORMS):
+            continue
+        found[name] = weight
+    if not found:
+        raise ValueError("model: no module with a `weight` parameter is left "
+                         f"(exclude={tuple(exclude)!r}, include_norms={include_norms})")
+    return found
 
 
 def _float_weight(module: nn.Module):

@@ -137,8 +137,9 @@ def test_resume_after_an_interruption_gives_the_same_weights(tmp_path, method):
 
 
 def _by_hand(model: torch.nn.Module, bits: int, first_last_bits: int = 8) -> torch.nn.Module:
-    """Every conv/linear weight as s * clamp(round(w * (1/s)), -L, L), s = max|w| / L, L = 2^(b-1) - 1
-    (first/last at first_last_bits), written out with torch ops; weight quantizers dropped."""
+    """Every conv/linear weight as s * round(w / s), s = max|w| / L, L = 2^(b-1) - 1 (first/last at
+    first_last_bits; a division, as the regularizer's quantizer), written out with torch ops; weight quantizers
+    dropped."""
     model = qkernels.oscillation.float_copy(model)
     layers = [m for m in model.modules() if isinstance(m, (QuantizedLayer, torch.nn.Conv2d, torch.nn.Linear))]
     wrapped = {id(m.layer) for m in layers if isinstance(m, QuantizedLayer)}
@@ -151,7 +152,7 @@ def _by_hand(model: torch.nn.Module, bits: int, first_last_bits: int = 8) -> tor
         level = 2 ** (b - 1) - 1
         w = layer.weight.detach()
         s = w.abs().max() / level
-        layer.weight.data = torch.clamp(torch.round(w * (1.0 / s)), -level, level) * s
+        layer.weight.data = torch.round(w / s) * s
     return model
 
 
@@ -278,6 +279,11 @@ BAD = [
     (["run", "--dampen-start-frac", "-0.5"], "--dampen-start-frac"),
     (["run", "--dampen-aggregation", "median"], "--dampen-aggregation"),
     (["run", "--config", "{tmp}/bn.json"], "--bn-reestimate"),
+    (["run", "--lam", "-1"], "--lam"),
+    (["run", "--lam", "nan"], "--lam"),
+    (["run", "--lam", "inf"], "--lam"),
+    (["run", "--method", "oscreg", "--per-channel"], "--per-channel"),
+    (["run", "--abits", "16"], "--abits"),
     (["compare", "--methods", "fp,int4"], "--methods"),
     (["compare", "--bits", "2,1"], "--bits"),
 ]

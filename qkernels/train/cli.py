@@ -37,9 +37,12 @@ def _common(parser: argparse.ArgumentParser, *, with_method: bool):
     add("--model", choices=MODELS, default=S, help=f"model (default {d.model})")
     if with_method:
         add("--method", choices=METHODS, default=S, help=f"fp, ptq, qat (LSQ), qat+freeze or qat+dampen "
-            f"(Nagel et al.'s oscillation freezing / dampening) (default {d.method})")
-        add("--wbits", type=int, default=S, metavar="N", help=f"weight bits, 2-8 (default {d.wbits})")
-        add("--abits", type=int, default=S, metavar="N", help=f"activation bits, 2-8 (default {d.abits})")
+            f"(Nagel et al.'s oscillation freezing / dampening), or oscreg (full precision with Wenshøj et al.'s "
+            f"oscillation-inducing regularizer, weights quantized after training) (default {d.method})")
+        add("--wbits", type=int, default=S, metavar="N", help=f"weight bits, 2-8; oscreg's target (default "
+            f"{d.wbits})")
+        add("--abits", type=int, default=S, metavar="N", help=f"activation bits, 2-8, or 32: no input quantized "
+            f"(weights only); oscreg never quantizes inputs (default {d.abits})")
         add("--init-from", default=S, metavar="DIR", help="start from the float weights of a fp or ptq run in DIR")
     add("--first-last-bits", type=int, default=S, metavar="N",
         help=f"bits of the first and last layer, 2-8 or 32 = full precision (default {d.first_last_bits})")
@@ -88,28 +91,36 @@ def _common(parser: argparse.ArgumentParser, *, with_method: bool):
     osc.add_argument("--bn-reestimate", action=argparse.BooleanOptionalAction, default=S,
                      help="qat*: re-estimate BatchNorm statistics on 50 training batches before every evaluation "
                      "(default on)")
+    reg = parser.add_argument_group("oscillation-inducing regularizer (oscreg; Wenshøj et al. 2025)")
+    reg.add_argument("--lam", type=float, default=S, metavar="LAMBDA", help="weight of the regularizer "
+                     "sum_l mean(q(W_l)^2 - W_l^2) in the loss, over the Conv2d/Linear weights at --wbits (the "
+                     "first and last at --first-last-bits, as QAT; norm layers not), a finite float >= 0 "
+                     f"(default {d.lam:g})")
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="qkernels-train", description="Quantization-aware training on qkernels' "
                                   "fake-quant kernels.", epilog=EPILOG)
     commands = top.add_subparsers(dest="command", required=True, metavar="{run,compare}")
-    run = commands.add_parser("run", help="one training run", description="One training run: fp, ptq or qat.",
-                              epilog=EPILOG)
+    run = commands.add_parser("run", help="one training run", epilog=EPILOG,
+                              description="One training run: fp, ptq, qat, qat+freeze, qat+dampen or oscreg.")
     _common(run, with_method=True)
     run.add_argument("--out", default=argparse.SUPPRESS, metavar="DIR",
                      help="output directory (default runs/<data>_<model>_<method>[_wNaM])")
     run.add_argument("--resume", default=argparse.SUPPRESS, metavar="DIR",
                      help="continue the run saved in DIR with its own configuration")
     compare = commands.add_parser("compare", help="methods x bit widths on one data set and model",
-                                  description="Trains the float model once, then PTQ and QAT at each bit width; "
-                                  "prints a table and writes results.csv, results.md and accuracy_vs_bits.png.",
-                                  epilog=EPILOG)
+                                  description="Trains the float model once, then each method at each bit width "
+                                  "(from the float weights); prints a table and the cross-bit matrix (target bits "
+                                  "x --eval-bits) and writes results.csv, results.md, accuracy_vs_bits.png and "
+                                  "cross_bit.png.", epilog=EPILOG)
     _common(compare, with_method=False)
     compare.add_argument("--methods", type=_names, default=["fp", "ptq", "qat"], metavar="LIST",
                          help=f"comma-separated subset of {','.join(METHODS)} (default fp,ptq,qat)")
     compare.add_argument("--bits", type=_bits_list, default=[2, 3, 4], metavar="LIST",
                          help="bit widths of weights and activations (default 2,3,4)")
+    compare.add_argument("--weights-only", action="store_true", help="quantize weights only: ptq and qat* runs "
+                         "keep their inputs in full precision (--abits 32), as oscreg and the paper's protocol")
     compare.add_argument("--out", default="runs/compare", metavar="DIR", help="output directory (default "
                          "runs/compare)")
     return top
@@ -138,13 +149,14 @@ def _compare(args: argparse.Namespace, given: dict):
     from .compare import compare
 
     config = _config(args, given)
-    compare(config, args.methods, args.bits, args.out, command="qkernels-train " + shlex.join(sys.argv[1:]))
+    compare(config, args.methods, args.bits, args.out, command="qkernels-train " + shlex.join(sys.argv[1:]),
+            weights_only=args.weights_only)
 
 
 def main(argv: list | None = None) -> int:
     top = parser()
     args = top.parse_args(argv)
-    given = {key: value for key, value in vars(args).items() if key not in ("methods", "bits")}
+    given = {key: value for key, value in vars(args).items() if key not in ("methods", "bits", "weights_only")}
     try:
         (_run if args.command == "run" else _compare)(args, given)
     except ConfigError as exc:

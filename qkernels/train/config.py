@@ -17,7 +17,7 @@ from qkernels.oscillation import AGGREGATIONS
 from .data import DATASETS, data_dir_problem
 from .models import MODELS
 
-METHODS = ("fp", "ptq", "qat", "qat+freeze", "qat+dampen")
+METHODS = ("fp", "ptq", "qat", "qat+freeze", "qat+dampen", "oscreg")
 QAT_METHODS = ("qat", "qat+freeze", "qat+dampen")
 OPTIMIZERS = ("sgd", "adam")
 SCALE_INITS = ("mse", "minmax")
@@ -35,14 +35,19 @@ class ConfigError(ValueError):
 
 @dataclass
 class RunConfig:
-    """One training run. Bit widths are 2-8; ``first_last_bits`` may also be 32 (full precision).
+    """One training run. Bit widths are 2-8; ``first_last_bits`` and ``abits`` may also be 32 (full precision;
+    ``abits`` 32: no input quantized, weights-only ``ptq``/``qat*``).
 
     The ``qat*`` methods use ``qkernels.oscillation``: the EMA momentum ``osc_momentum``; the fraction of
     weights with ``ema_oscillation > osc_threshold`` is reported as oscillating; ``qat+freeze``'s threshold
     follows ``CosineSchedule`` from ``freeze_threshold`` to ``freeze_threshold_final`` from
     ``freeze_start_frac`` of the steps on (0 before); ``qat+dampen``'s weight λ likewise from
     ``dampen_weight`` to ``dampen_weight_final`` (λ = ``dampen_weight`` before); ``bn_reestimate``: BatchNorm
-    statistics re-estimated before every evaluation."""
+    statistics re-estimated before every evaluation.
+
+    ``oscreg`` (Wenshøj et al. 2025) trains in full precision with ``lam`` · the oscillation-inducing
+    regularizer at ``wbits`` added to the loss, then quantizes the weights after training (no input is
+    quantized; ``abits`` is not used)."""
 
     data: str = "digits"
     data_dir: str | None = None
@@ -79,6 +84,8 @@ class RunConfig:
     dampen_start_frac: float = 0.25
     dampen_aggregation: str = "kernel_mean"
     bn_reestimate: bool = True
+    # Wenshøj et al.'s oscillation-inducing regularizer (oscreg)
+    lam: float = 1.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -129,7 +136,7 @@ def validate(config: RunConfig) -> RunConfig:
     _check_choice("optimizer", config.optimizer, OPTIMIZERS)
     _check_choice("scale_init", config.scale_init, SCALE_INITS)
     _check_bits("wbits", config.wbits)
-    _check_bits("abits", config.abits)
+    _check_bits("abits", config.abits, allow_full=True)
     _check_bits("first_last_bits", config.first_last_bits, allow_full=True)
     if not isinstance(config.eval_bits, (list, tuple)):
         raise ConfigError(flag("eval_bits"), f"must be a list of bit widths, got {config.eval_bits!r}")
@@ -152,6 +159,11 @@ def validate(config: RunConfig) -> RunConfig:
         if not (_is_number(value) and 0 <= value < float("inf")):
             raise ConfigError(flag(key), f"must be a finite float >= 0, got {value!r}")
     _check_choice("dampen_aggregation", config.dampen_aggregation, AGGREGATIONS)
+    if not (_is_number(config.lam) and 0 <= config.lam < float("inf")):
+        raise ConfigError(flag("lam"), f"must be a finite float >= 0, got {config.lam!r}")
+    if config.method == "oscreg" and config.per_channel:
+        raise ConfigError(flag("per_channel"), "oscreg's regularizer and its evaluation quantize per tensor, as "
+                                               "the official code; drop --per-channel")
     if not isinstance(config.bn_reestimate, bool):
         raise ConfigError(flag("bn_reestimate"), f"must be true or false, got {config.bn_reestimate!r}")
     problem = data_dir_problem(config.data, config.data_dir)

@@ -19,10 +19,12 @@ import torch
 import qkernels
 
 from ._deps import require
+from .config import FULL_PRECISION
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "test_accuracy", "lr", "seconds")
 # and, for the qat* methods (qkernels.train.training), as they occur:
-OSCILLATION_FIELDS = ("test_accuracy_pre_bn", "osc_fraction", "frozen_fraction", "flips_last_step", "dampen_loss")
+OSCILLATION_FIELDS = ("test_accuracy_pre_bn", "osc_fraction", "frozen_fraction", "flips_last_step", "dampen_loss",
+                      "test_accuracy_fp", "regularizer")  # the last two: oscreg
 
 
 def package_commit() -> str | None:
@@ -122,6 +124,31 @@ def plot_accuracy_vs_bits(path: str, series: dict, title: str, reference: float 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_cross_bit(path: str, lines: dict, columns: list, title: str):
+    """Accuracy against evaluation precision (``columns``, e.g. W2 ... W8, float, evenly spaced), one line per
+    entry of ``lines`` (``{label: [accuracy per column]}``, the label "method target"), each method with its own
+    marker so that the targets of one method read together."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = {}
+    for label, values in lines.items():
+        marker = markers.setdefault(label.split()[0], "osD^v<>"[len(markers) % 7])
+        ax.plot(range(len(columns)), values, marker=marker, label=label)
+    ax.set_xticks(range(len(columns)), columns)
+    ax.set(xlabel="evaluation precision (weights)", ylabel="test accuracy", title=title)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def precision(wbits: int, abits: int) -> str:
+    """``"float"``, ``"W3"`` (weights only: inputs in full precision) or ``"W3A3"``; 32 bits = full precision."""
+    if wbits == FULL_PRECISION:
+        return "float"
+    return f"W{wbits}" if abits == FULL_PRECISION else f"W{wbits}A{abits}"
 
 
 def percent(value: float | None) -> str:

@@ -3,9 +3,10 @@ cross-bit evaluation.
 
 Which tensors are quantized (the setup of Nagel et al.'s code, "LSQ_paper"): every ``Conv2d`` and ``Linear``
 quantizes its weight and its input. The first layer's input (the image) is not quantized; the first and last
-layers use ``first_last_bits`` for their weights (and the last for its input), 32 meaning full precision.
-An input grid is unsigned (``[0, 2^b − 1]``) when the calibration data feeding it is non-negative (after a
-ReLU), signed (``[−2^(b−1), 2^(b−1) − 1]``) otherwise; weight grids are signed. Zero points are 0.
+layers use ``first_last_bits`` for their weights (and the last for its input), 32 meaning full precision;
+``abits`` 32 quantizes no input at all (weights only). An input grid is unsigned (``[0, 2^b − 1]``) when the
+calibration data feeding it is non-negative (after a ReLU), signed (``[−2^(b−1), 2^(b−1) − 1]``) otherwise;
+weight grids are signed. Zero points are 0.
 
 Layers are visited in registration order, so the first and last registered ``Conv2d``/``Linear`` are taken as
 the first and last layers: ``qkernels.train.models`` registers submodules in the order forward uses them.
@@ -27,7 +28,7 @@ from qkernels.oscillation import float_copy, initial_scale
 from .config import FULL_PRECISION
 
 __all__ = ["QuantizedLayer", "quantize_model", "quantizer_parameters", "ptq_model", "quantize_weights_max_abs",
-           "weights_max_abs", "quantized_layers", "initial_scale"]
+           "weights_max_abs", "quantized_layers", "initial_scale", "float_weights_copy", "max_abs_layer_bits"]
 
 class QuantizedLayer(nn.Module):
     """A ``Conv2d`` or ``Linear`` computing ``layer(input_quantizer(x))`` with ``weight_quantizer(W)`` for its
@@ -67,10 +68,6 @@ def quantized_layers(model: nn.Module) -> list:
     return found
 
 
-def _bare(module: nn.Module) -> nn.Module:
-    return module.layer if isinstance(module, QuantizedLayer) else module
-
-
 def _replace(model: nn.Module, name: str, new: nn.Module):
     if not name:
         raise ValueError("model: is itself a single layer; wrap it in a container module")
@@ -87,10 +84,11 @@ def _unsigned_range(bits: int) -> tuple:
 
 
 def _layer_bits(index: int, count: int, wbits: int, abits: int, first_last_bits: int) -> tuple:
-    """(weight bits, input bits) of layer ``index`` of ``count``; input bits None for the first layer."""
+    """(weight bits, input bits) of layer ``index`` of ``count``; input bits None for the first layer, and for
+    every layer when ``abits`` is 32 (weights-only quantization: no input is quantized, the last's neither)."""
     first, last = index == 0, index == count - 1
     weight = first_last_bits if first or last else wbits
-    inputs = None if first else (first_last_bits if last else abits)
+    inputs = None if first or abits == FULL_PRECISION else (first_last_bits if last else abits)
     return weight, inputs
 
 
@@ -112,18 +110,6 @@ def _capture_inputs(model: nn.Module, batches) -> dict:
             hook.remove()
         model.train(was_training)
     return {name: torch.cat(parts) for name, parts in captured.items()}
-
-
-def _max_abs(x: Tensor, per_channel: bool) -> Tensor:
-    """max |x| per tensor ([1]) or per output channel (dim 0, [C])."""
-    return x.abs().flatten(1).amax(1) if per_channel else x.abs().max().reshape(1)
-
-
-def _fake_quant(x: Tensor, scale: Tensor, qmin: int, qmax: int, per_channel: bool) -> Tensor:
-    zero = torch.zeros(scale.shape, dtype=torch.int32, device=x.device)
-    if per_channel:
-        return qkernels.fake_quantize_per_channel_affine(x, scale, zero, 0, qmin, qmax)
-    return qkernels.fake_quantize_per_tensor_affine(x, scale, zero, qmin, qmax)
 
 
 def _lsq_quantizer(x: Tensor, bits: int, signed: bool, per_channel: bool, scale_init: str,
@@ -186,31 +172,48 @@ def quantizer_parameters(model: nn.Module) -> list:
 
 
 def weights_max_abs(w: Tensor, bits: int, per_channel: bool = False) -> Tensor:
-    """Round-to-nearest max-abs weights: ``s · clamp(round(w / s), −L, L)`` with ``L = 2^(b−1) − 1`` and
-    ``s = max|w| / L`` per tensor (or per output channel), half to even; 2^b − 1 levels (ternary at 2 bits),
-    nothing clipped. An all-zero tensor stays zero."""
-    level = (1 << (bits - 1)) - 1
-    with torch.no_grad():
-        top = _max_abs(w.float(), per_channel)
-        scale = torch.where(top > 0, top, torch.ones_like(top)) / level
-        return _fake_quant(w.float(), scale, -level, level, per_channel).to(w.dtype)
+    """Round-to-nearest max-abs weights: ``s · round(w / s)`` with ``L = 2^(b−1) − 1`` and ``s = max|w| / L``
+    per tensor (or per output channel), half to even; 2^b − 1 levels (ternary at 2 bits), nothing clipped. An
+    all-zero tensor stays zero. This is ``qkernels.ptq.max_abs_quantize``, the package's one max-abs quantizer
+    (the oscillation regularizer's: a division by ``s``)."""
+    return qkernels.ptq.max_abs_quantize(w, bits, per_channel)
+
+
+def float_weights_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with its float weights and no weight quantizers (``attach``'s parametrizations and
+    ``QuantizedLayer``'s weight quantizers removed); input quantizers stay as they are."""
+    model = float_copy(model)
+    for module in model.modules():
+        if isinstance(module, QuantizedLayer):
+            module.weight_quantizer = nn.Identity()
+    return model
+
+
+def max_abs_layer_bits(model: nn.Module, bits: int, first_last_bits: int = 8) -> dict:
+    """``{module name: bits}`` for every weight ``qkernels.oscillation.weight_parameters(model,
+    include_norms=False)`` finds: each ``Conv2d``/``Linear`` at ``bits``, the first and last (registration
+    order) at ``first_last_bits``, any other (none in the harness's models) at 32 = left in float. The one rule
+    for which weight gets which width in the cross-bit evaluation (``layer_bits`` of
+    ``qkernels.ptq.quantized_weights``), ``quantize_weights_max_abs`` and the ``oscreg`` regularizer, the same
+    as QAT's (``quantize_model``); norm layers' weights are never quantized, as in QAT."""
+    layers = [name for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
+    found = {name: FULL_PRECISION for name in qkernels.oscillation.weight_parameters(model, include_norms=False)}
+    for index, name in enumerate(layers):
+        found[name], _ = _layer_bits(index, len(layers), bits, bits, first_last_bits)
+    return found
 
 
 def quantize_weights_max_abs(model: nn.Module, bits: int, *, first_last_bits: int = 8,
                              per_channel: bool = False) -> nn.Module:
-    """A copy of ``model`` whose ``Conv2d``/``Linear`` weights are ``weights_max_abs`` at ``bits`` (first and
-    last layer at ``first_last_bits``, 32 = unchanged) with weight quantizers removed (``attach``'s
-    parametrizations too: the float weight is kept); input quantizers stay as they are. This is the cross-bit
-    evaluation of a trained model, and the PTQ of its weights."""
-    model = float_copy(model)
-    layers = quantized_layers(model)
-    for index, (_, module) in enumerate(layers):
-        weight_bits, _ = _layer_bits(index, len(layers), bits, bits, first_last_bits)
-        if isinstance(module, QuantizedLayer):
-            module.weight_quantizer = nn.Identity()
-        if weight_bits != FULL_PRECISION:
-            weight = _bare(module).weight
-            weight.data = weights_max_abs(weight.detach(), weight_bits, per_channel)
+    """A copy of ``model`` (``float_weights_copy``) whose ``Conv2d``/``Linear`` weights are ``weights_max_abs``
+    at ``bits`` (first and last layer at ``first_last_bits``, 32 = unchanged: ``max_abs_layer_bits``); input
+    quantizers stay as they are. The PTQ of a model's weights; the same weights as
+    ``qkernels.ptq.quantized_weights(model, bits, include_norms=False, layer_bits=max_abs_layer_bits(...))``."""
+    model = float_weights_copy(model)
+    layer_bits = max_abs_layer_bits(model, bits, first_last_bits)
+    for name, weight in qkernels.oscillation.weight_parameters(model, include_norms=False).items():
+        if layer_bits[name] != FULL_PRECISION:
+            weight.data = weights_max_abs(weight.detach(), layer_bits[name], per_channel)
     return model
 
 

@@ -12,18 +12,28 @@ The methods:
 - ``qat+freeze``: ``qat`` with oscillating weights frozen (the threshold on a ``CosineSchedule``, 0 before
   ``freeze_start_frac`` of the steps).
 - ``qat+dampen``: ``qat`` with λ · ``model_dampening_loss`` added to the loss (λ on a ``CosineSchedule``).
+- ``oscreg`` (Wenshøj et al. 2025): full-precision training (no fake quantization, inputs never quantized) with
+  ``lam`` · ``qkernels.oscillation.regularizer`` added to the loss, on the weights QAT would quantize: every
+  ``Conv2d``/``Linear`` at ``wbits``, the first and last at ``first_last_bits`` (none at 32; norm layers' weights
+  not, unlike the official code, so that all methods quantize the same tensors: ``max_abs_layer_bits``); then
+  the weights are quantized after training (``qkernels.ptq.quantized_weights``). Its ``test_accuracy`` is that
+  of the weights at ``wbits`` (per epoch too: the paper's selection metric), ``test_accuracy_fp`` that of the
+  float weights, and ``regularizer`` the epoch's mean of the term (without ``lam``).
 
 The ``qat*`` methods re-estimate the BatchNorm statistics (``qkernels.bn_reestimate``, 50 training batches)
 before every evaluation (``bn_reestimate``), and record the accuracy before (``test_accuracy_pre_bn``) and after
 (``test_accuracy``), and per epoch the fraction of tracked weights oscillating (``osc_fraction``: EMA above
 ``osc_threshold``), frozen (``frozen_fraction``) and the oscillations of the last step (``flips_last_step``).
 
-Every run ends with the cross-bit evaluation (``quantize_weights_max_abs`` at each of ``eval_bits``, inputs as
-trained). Training is deterministic for a seed: the model is built after ``torch.manual_seed(seed)``, each
-epoch's order and augmentation come from a generator seeded by (seed, epoch), and the last incomplete batch
-of an epoch is dropped (so every step takes a full global batch, on any number of processes). The learning
-rate follows a cosine schedule over all steps; the quantizer scales (with ``quant_lr``) have their own Adam
-with a constant rate, as Nagel et al.'s code does.
+Every run ends with the cross-bit evaluation (``cross_bit``): the weights of its final model (the float
+weights for the qat* methods, their weight quantizers removed) under ``qkernels.ptq.quantized_weights`` at each
+of ``eval_bits`` (max-abs per tensor, round half to even; first and last layer at ``first_last_bits``), inputs
+as trained (full precision for fp and oscreg, and with ``abits`` 32); ``float_weights_accuracy``: the trained
+float weights unquantized, inputs as trained (ptq: the float model). Training is deterministic for a seed: the
+model is built after ``torch.manual_seed(seed)``, each epoch's order and augmentation come from a generator
+seeded by (seed, epoch), and the last incomplete batch of an epoch is dropped (so every step takes a full
+global batch, on any number of processes). The learning rate follows a cosine schedule over all steps; the
+quantizer scales (with ``quant_lr``) have their own Adam with a constant rate, as Nagel et al.'s code does.
 """
 
 from __future__ import annotations
@@ -41,11 +51,11 @@ import qkernels
 
 from . import outputs
 from ._deps import require
-from .config import QAT_METHODS, ConfigError, RunConfig, flag, validate
+from .config import FULL_PRECISION, QAT_METHODS, ConfigError, RunConfig, flag, validate
 from .data import augment_batch, load
 from .distributed import Group, join
 from .models import build
-from .quantize import ptq_model, quantize_model, quantize_weights_max_abs, quantizer_parameters
+from .quantize import float_weights_copy, max_abs_layer_bits, ptq_model, quantize_model, quantizer_parameters
 
 __all__ = ["run", "resume", "accuracy"]
 
@@ -68,8 +78,16 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return correct / len(x)
 
 
+def precision(config: RunConfig) -> str:
+    """What a run trained quantized (``outputs.precision``): oscreg's weights only (quantized after training)."""
+    if config.method == "fp":
+        return outputs.precision(FULL_PRECISION, FULL_PRECISION)
+    return outputs.precision(config.wbits, FULL_PRECISION if config.method == "oscreg" else config.abits)
+
+
 def default_out(config: RunConfig) -> str:
-    bits = "" if config.method == "fp" else f"_w{config.wbits}a{config.abits}"
+    bits = "" if config.method == "fp" else f"_w{config.wbits}" + ("" if config.method == "oscreg"
+                                                                  else f"a{config.abits}")
     return os.path.join("runs", f"{config.data}_{config.model}_{config.method}{bits}")
 
 
@@ -188,6 +206,13 @@ class _Run:
         if config.method == "qat+dampen":
             self.dampen = qkernels.oscillation.CosineSchedule(total, config.dampen_start_frac, config.dampen_weight,
                                                               config.dampen_weight_final)
+        # oscreg: {bits: the weights regularized at that width}, by the rule the evaluation quantizes with
+        self.regularized = {}
+        if config.method == "oscreg":
+            layer_bits = max_abs_layer_bits(self.model, config.wbits, config.first_last_bits)
+            for name, weight in qkernels.oscillation.weight_parameters(self.model, include_norms=False).items():
+                if layer_bits[name] != FULL_PRECISION:
+                    self.regularized.setdefault(layer_bits[name], []).append(weight)
         self._optimizers()
         self.history, self.done = [], 0
         if state is not None:
@@ -250,6 +275,7 @@ class _Run:
         order = torch.randperm(len(data.train_x), generator=generator)
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count over this rank's samples
         dampening = torch.zeros((), dtype=torch.float64)  # the same on every rank
+        regularized = torch.zeros((), dtype=torch.float64)  # likewise
         net.train()
         bar = None
         if config.progress and group.main:
@@ -275,6 +301,10 @@ class _Run:
             if damp is not None:
                 loss = task + self.dampen(t) * damp
                 dampening += damp.detach().double().cpu()
+            if self.regularized:
+                reg = sum(qkernels.oscillation.regularizer(weights, bits) for bits, weights in self.regularized.items())
+                loss = task + config.lam * reg
+                regularized += reg.detach().double().cpu()
             for optimizer in (self.optimizer, self.quant_optimizer):
                 if optimizer is not None:
                     optimizer.zero_grad(set_to_none=True)
@@ -297,6 +327,8 @@ class _Run:
         row = {"train_loss": loss_sum / count, "train_accuracy": correct / count}
         if self.dampen is not None:
             row["dampen_loss"] = float(dampening) / self.steps
+        if self.regularized:
+            row["regularizer"] = float(regularized) / self.steps
         if self.quantizers:
             overall = qkernels.oscillation.stats(self.model, config.osc_threshold)["overall"]
             row.update(osc_fraction=overall["oscillating"], frozen_fraction=overall["frozen"],
@@ -315,10 +347,20 @@ class _Run:
             batches.append((augment_batch(x, generator) if data.augment else x).to(self.device))
         return batches
 
+    def _weights_at(self, model: torch.nn.Module, bits: int) -> float:
+        """Test accuracy of ``model`` with its weights on the max-abs grid of ``bits`` (first and last layer at
+        ``first_last_bits``: ``max_abs_layer_bits``), per tensor, restored afterwards; its inputs as they are.
+        ``model`` must carry no weight quantizer (a float model, or ``float_weights_copy``)."""
+        layer_bits = max_abs_layer_bits(model, bits, self.config.first_last_bits)
+        with qkernels.ptq.quantized_weights(model, bits, include_norms=False, layer_bits=layer_bits):
+            return accuracy(model, self.data.test_x, self.data.test_y)
+
     def _test_accuracy(self, epoch: int) -> dict:
         """``test_accuracy``, after the BatchNorm re-estimation of the qat* methods (``test_accuracy_pre_bn``
         before it)."""
         accuracy_now = accuracy(self.model, self.data.test_x, self.data.test_y)
+        if self.config.method == "oscreg":
+            return {"test_accuracy": self._weights_at(self.model, self.config.wbits), "test_accuracy_fp": accuracy_now}
         if self.config.method not in QAT_METHODS or not self.config.bn_reestimate:
             return {"test_accuracy": accuracy_now}
         qkernels.bn_reestimate(self.model, self._bn_batches(epoch), BN_BATCHES)
@@ -367,12 +409,18 @@ class _Run:
             metrics["oscillations"] = qkernels.oscillation.stats(self.model, config.osc_threshold)
         if self.history and "test_accuracy_pre_bn" in self.history[-1]:
             metrics["test_accuracy_pre_bn"] = self.history[-1]["test_accuracy_pre_bn"]
-        test = accuracy(final, data.test_x, data.test_y)
-        cross = {str(b): accuracy(quantize_weights_max_abs(final, b, first_last_bits=config.first_last_bits),
-                                  data.test_x, data.test_y) for b in config.eval_bits}
+        if config.method == "oscreg":
+            test = self._weights_at(self.model, config.wbits)
+            metrics["test_accuracy_fp"] = accuracy(self.model, data.test_x, data.test_y)
+            metrics["regularizer"] = self.history[-1]["regularizer"] if self.history else None
+        else:
+            test = accuracy(final, data.test_x, data.test_y)
+        weights_only = float_weights_copy(final)
+        cross = {str(b): self._weights_at(weights_only, b) for b in config.eval_bits}
         return {
             "test_accuracy": test,
             "cross_bit": cross,
+            "float_weights_accuracy": accuracy(float_weights_copy(self.model), data.test_x, data.test_y),
             **metrics,
             "config": config.to_dict(),
             "qkernels_version": qkernels.__version__,
@@ -388,8 +436,7 @@ class _Run:
         outputs.save_checkpoint(os.path.join(out, CHECKPOINT), self._state())
         outputs.write_metrics(out, metrics)
         outputs.write_history(out, self.history)
-        title = f"{self.config.data} {self.config.model} {self.config.method}" + (
-            "" if self.config.method == "fp" else f" W{self.config.wbits}A{self.config.abits}")
+        title = f"{self.config.data} {self.config.model} {self.config.method} {precision(self.config)}"
         outputs.plot_history(out, self.history, title)
         outputs.plot_oscillations(out, self.history, title)
         series = {"weights max-abs RTN": {int(b): a for b, a in metrics["cross_bit"].items()}}
@@ -399,11 +446,15 @@ class _Run:
 
     def summary(self, metrics: dict) -> str:
         config = self.config
-        bits = "float" if config.method == "fp" else f"W{config.wbits}A{config.abits}"
-        header = ["method", "trained at", "test accuracy"] + [f"W{b} max-abs" for b in metrics["cross_bit"]]
-        row = [config.method, bits, outputs.percent(metrics["test_accuracy"])] + [
-            outputs.percent(a) for a in metrics["cross_bit"].values()]
+        header = ["method", "trained at", "test accuracy"] + [f"W{b} max-abs" for b in metrics["cross_bit"]] + [
+            "float weights"]
+        row = [config.method, precision(config), outputs.percent(metrics["test_accuracy"])] + [
+            outputs.percent(a) for a in metrics["cross_bit"].values()] + [
+            outputs.percent(metrics["float_weights_accuracy"])]
         lines = [outputs.table(header, [row])]
+        if "regularizer" in metrics:
+            lines.append(outputs.table(["λ", "regularizer, last epoch (without λ)"],
+                                       [[f"{config.lam:g}", f"{metrics['regularizer']:.6g}"]]))
         if "oscillations" in metrics:
             overall = metrics["oscillations"]["overall"]
             lines.append(outputs.table(
