@@ -34,7 +34,7 @@ from torch.nn.utils import parametrize
 from .fake_quant import fake_quantize_per_channel_affine
 from .nn import OscillationFakeQuantize
 from .oscillation_dampening import AGGREGATIONS, oscillation_dampening
-from .oscillation_regularizer import check, check_bits, oscillation_regularizer
+from .oscillation_regularizer import check, check_bits, check_list, oscillation_regularizer
 
 __all__ = ["CosineSchedule", "dampening_loss", "model_dampening_loss", "attach", "attached", "float_copy", "stats",
            "bn_reestimate", "initial_scale", "AGGREGATIONS", "regularizer", "OscillationRegularizer",
@@ -274,12 +274,13 @@ def regularizer(weights, bits: int, scale_grad: bool = True) -> Tensor:
     ``max|W|``, which moves only the elements at the max. Any mix of devices, dtypes (float32, float16,
     bfloat16) and layouts: tensors are grouped per device and dtype, one fused ``qkernels.oscillation_regularizer``
     call per group. The math: ``qkernels.reference.oscillation_regularizer``."""
-    check(weights, bits, fused=False)
+    check_list(weights)
     groups: dict = {}
     for w in weights:
         groups.setdefault((w.device, w.dtype), []).append(w.contiguous())
-    if len(groups) == 1:
+    if len(groups) == 1:  # the fused op checks the rest, with the same indices
         return oscillation_regularizer(next(iter(groups.values())), bits, scale_grad)
+    check(weights, bits, fused=False)  # before any group runs, with indices into `weights`
     # The groups' values are added on the first tensor's device.
     values = [oscillation_regularizer(group, bits, scale_grad) for group in groups.values()]
     device = values[0].device

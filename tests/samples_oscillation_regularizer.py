@@ -84,11 +84,12 @@ def _expected(bits, scale_grad):
 
 def _ops(bits, scale_grad):
     def ops(inputs):
-        weights = _weights(inputs)
+        # the ops have no autograd of their own (the public function's autograd.Function is it): plain tensors
+        weights = [w.detach() for w in _weights(inputs)]
         _, amax, sums, ties = torch.ops.qkernels.oscillation_regularizer(weights, bits, scale_grad)
         return [(torch.ops.qkernels.oscillation_regularizer.default, (weights, bits, scale_grad)),
                 (torch.ops.qkernels.oscillation_regularizer_backward.default,
-                 ([w.detach() for w in weights], inputs["dy"], amax, sums, ties, bits, scale_grad))]
+                 (weights, inputs["dy"], amax, sums, ties, bits, scale_grad))]
     return ops
 
 
