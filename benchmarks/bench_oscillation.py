@@ -16,17 +16,19 @@ read w, dy, write dw); fused 5b + 28 (x_int and mask written and read back: 4; t
 24). GB/s = those bytes / time; ``copy`` is ``w.clone()``'s (out-of-place, as the ops' fresh outputs). Ratios:
 ``tracker / fused`` (target >= 10) and ``fused / learnable`` (target <= 1.3).
 
-    python benchmarks/bench_oscillation.py [--backend cpu] [--dtype float32|bfloat16|float16] [--threads N]
+    python benchmarks/bench_oscillation.py [--device cpu|cuda] [--backend auto|cpu|cuda|triton|reference]
+                                           [--dtype float32|bfloat16|float16] [--threads N] [--out DIR]
 """
 
 import argparse
+from pathlib import Path
 
 import torch
 
 import qkernels
 from qkernels.reference.oscillation_fake_quant import OfficialTracker
 
-from common import bench_ms, measure_copy_gbps
+from common import bench_ms, device_name, measure_copy_gbps
 
 QMIN, QMAX, MOMENTUM, THRESHOLD = -8, 7, 0.01, 0.02
 SHAPES = {
@@ -38,15 +40,15 @@ SHAPES = {
 }
 
 
-def make_steps(shape, dtype, backend):
+def make_steps(shape, dtype, backend, device):
     """{provider: one fwd+bwd step}; the weight moves a little between steps so that integers change."""
     torch.manual_seed(0)
-    w = (torch.randn(shape) * 0.05).to(dtype).requires_grad_()
-    scale = (torch.rand(shape[0]) * 0.01 + 0.01).requires_grad_()
-    zero_point = torch.zeros(shape[0])
-    dy = torch.randn(shape).to(dtype)
+    w = (torch.randn(shape, device=device) * 0.05).to(dtype).requires_grad_()
+    scale = (torch.rand(shape[0], device=device) * 0.01 + 0.01).requires_grad_()
+    zero_point = torch.zeros(shape[0], device=device)
+    dy = torch.randn(shape, device=device).to(dtype)
     state = qkernels.new_oscillation_state(w)
-    threshold, tracking = torch.tensor(THRESHOLD), torch.tensor(True)
+    threshold, tracking = torch.tensor(THRESHOLD, device=device), torch.tensor(True, device=device)
     view = (-1,) + (1,) * (len(shape) - 1)
     tracker = OfficialTracker(MOMENTUM, THRESHOLD, use_ema_x_int=True)
 
@@ -79,29 +81,37 @@ def make_steps(shape, dtype, backend):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backend", default="cpu", choices=("cpu", "reference"),
-                   help="the tensors are CPU tensors: the CPU backends only")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "triton", "reference"))
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--threads", type=int)
+    p.add_argument("--out", type=Path, help="also write the table to DIR/bench_oscillation.txt")
     args = p.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: CUDA is not available")
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype)
-    device = torch.device("cpu")
+    dtype, device = getattr(torch, args.dtype), torch.device(args.device)
     b = dtype.itemsize
-    print(f"backend {args.backend}, {args.dtype}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"{'shape':28} {'fused ms':>9} {'GB/s':>6} {'tracker ms':>10} {'learn ms':>9} {'GB/s':>6} "
-          f"{'copy GB/s':>9} {'tracker/fused':>13} {'fused/learn':>11}")
+    lines = [f"{device_name(device)}, backend {args.backend}, {args.dtype}, {torch.get_num_threads()} threads, "
+             f"torch {torch.__version__}",
+             f"{'shape':28} {'fused ms':>9} {'GB/s':>6} {'tracker ms':>10} {'learn ms':>9} {'GB/s':>6} "
+             f"{'copy GB/s':>9} {'tracker/fused':>13} {'fused/learn':>11}"]
+    print(*lines, sep="\n")
     for name, shape in SHAPES.items():
-        w, steps = make_steps(shape, dtype, args.backend)
+        w, steps = make_steps(shape, dtype, args.backend, device)
         ms = {k: bench_ms(f, device) for k, f in steps.items()}
         n = w.numel()
         fused_gbps = (5 * b + 28) * n / ms["fused"] / 1e6
         learn_gbps = 5 * b * n / ms["learnable"] / 1e6
         copy = measure_copy_gbps(w.detach(), device)
-        print(f"{name:28} {ms['fused']:9.3f} {fused_gbps:6.1f} {ms['tracker']:10.3f} {ms['learnable']:9.3f} "
-              f"{learn_gbps:6.1f} {copy:9.1f} {ms['tracker'] / ms['fused']:13.1f} "
-              f"{ms['fused'] / ms['learnable']:11.2f}")
+        lines.append(f"{name:28} {ms['fused']:9.3f} {fused_gbps:6.1f} {ms['tracker']:10.3f} "
+                     f"{ms['learnable']:9.3f} {learn_gbps:6.1f} {copy:9.1f} {ms['tracker'] / ms['fused']:13.1f} "
+                     f"{ms['fused'] / ms['learnable']:11.2f}")
+        print(lines[-1])
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench_oscillation.txt").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
