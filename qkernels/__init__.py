@@ -33,6 +33,7 @@ from .fused_observer import fused_moving_avg_obs_fake_quant  # noqa: E402
 from .oscillation_fake_quant import OscillationState, new_oscillation_state, oscillation_fake_quantize  # noqa: E402
 from .oscillation_dampening import oscillation_dampening  # noqa: E402
 from .oscillation_regularizer import oscillation_regularizer  # noqa: E402
+from .grad_quant import quantize_gradient, quantize_gradient_packed, unpack_int4  # noqa: E402
 from .fake_quant_learnable import (  # noqa: E402
     fake_quantize_learnable_per_channel_affine,
     fake_quantize_learnable_per_group_affine,
@@ -79,6 +80,9 @@ __all__ = [
     "oscillation_fake_quantize",
     "oscillation_dampening",
     "oscillation_regularizer",
+    "quantize_gradient",
+    "quantize_gradient_packed",
+    "unpack_int4",
     "patch_torch",
     "unpatch_torch",
     "patched_torch",

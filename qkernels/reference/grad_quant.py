@@ -53,7 +53,7 @@ from .philox import element_words
 
 __all__ = ["GRANULARITIES", "ROUNDINGS", "INITS", "ALPHA", "ETA", "GAMMA_MIN", "GAMMA_MAX", "levels", "group_len",
            "quantize", "dequantize", "pack_int4", "unpack_int4", "target_ratio", "update_clip_ratio",
-           "initial_clip_ratio", "uniform24"]
+           "initial_clip_ratio", "uniform24", "absmax", "Launchers"]
 
 GRANULARITIES = ("tensor", "row", "group")
 ROUNDINGS = ("stochastic", "nearest")
@@ -169,3 +169,24 @@ def initial_clip_ratio(g: torch.Tensor, bits: int, init: str = "lbt", alpha: flo
         t = np.sign(ema - target)
         gamma = np.float32(gamma + np.float32(np.float32(0.001) * np.float32(t)))
     return float(np.clip(gamma, np.float32(gamma_min), np.float32(gamma_max)))
+
+
+def absmax(g: torch.Tensor, n: int) -> torch.Tensor:
+    """float32 ``[numel / n]``: ``max |g|`` per group, NaN for a group holding a NaN or an infinity."""
+    gf = g.float().reshape(-1, n)
+    return torch.where(gf.isfinite().all(1), gf.abs().amax(1), float("nan"))
+
+
+class Launchers:
+    """The reference backend's adapter of the family's launcher contract (qkernels/grad_quant.py)."""
+
+    @staticmethod
+    def absmax(g, n, amax):
+        amax.copy_(absmax(g, n))
+
+    @staticmethod
+    def quantize(g, n, amax, bits, clip_ratio, key, packed, out, scales, n_clipped):
+        k, s, count = quantize(g, bits, clip_ratio, "nearest" if key is None else "stochastic", n, key)
+        out.copy_(pack_int4(k) if packed else dequantize(k, s, n, g.dtype))
+        scales.copy_(s)
+        n_clipped.copy_(count)
