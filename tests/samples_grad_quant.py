@@ -4,8 +4,9 @@ qkernels.reference.grad_quant.
 
 Stochastic samples draw their key from an explicit generator seeded in the call, so every backend and the
 reference see the same key (the draw of an element depends on the key and its flat index only). Heavy-tailed
-gradients (a normal over the root of a uniform), per tensor, per row and per group, dequantized and packed, clip ratios below 1 (so
-that values clip), ties at the clip value; one sample with an all-zero row and non-finite rows. The bad inputs are
+gradients (a normal over the root of a uniform), per tensor, per row and per group, dequantized and packed, clip
+ratios below 1 (so that values clip), repeated values (ties at the max); one sample with an all-zero row and
+non-finite rows. The bad inputs are
 tested in tests/test_grad_quant.py.
 """
 
