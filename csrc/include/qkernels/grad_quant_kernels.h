@@ -1,5 +1,6 @@
 // Launch-level interface of the gradient quantization kernels: POD params and raw-pointer entry points, implemented
-// for the CPU (csrc/cpu/grad_quant.cpp). Torch-free. Per-element math: qkernels/grad_quant_math.h.
+// for the CPU (csrc/cpu/grad_quant.cpp; the CUDA side's layout and entry points: qkernels/grad_quant_cuda.h).
+// Torch-free. Per-element math: qkernels/grad_quant_math.h.
 //
 // g is contiguous and walked flat in G = numel / n groups of n consecutive elements. absmax is the reduction layout
 // [G, 1, 1, n] with the blocks of grad_quant_absmax_blocks (run mode: P chunks of each group; AbsMax partials [G, P],
@@ -41,7 +42,8 @@ struct GradQuantParams {
   bool packed;
   void* out;                // g's dtype and numel, or packed: uint8 [ceil(numel / 2)]
   float* scales;            // [G]
-  int64_t* count_partial;   // CPU: [P of grad_quant_quantize_blocks(numel)]
+  int64_t* n_clipped;       // [] (CUDA: finished on the device; the CPU glue adds the partials itself)
+  int64_t* count_partial;   // CPU: [P of grad_quant_quantize_blocks(numel)]; CUDA: grad_quant_count_partials
 };
 
 namespace cpu {
