@@ -32,11 +32,12 @@ from torch import Tensor
 from . import backends
 from ._launchers import LauncherContract
 from ._shared import _fail, _failing_values, _values_checkable
-from .reference.grad_quant import GRANULARITIES, ROUNDINGS, group_len, levels, unpack_int4 as _unpack
+from .reference import grad_quant as _ref
+from .reference.grad_quant import GRANULARITIES, INITS, ROUNDINGS, group_len, levels, unpack_int4 as _unpack
 from .reference.philox import draw_key
 
-__all__ = ["quantize_gradient", "quantize_gradient_packed", "unpack_int4", "grad_quant", "GRANULARITIES",
-           "ROUNDINGS"]
+__all__ = ["quantize_gradient", "quantize_gradient_packed", "unpack_int4", "grad_quant", "update_clip_ratio",
+           "initial_clip_ratio", "GRANULARITIES", "ROUNDINGS", "INITS"]
 
 _FAMILY = "grad_quant"
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -174,3 +175,43 @@ def unpack_int4(codes: Tensor, scales: Tensor, shape, dtype: torch.dtype = torch
         _fail(f"unpack_int4: `scales` must be float32 with a count that divides {numel}, got "
               f"{getattr(scales, 'dtype', type(scales).__name__)}")
     return _unpack(codes, scales, tuple(shape), dtype)
+
+
+def update_clip_ratio(clip_ratio: Tensor, n_clipped: Tensor, numel, amax: Tensor, bits: int = 4,
+                      alpha: float = _ref.ALPHA, eta: float = _ref.ETA, gamma_min: float = _ref.GAMMA_MIN,
+                      gamma_max: float = _ref.GAMMA_MAX, process_group=None) -> Tensor:
+    """The released code's interval update, in place on ``clip_ratio`` (float32, one element) and on its device
+    (no host sync): with ``R = n_clipped / numel`` of this iteration,
+    ``γ ← clamp(γ + η · sign(R − α / (2^b − 1)), γ_min, γ_max)``, and no step when the gradient was all zero
+    (``max(amax) == 0``; ``amax``: the op's per-group maxima). Under ``torch.distributed`` (initialized, or
+    ``process_group`` given) the ranks sum ``n_clipped`` and ``numel`` and take the largest ``amax`` first, so
+    ``γ`` stays the same on every rank. Returns ``clip_ratio``."""
+    if not isinstance(clip_ratio, Tensor) or clip_ratio.numel() != 1 or clip_ratio.dtype != torch.float32:
+        _fail(f"update_clip_ratio: `clip_ratio` must be a one-element float32 tensor, got "
+              f"{getattr(clip_ratio, 'dtype', type(clip_ratio).__name__)}")
+    if not 0.0 < gamma_min <= gamma_max <= 1.0:
+        _fail(f"update_clip_ratio: `gamma_min`, `gamma_max` must satisfy 0 < gamma_min <= gamma_max <= 1, got "
+              f"{gamma_min}, {gamma_max}")
+    if not isinstance(numel, Tensor):  # a fill on the device, not a copy from the host
+        numel = torch.full((), float(numel), dtype=torch.float64, device=clip_ratio.device)
+    counts = torch.stack([n_clipped.reshape(()).to(torch.float64), numel.reshape(()).to(torch.float64)])
+    top = amax.float().amax().reshape(1)
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if process_group is not None or distributed:
+        torch.distributed.all_reduce(counts, group=process_group)
+        torch.distributed.all_reduce(top, op=torch.distributed.ReduceOp.MAX, group=process_group)
+    new = _ref.update_clip_ratio(clip_ratio.reshape(()), counts[0], counts[1], top[0], bits, alpha, eta, gamma_min,
+                                 gamma_max)
+    with torch.no_grad():
+        clip_ratio.copy_(new.reshape(clip_ratio.shape))
+    return clip_ratio
+
+
+def initial_clip_ratio(g: Tensor, bits: int = 4, init: str = "lbt", alpha: float = _ref.ALPHA) -> float:
+    """``γ`` from the first batch's gradient ``g`` (the released code's initialisation, note §3.3): ``"lbt"``
+    replays its loop (γ from 1 down by 0.001 until an EMA of the clipped fraction passes the target; it
+    overshoots below the exact quantile, as the released code does), ``"quantile"`` the exact quantile of ``|g|``
+    for the target fraction, ``"none"`` 1. It runs once per layer and reads ``g`` back to the host (one sync)."""
+    if init not in INITS:
+        _fail(f"initial_clip_ratio: `init` must be one of {INITS}, got {init!r}")
+    return _ref.initial_clip_ratio(g, bits, init, alpha)

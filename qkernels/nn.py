@@ -38,6 +38,8 @@ from torch.ao.quantization.observer import MovingAverageMinMaxObserver, MovingAv
 from .fused_observer import fused_moving_avg_obs_fake_quant, observer_update
 from .fake_quant import _host_flag
 from .oscillation_fake_quant import OscillationState, new_oscillation_state, oscillation_fake_quantize
+from .grad_quant import (GRANULARITIES, INITS, ROUNDINGS, _call as _quantize_gradient_call, initial_clip_ratio,
+                         update_clip_ratio)
 from .fake_quant_learnable import (
     fake_quantize_learnable_per_channel_affine,
     fake_quantize_learnable_per_tensor_affine,
@@ -45,7 +47,8 @@ from .fake_quant_learnable import (
 )
 
 # (and EmptyRunningStatsError, made on first access: module __getattr__ below)
-__all__ = ["FakeQuantize", "FusedMovingAvgObsFakeQuantize", "LearnableFakeQuantize", "OscillationFakeQuantize"]
+__all__ = ["FakeQuantize", "FusedMovingAvgObsFakeQuantize", "LearnableFakeQuantize", "OscillationFakeQuantize",
+           "GradientQuantizer"]
 
 _SUPPORTED = (MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver)
 _SYMMETRIC = (torch.per_tensor_symmetric, torch.per_channel_symmetric)
@@ -337,3 +340,86 @@ class OscillationFakeQuantize(torch.nn.Module):
         axis = "" if self.ch_axis is None else f", ch_axis={self.ch_axis}, channels={self.scale.numel()}"
         return (f"quant_min={self.quant_min}, quant_max={self.quant_max}, momentum={self.momentum}{axis}, "
                 f"use_ema_x_int={self.use_ema_x_int}, track={self.track}, track_in_eval={self.track_in_eval}")
+
+
+class _QuantizeGradient(torch.autograd.Function):
+    """Identity forward; the backward quantizes the incoming gradient and then updates the quantizer's interval."""
+
+    @staticmethod
+    def forward(ctx, x, quantizer):
+        ctx.quantizer = quantizer
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.quantizer._quantize(grad), None
+
+
+class GradientQuantizer(torch.nn.Module):
+    """Identity in the forward pass; quantizes the gradient flowing back through it (Kim et al. 2024, the released
+    code's ``grad_quant`` on a conv output): ``qkernels.quantize_gradient(grad, bits, clip_ratio, rounding,
+    granularity, group_size)``, then, with ``interval="adaptive"``, ``qkernels.grad_quant.update_clip_ratio`` on
+    the clip ratio γ (the ``clip_ratio`` buffer, float32, saved in state dicts) from that gradient's clipped count
+    (``alpha``, ``eta``, ``gamma_min``, ``gamma_max``: the released code's defaults); the update runs on the
+    device. The first gradient of an adaptive quantizer sets γ with ``initial_clip_ratio(grad, bits, init)``
+    (``"lbt"``, the released loop, default; ``"quantile"``; ``"none"``: keep ``clip_ratio``) before it is
+    quantized; ``initialized`` (a buffer) records that. ``interval="fixed"``: γ stays ``clip_ratio`` (1 is per
+    tensor min-max). ``bits`` 32 passes gradients through unchanged.
+
+    The released code quantizes the gradient of the whole tensor at once with its current γ, and counts the
+    clipped values of that same quantization, as this module does."""
+
+    def __init__(self, bits: int = 4, rounding: str = "stochastic", interval: str = "adaptive",
+                 clip_ratio: float = 1.0, granularity: str = "tensor", group_size=None, init: str = "lbt",
+                 alpha: float = 1e-3, eta: float = 1e-3, gamma_min: float = 1e-3, gamma_max: float = 1.0):
+        super().__init__()
+        if bits != 32 and (isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8):
+            raise ValueError(f"bits: must be 2 to 8, or 32 (full precision), got {bits!r}")
+        if interval not in ("adaptive", "fixed"):
+            raise ValueError(f"interval: must be 'adaptive' or 'fixed', got {interval!r}")
+        if rounding not in ROUNDINGS:
+            raise ValueError(f"rounding: must be one of {ROUNDINGS}, got {rounding!r}")
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity: must be one of {GRANULARITIES}, got {granularity!r}")
+        if init not in INITS:
+            raise ValueError(f"init: must be one of {INITS}, got {init!r}")
+        if isinstance(clip_ratio, bool) or not isinstance(clip_ratio, (int, float)) or not 0 < clip_ratio <= 1:
+            raise ValueError(f"clip_ratio: must be in (0, 1], got {clip_ratio!r}")
+        if not 0 < gamma_min <= gamma_max <= 1:
+            raise ValueError(f"gamma_min, gamma_max: must satisfy 0 < gamma_min <= gamma_max <= 1, got "
+                             f"{gamma_min}, {gamma_max}")
+        self.bits, self.rounding, self.interval = bits, rounding, interval
+        self.granularity, self.group_size, self.init = granularity, group_size, init
+        self.alpha, self.eta, self.gamma_min, self.gamma_max = alpha, eta, gamma_min, gamma_max
+        self.register_buffer("clip_ratio", torch.tensor(float(clip_ratio)))
+        self.register_buffer("initialized", torch.tensor(interval == "fixed" or init == "none"))
+        self._pending_init = not bool(self.initialized)  # a host mirror: reading the buffer would sync each step
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        self._pending_init = not bool(self.initialized)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.bits == 32 or not torch.is_grad_enabled() or not x.requires_grad:
+            return x
+        return _QuantizeGradient.apply(x, self)
+
+    def _quantize(self, grad: Tensor) -> Tensor:
+        if self._pending_init:  # the first gradient only
+            with torch.no_grad():
+                self.clip_ratio.fill_(initial_clip_ratio(grad, self.bits, self.init, self.alpha))
+                self.initialized.fill_(True)
+            self._pending_init = False
+        out, _, n_clipped, amax = _quantize_gradient_call("GradientQuantizer", grad, self.bits, self.clip_ratio,
+                                                          self.rounding, self.granularity, self.group_size, None,
+                                                          packed=False)
+        if self.interval == "adaptive":
+            update_clip_ratio(self.clip_ratio, n_clipped, grad.numel(), amax, self.bits, self.alpha, self.eta,
+                              self.gamma_min, self.gamma_max)
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"bits={self.bits}, rounding={self.rounding!r}, interval={self.interval!r}, "
+                f"granularity={self.granularity!r}, init={self.init!r}")

@@ -139,9 +139,9 @@ def update_clip_ratio(gamma: torch.Tensor, n_clipped: torch.Tensor, numel: int, 
                       gamma_max: float = GAMMA_MAX) -> torch.Tensor:
     """The new ``γ`` (float32 0-dim) after one iteration (module docstring): a sign step towards the target
     clipped fraction, no step when the gradient was all zero (``amax == 0``)."""
-    ratio = n_clipped.double() / numel
+    ratio = n_clipped.double() / numel  # numel: an int, or a float64 tensor (summed over ranks)
     step = torch.sign(ratio - target_ratio(bits, alpha)).float()
-    new = torch.clamp(gamma.float() + np.float32(eta) * step, gamma_min, gamma_max)
+    new = torch.clamp(gamma.float() + eta * step, gamma_min, gamma_max)  # float32 ops, as the released code's
     return torch.where(amax.float() == 0, gamma.float(), new)
 
 

@@ -1,0 +1,90 @@
+"""qkernels.nn.GradientQuantizer (identity forward, quantized gradient backward, the adaptive interval) and
+qkernels.grad_quant.update_clip_ratio / initial_clip_ratio against the reference (tests/test_grad_quant_reference.py
+checks that against the released code)."""
+
+import pytest
+import torch
+
+import qkernels
+from qkernels.grad_quant import initial_clip_ratio, update_clip_ratio
+from qkernels.reference import grad_quant as ref
+
+from conftest import assert_bitwise_equal
+
+
+def _grad(shape=(32, 8, 6, 6), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g) / torch.rand(shape, generator=g).add(0.02).sqrt()
+
+
+def _backward_through(module, grad):
+    # (no draw from the default generator: the key comes next)
+    x = torch.arange(grad.numel(), dtype=torch.float32).reshape(grad.shape).requires_grad_()
+    y = module(x)
+    assert torch.equal(y, x)  # identity forward
+    y.backward(grad)
+    return x.grad
+
+
+@pytest.mark.parametrize("init", ["lbt", "quantile", "none"])
+def test_adaptive_quantizer_initialises_quantizes_and_updates(init):
+    module = qkernels.nn.GradientQuantizer(bits=4, init=init)
+    grads = [_grad(seed=s) for s in range(4)]
+    gamma = 1.0 if init == "none" else initial_clip_ratio(grads[0], 4, init)
+    for step, g in enumerate(grads):
+        torch.manual_seed(step)
+        got = _backward_through(module, g)
+        torch.manual_seed(step)
+        want, n_clipped = qkernels.quantize_gradient(g, 4, gamma)
+        assert_bitwise_equal(got, want)
+        gamma = ref.update_clip_ratio(torch.tensor(gamma), n_clipped, g.numel(), g.abs().amax(), 4)
+        assert torch.equal(module.clip_ratio, gamma), step
+        gamma = float(gamma)
+    assert bool(module.initialized)
+
+
+def test_fixed_interval_and_full_precision():
+    g = _grad()
+    fixed = qkernels.nn.GradientQuantizer(bits=3, interval="fixed", clip_ratio=0.8, rounding="nearest")
+    got = _backward_through(fixed, g)
+    assert_bitwise_equal(got, qkernels.quantize_gradient(g, 3, 0.8, rounding="nearest")[0])
+    assert float(fixed.clip_ratio) == pytest.approx(0.8)
+    assert torch.equal(_backward_through(qkernels.nn.GradientQuantizer(bits=32), g), g)
+
+
+def test_state_dict_round_trip_keeps_the_interval():
+    module = qkernels.nn.GradientQuantizer(bits=4)
+    _backward_through(module, _grad())
+    state = module.state_dict()
+    assert set(state) == {"clip_ratio", "initialized"}
+    fresh = qkernels.nn.GradientQuantizer(bits=4)
+    fresh.load_state_dict(state)
+    g = _grad(seed=7)
+    torch.manual_seed(1)
+    a = _backward_through(module, g)
+    torch.manual_seed(1)
+    b = _backward_through(fresh, g)  # no second initialisation: it continues from the loaded γ
+    assert_bitwise_equal(a, b) and torch.equal(module.clip_ratio, fresh.clip_ratio)
+
+
+def test_update_skips_all_zero_gradients_and_clamps():
+    gamma = torch.tensor(0.5)
+    update_clip_ratio(gamma, torch.tensor(0), 100, torch.zeros(1), 4)
+    assert float(gamma) == 0.5
+    update_clip_ratio(gamma, torch.tensor(0), 100, torch.ones(1), 4)
+    assert float(gamma) == pytest.approx(0.499)
+    top = torch.tensor(1.0)
+    update_clip_ratio(top, torch.tensor(50), 100, torch.ones(1), 4)
+    assert float(top) == 1.0
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(bits=1), "bits"), (dict(bits=9), "bits"), (dict(interval="auto"), "interval"), (dict(init="x"), "init"),
+    (dict(clip_ratio=0.0), "clip_ratio"), (dict(clip_ratio=1.5), "clip_ratio"), (dict(rounding="up"), "rounding"),
+    (dict(granularity="column"), "granularity"), (dict(gamma_min=0.0), "gamma_min"),
+])
+def test_bad_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        qkernels.nn.GradientQuantizer(**kwargs)
+    with pytest.raises(RuntimeError, match="clip_ratio"):
+        update_clip_ratio(torch.tensor(0.5, dtype=torch.float64), torch.tensor(0), 10, torch.ones(1), 4)
