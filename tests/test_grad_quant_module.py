@@ -88,3 +88,22 @@ def test_bad_arguments(kwargs, name):
         qkernels.nn.GradientQuantizer(**kwargs)
     with pytest.raises(RuntimeError, match="clip_ratio"):
         update_clip_ratio(torch.tensor(0.5, dtype=torch.float64), torch.tensor(0), 10, torch.ones(1), 4)
+
+
+def _ranked_update(rank, world, path, out):
+    """One rank: a different clipped count per rank; the update sums them (gloo)."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
+    try:
+        gamma = torch.tensor(0.5)
+        update_clip_ratio(gamma, torch.tensor([0, 3][rank]), 10000, torch.tensor([0.0, 2.0][rank]).reshape(1), 4)
+        torch.save(gamma, f"{out}.{rank}")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ranks_sum_their_counts_so_the_interval_stays_the_same(tmp_path):
+    """Rank 0 clipped nothing of an all-zero gradient (alone: no step), rank 1 three of 10000 (alone: up). Summed,
+    R = 3 / 20000 > 1e-3 / 15 and the largest max is non-zero: both ranks step up, to the same γ."""
+    torch.multiprocessing.spawn(_ranked_update, args=(2, tmp_path / "store", tmp_path / "gamma"), nprocs=2)
+    gammas = [torch.load(tmp_path / f"gamma.{rank}") for rank in range(2)]
+    assert torch.equal(gammas[0], gammas[1]) and float(gammas[0]) == pytest.approx(0.501)
