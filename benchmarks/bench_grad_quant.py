@@ -18,13 +18,12 @@ on the CPU). Targets: CPU >= 3x eager, >= 1x compile; GPU >= 80 % of the minimal
 """
 
 import argparse
-from pathlib import Path
 
 import torch
 
 import qkernels
 
-from common import bench_ms, device_name, measure_copy_gbps
+from common import add_table_args, bench_ms, measure_copy_gbps, table_setup, write_table
 
 GAMMA, BITS = 0.8, 4
 # (name, the output's shape per sample): ResNet-18 (ImageNet) conv outputs, ViT-B/16 token activations and MLP
@@ -49,25 +48,16 @@ def released(g, per_row):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "triton", "reference"))
+    add_table_args(p, "bench_grad_quant")
     p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    p.add_argument("--threads", type=int)
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile provider")
     p.add_argument("--packed", action="store_true", help="also time quantize_gradient_packed")
-    p.add_argument("--out", type=Path, help="also write the table to DIR/bench_grad_quant.txt")
     args = p.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: CUDA is not available")
     if args.batch < 1:
         p.error("--batch: must be >= 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dtype, device = getattr(torch, args.dtype), torch.device(args.device)
+    dtype, device, header = table_setup(p, args)
     b = dtype.itemsize
-    lines = [f"{device_name(device)}, backend {args.backend}, {args.dtype}, batch {args.batch}, INT4 stochastic, "
-             f"{torch.get_num_threads()} threads, torch {torch.__version__}",
+    lines = [f"{header}, batch {args.batch}, INT4 stochastic",
              f"{'shape':28} {'per':>6} {'ours ms':>8} {'GB/s':>6} {'packed ms':>9} {'eager ms':>9} "
              f"{'compile ms':>10} {'copy GB/s':>9} {'eager/ours':>10} {'compile/ours':>12}"]
     print(*lines, sep="\n")
@@ -91,9 +81,7 @@ def main():
                          f"{ms['eager']:9.2f} {ms['compile']:10.2f} {copy:9.1f} {ms['eager'] / ms['ours']:10.1f} "
                          f"{ms['compile'] / ms['ours']:12.2f}")
             print(lines[-1])
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench_grad_quant.txt").write_text("\n".join(lines) + "\n")
+    write_table(lines, args.out, "bench_grad_quant")
 
 
 if __name__ == "__main__":

@@ -21,14 +21,13 @@ read w, dy, write dw); fused 5b + 28 (x_int and mask written and read back: 4; t
 """
 
 import argparse
-from pathlib import Path
 
 import torch
 
 import qkernels
 from qkernels.reference.oscillation_fake_quant import OfficialTracker
 
-from common import bench_ms, device_name, measure_copy_gbps
+from common import add_table_args, bench_ms, measure_copy_gbps, table_setup, write_table
 
 QMIN, QMAX, MOMENTUM, THRESHOLD = -8, 7, 0.01, 0.02
 SHAPES = {
@@ -81,20 +80,11 @@ def make_steps(shape, dtype, backend, device):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "triton", "reference"))
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--out", type=Path, help="also write the table to DIR/bench_oscillation.txt")
+    add_table_args(p, "bench_oscillation")
     args = p.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: CUDA is not available")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dtype, device = getattr(torch, args.dtype), torch.device(args.device)
+    dtype, device, header = table_setup(p, args)
     b = dtype.itemsize
-    lines = [f"{device_name(device)}, backend {args.backend}, {args.dtype}, {torch.get_num_threads()} threads, "
-             f"torch {torch.__version__}",
+    lines = [header,
              f"{'shape':28} {'fused ms':>9} {'GB/s':>6} {'tracker ms':>10} {'learn ms':>9} {'GB/s':>6} "
              f"{'copy GB/s':>9} {'tracker/fused':>13} {'fused/learn':>11}"]
     print(*lines, sep="\n")
@@ -109,9 +99,7 @@ def main():
                      f"{ms['learnable']:9.3f} {learn_gbps:6.1f} {copy:9.1f} {ms['tracker'] / ms['fused']:13.1f} "
                      f"{ms['fused'] / ms['learnable']:11.2f}")
         print(lines[-1])
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench_oscillation.txt").write_text("\n".join(lines) + "\n")
+    write_table(lines, args.out, "bench_oscillation")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ Targets: CPU >= 5x eager and >= 1.5x compile; GPU the fused term <= 5 % of a Res
 """
 
 import argparse
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -31,7 +30,7 @@ import qkernels
 from qkernels.reference.oscillation_regularizer import official
 from qkernels.train.models import build
 
-from common import bench_ms, device_name, measure_copy_gbps
+from common import add_table_args, bench_ms, measure_copy_gbps, table_setup, write_table
 
 
 class _Block(nn.Module):
@@ -78,26 +77,17 @@ def _train_step_ms(model, batch, device, dtype):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "triton", "reference"))
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    p.add_argument("--threads", type=int)
+    add_table_args(p, "bench_regularizer")
     p.add_argument("--sets", nargs="+", choices=tuple(MODELS), default=list(MODELS))
     p.add_argument("--bits", type=int, default=4, choices=range(2, 9), metavar="2..8")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile provider")
     p.add_argument("--step-batch", type=int, default=0, metavar="N",
                    help="also time a training step of the model at batch N (0: no)")
-    p.add_argument("--out", type=Path, help="also write the table to DIR/bench_regularizer.txt")
     args = p.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: CUDA is not available")
     if args.step_batch < 0:
         p.error("--step-batch: must be >= 0")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dtype, device = getattr(torch, args.dtype), torch.device(args.device)
-    lines = [f"{device_name(device)}, backend {args.backend}, {args.dtype}, {args.bits} bits, "
-             f"{torch.get_num_threads()} threads, torch {torch.__version__}",
+    dtype, device, header = table_setup(p, args)
+    lines = [f"{header}, {args.bits} bits",
              f"{'set':10} {'elements':>10} {'fused ms':>9} {'GB/s':>6} {'eager ms':>9} {'compile ms':>10} "
              f"{'copy GB/s':>9} {'eager/fused':>11} {'compile/fused':>13} {'step ms':>8} {'fused/step':>10}"]
     print(*lines, sep="\n")
@@ -134,9 +124,7 @@ def main():
                      f"{copy:9.1f} {ms['eager'] / ms['fused']:11.1f} {compile_ms / ms['fused']:13.2f} "
                      f"{step_ms:8.2f} {ms['fused'] / step_ms:10.1%}")
         print(lines[-1])
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench_regularizer.txt").write_text("\n".join(lines) + "\n")
+    write_table(lines, args.out, "bench_regularizer")
 
 
 if __name__ == "__main__":

@@ -108,6 +108,35 @@ def parse_common_args(p: argparse.ArgumentParser, cpu_sizes=(20, 22), cuda_sizes
     return args, device, sizes
 
 
+def add_table_args(p: argparse.ArgumentParser, stem: str) -> None:
+    """The options of a benchmark that prints one table (bench_oscillation, bench_regularizer, bench_grad_quant):
+    --device, --backend, --dtype, --threads, --out (DIR/<stem>.txt, as tools/gpu_session.sh passes it)."""
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "triton", "reference"))
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--out", type=Path, help=f"also write the table to DIR/{stem}.txt")
+
+
+def table_setup(p: argparse.ArgumentParser, args) -> tuple[torch.dtype, torch.device, str]:
+    """After parsing add_table_args' options: (dtype, device, the table's first line: device, backend, dtype,
+    threads, torch), the thread count set."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: CUDA is not available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    return getattr(torch, args.dtype), device, (f"{device_name(device)}, backend {args.backend}, {args.dtype}, "
+                                                f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+
+
+def write_table(lines: list[str], out: Path | None, stem: str) -> None:
+    """The printed table, also to ``out/<stem>.txt`` when ``out`` is given."""
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{stem}.txt").write_text("\n".join(lines) + "\n")
+
+
 def measure_copy_gbps(x: torch.Tensor, device: torch.device) -> float:
     """Copy bandwidth for x's size and dtype (2 bytes moved per byte): ``y.copy_(x)`` on CUDA, ``x.clone()`` on
     the CPU (out of place: the ops allocate fresh outputs and pay the same page faults)."""
