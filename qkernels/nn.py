@@ -48,7 +48,7 @@ from .fake_quant_learnable import (
 
 # (and EmptyRunningStatsError, made on first access: module __getattr__ below)
 __all__ = ["FakeQuantize", "FusedMovingAvgObsFakeQuantize", "LearnableFakeQuantize", "OscillationFakeQuantize",
-           "GradientQuantizer"]
+           "GradientQuantizer", "LSQQuantizer", "QuantLinear", "QuantConv2d", "quantize_layers"]
 
 _SUPPORTED = (MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver)
 _SYMMETRIC = (torch.per_tensor_symmetric, torch.per_channel_symmetric)
@@ -423,3 +423,116 @@ class GradientQuantizer(torch.nn.Module):
     def extra_repr(self) -> str:
         return (f"bits={self.bits}, rounding={self.rounding!r}, interval={self.interval!r}, "
                 f"granularity={self.granularity!r}, init={self.init!r}")
+
+
+class LSQQuantizer(torch.nn.Module):
+    """LSQ on the package's learnable op, per tensor, for ``QuantLinear``/``QuantConv2d``: ``y = s · (clamp(rne(x
+    / s), qmin, qmax))`` with a learned ``scale`` (zero point 0), ``signed`` (weights: ``[−(2^(b−1) − 1),
+    2^(b−1) − 1]``, 2^b − 1 levels as the released code's) or unsigned (activations after a ReLU: ``[0, 2^b −
+    1]``), LSQ's gradient scale. The scale starts, at the first call, from that tensor: ``2 · mean|x| /
+    sqrt(qmax)`` (LSQ's initialisation); ``initialized`` records it (a host mirror avoids a sync per call)."""
+
+    def __init__(self, bits: int, signed: bool):
+        super().__init__()
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+            raise ValueError(f"bits: must be 2 to 8, got {bits!r}")
+        self.bits, self.signed = bits, signed
+        self.quant_max = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
+        self.quant_min = -self.quant_max if signed else 0
+        self.scale = torch.nn.Parameter(torch.ones(1))
+        self.register_buffer("zero_point", torch.zeros(1))
+        self.register_buffer("initialized", torch.tensor(False))
+        self._pending_init = True
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        self._pending_init = not bool(self.initialized)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self._pending_init:
+            with torch.no_grad():
+                self.scale.fill_(float(2 * x.detach().abs().mean() / self.quant_max ** 0.5) or 1.0)
+                self.initialized.fill_(True)
+            self._pending_init = False
+        return fake_quantize_learnable_per_tensor_affine(x, self.scale, self.zero_point, self.quant_min,
+                                                         self.quant_max,
+                                                         lsq_grad_factor(x.numel(), self.quant_max))
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, signed={self.signed}"
+
+
+class _QuantLayer:
+    """What QuantLinear and QuantConv2d share: independent weight, input and output-gradient bits (32: full
+    precision), the quantizers as submodules, and the forward ``grad_q(op(input_q(x), weight_q(w)))``."""
+
+    def _attach(self, wbits: int, abits: int, gbits: int, signed_input: bool, grad_quantizer: dict | None):
+        for name, bits in (("wbits", wbits), ("abits", abits)):
+            if bits != 32 and (isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8):
+                raise ValueError(f"{name}: must be 2 to 8, or 32 (full precision), got {bits!r}")
+        self.wbits, self.abits, self.gbits = wbits, abits, gbits
+        self.weight_quantizer = None if wbits == 32 else LSQQuantizer(wbits, signed=True)
+        self.input_quantizer = None if abits == 32 else LSQQuantizer(abits, signed=signed_input)
+        self.grad_quantizer = GradientQuantizer(bits=gbits, **(grad_quantizer or {}))
+
+    def _quantized(self, x: Tensor):
+        x = x if self.input_quantizer is None else self.input_quantizer(x)
+        w = self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
+        return x, w
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", wbits={self.wbits}, abits={self.abits}, gbits={self.gbits}"
+
+
+class QuantLinear(_QuantLayer, torch.nn.Linear):
+    """``nn.Linear`` with its weight and input on LSQ (``LSQQuantizer``) and its output gradient on a
+    ``GradientQuantizer`` (Kim et al. 2024's W/A/G training): the backward's dX and dW both come from the one
+    quantized gradient. ``signed_input``: the input's grid (unsigned after a ReLU, as the released code);
+    ``grad_quantizer``: keyword arguments of ``GradientQuantizer`` (interval, rounding, ...)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, wbits: int = 4, abits: int = 4,
+                 gbits: int = 4, signed_input: bool = False, grad_quantizer: dict | None = None, **kwargs):
+        super().__init__(in_features, out_features, bias, **kwargs)
+        self._attach(wbits, abits, gbits, signed_input, grad_quantizer)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x, w = self._quantized(x)
+        return self.grad_quantizer(torch.nn.functional.linear(x, w, self.bias))
+
+
+class QuantConv2d(_QuantLayer, torch.nn.Conv2d):
+    """``nn.Conv2d`` with W/A/G quantization as ``QuantLinear``."""
+
+    def __init__(self, *args, wbits: int = 4, abits: int = 4, gbits: int = 4, signed_input: bool = False,
+                 grad_quantizer: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._attach(wbits, abits, gbits, signed_input, grad_quantizer)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x, w = self._quantized(x)
+        return self.grad_quantizer(self._conv_forward(x, w, self.bias))
+
+
+def quantize_layers(model: torch.nn.Module, wbits: int = 4, abits: int = 4, gbits: int = 4, *,
+                    keep_first_last: bool = True, signed_input: bool = False,
+                    grad_quantizer: dict | None = None) -> torch.nn.Module:
+    """Replaces ``model``'s ``Linear`` and ``Conv2d`` layers (in place; their weights and biases kept) by
+    ``QuantLinear``/``QuantConv2d`` with these bits; ``keep_first_last`` keeps the first and the last of them in
+    full precision, as the released code keeps the stem and the classifier. Returns ``model``."""
+    layers = [(name, m) for name, m in model.named_modules() if type(m) in (torch.nn.Linear, torch.nn.Conv2d)]
+    if keep_first_last:
+        layers = layers[1:-1]
+    for name, layer in layers:
+        options = dict(wbits=wbits, abits=abits, gbits=gbits, signed_input=signed_input,
+                       grad_quantizer=grad_quantizer, device=layer.weight.device, dtype=layer.weight.dtype)
+        if isinstance(layer, torch.nn.Linear):
+            new = QuantLinear(layer.in_features, layer.out_features, layer.bias is not None, **options)
+        else:
+            new = QuantConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                              layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode, **options)
+        new.load_state_dict(layer.state_dict(), strict=False)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, new)
+    return model
