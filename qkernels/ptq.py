@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .oscillation import weight_parameters
+from .reference.oscillation_regularizer import quantize
 
 __all__ = ["max_abs_quantize", "quantized_weights", "BITS", "FULL_PRECISION"]
 
@@ -45,7 +46,7 @@ def max_abs_quantize(w: Tensor, bits: int, per_channel: bool = False) -> Tensor:
         s = m / L
         q = s == 0 ? 0 : rne(w / s) · s        (round half to even; no clamp: |w / s| <= L)
 
-    Per tensor this is ``qkernels.reference.oscillation_regularizer.quantize`` bit for bit. No gradient flows
+    Per tensor this is ``qkernels.reference.oscillation_regularizer.quantize`` (it calls it). No gradient flows
     (a no-grad evaluation helper)."""
     _check_bits("bits", bits)
     if not isinstance(w, Tensor) or not w.is_floating_point():
@@ -60,9 +61,7 @@ def max_abs_quantize(w: Tensor, bits: int, per_channel: bool = False) -> Tensor:
             m = wf.abs().reshape(wf.size(0), -1).amax(1).reshape((-1,) + (1,) * (wf.dim() - 1))
         else:
             m = wf.abs().amax()
-        s = m / ((1 << (bits - 1)) - 1)
-        q = torch.round(wf / s) * s
-        return torch.where(s == 0, torch.zeros_like(q), q).to(w.dtype)
+        return quantize(wf, m, bits).to(w.dtype)
 
 
 @contextlib.contextmanager
