@@ -22,50 +22,12 @@ namespace {
 
 constexpr int64_t kSub = 256;  // elements per stack sub-block of quantize
 
-// |v| of a value, +inf for a NaN or an infinity (so that a max of them is inf iff one was not finite).
-QK_HOST_DEVICE float finite_abs(float v) {
-  const float a = fabsf(v);
-  return a < INFINITY ? a : INFINITY;
-}
-
-// max finite_abs in eight float lanes, from +0.0 (a -0.0 never replaces it: the max of zeros is +0.0, as aten's).
-struct FiniteAbsMaxLanes {
-  Floats8 m = {};
-
-  // Folds v[0..7] into lanes 0..7 (the new lanes formed from copies, as in MinMaxLanes::fold8).
-  void fold8(const float* v) {
-    Floats8 x;
-    std::memcpy(&x, v, sizeof(x));
-    const Floats8 inf = Floats8{} + INFINITY;
-    const Floats8 a = x < 0.0f ? -x : x;
-    const Floats8 f = a < inf ? a : inf;  // a NaN compares false: inf
-    const Floats8 h = m;
-    const Floats8 next = f > h ? f : h;
-    m = next;
-  }
-  float fold() const {
-    float r = m[0];
-    for (int j = 1; j < kLanes; ++j) r = m[j] > r ? m[j] : r;
-    return r;
-  }
-};
-
-// A block's partial: max|g| over g[0..len), NaN if one of them is a NaN or an infinity.
+// A block's partial: max|g| over g[0..len), NaN if one of them is a NaN or an infinity (AbsMax sticks NaN; an
+// infinity becomes it here).
 template <typename T>
-float block_absmax(const T* __restrict__ g, int64_t len) {
-  alignas(32) float v[kLanes];
-  FiniteAbsMaxLanes lanes;
-  int64_t k = 0;
-  for (; k + kLanes <= len; k += kLanes) {
-    for (int j = 0; j < kLanes; ++j) v[j] = to_float(g[k + j]);
-    lanes.fold8(v);
-  }
-  float m = lanes.fold();
-  for (; k < len; ++k) {
-    const float a = finite_abs(to_float(g[k]));
-    m = a > m ? a : m;
-  }
-  return m == INFINITY ? std::numeric_limits<float>::quiet_NaN() : m;
+float block_finite_absmax(const T* __restrict__ g, int64_t len) {
+  const float m = block_absmax(g, len);
+  return m < INFINITY ? m : std::numeric_limits<float>::quiet_NaN();
 }
 
 template <typename T>
@@ -75,7 +37,8 @@ struct AbsmaxFn {
     float* dst = k.P == 1 ? p.amax : p.partial;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t group = item / k.P, first = item % k.P * k.chunk;  // run mode with one row: block p = chunk p
-      dst[item] = block_absmax(static_cast<const T*>(p.g) + group * p.n + first, std::min(k.chunk, p.n - first));
+      dst[item] = block_finite_absmax(static_cast<const T*>(p.g) + group * p.n + first,
+                                      std::min(k.chunk, p.n - first));
     }
   }
 };

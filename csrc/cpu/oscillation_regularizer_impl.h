@@ -20,27 +20,6 @@ namespace {
 
 constexpr int64_t kSub = 256;  // elements per stack sub-block of the sums loop (a multiple of kLanes)
 
-// AbsMax (qkernels/reduce.h) in eight float lanes, NaN sticking: a NaN lane stays NaN (nothing compares above it).
-struct AbsMaxLanes {
-  Floats8 m = {};
-
-  // Folds |v[0..7]| into lanes 0..7. (The new lanes are formed from copies, as in MinMaxLanes::fold8.)
-  void fold8(const float* v) {
-    Floats8 x;
-    std::memcpy(&x, v, sizeof(x));
-    const Floats8 h = m;
-    const Floats8 a = x < 0.0f ? -x : x;
-    const Ints8 nan = x != x;
-    const Floats8 next = ((a > h) | nan) ? a : h;
-    m = next;
-  }
-  float fold() const {
-    float r = AbsMaxCombine::identity();
-    for (int j = 0; j < kLanes; ++j) r = AbsMaxCombine::combine(r, m[j]);
-    return r;
-  }
-};
-
 // The slot of work item `item`: the last slot whose first block is at or before it (offsets ascend, and every
 // tensor has at least one block).
 int64_t slot_of(const RegularizerParams& p, int64_t item) {
@@ -72,19 +51,7 @@ template <typename T>
 struct AmaxFn {
   static void call(const RegularizerParams& p, int64_t begin, int64_t end, std::nullptr_t) {
     for_blocks(p, begin, end, [&](int64_t l, int64_t first, int64_t n, int64_t item) {
-      const T* __restrict__ w = static_cast<const T*>(p.slots[l].w) + first;
-      alignas(32) float v[kLanes];
-      AbsMaxLanes lanes;
-      int64_t k = 0;
-      for (; k + kLanes <= n; k += kLanes) {
-        for (int j = 0; j < kLanes; ++j) v[j] = to_float(w[k + j]);
-        lanes.fold8(v);
-      }
-      if (k < n) {  // the tail, padded with zeros (AbsMax's identity)
-        for (int j = 0; j < kLanes; ++j) v[j] = k + j < n ? to_float(w[k + j]) : 0.0f;
-        lanes.fold8(v);
-      }
-      p.amax_partial[item] = lanes.fold();
+      p.amax_partial[item] = block_absmax(static_cast<const T*>(p.slots[l].w) + first, n);
     });
   }
 };

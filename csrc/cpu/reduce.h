@@ -4,7 +4,8 @@
 // block's partial depends only on the block's elements and their order, never on threads or instruction set.
 //   Sum:    8 double lanes (element k of a group of 8 goes to lane k), folded as lanes 0..7 in double and rounded
 //           once to the float32 partial: the nearly exact sum of the block rounded once;
-//   MinMax: 8 float lanes of (min, max) with NaN sticking (MinMaxCombine), folded into a MinMax in lane order.
+//   MinMax: 8 float lanes of (min, max) with NaN sticking (MinMaxCombine), folded into a MinMax in lane order;
+//   AbsMax: 8 float lanes of max |v| from +0.0 with NaN sticking (AbsMaxCombine), folded in lane order.
 #pragma once
 
 #include <cstring>
@@ -83,6 +84,45 @@ struct MinMaxLanes {
     return m;
   }
 };
+
+// AbsMax in eight float lanes, NaN sticking: a NaN lane stays NaN (nothing compares above it), and a -0.0 never
+// replaces the +0.0 start (the max of zeros is +0.0, as aten's).
+struct AbsMaxLanes {
+  Floats8 m = {};
+
+  // Folds |v[0..7]| into lanes 0..7. (The new lanes are formed from copies, as in MinMaxLanes::fold8.)
+  void fold8(const float* v) {
+    Floats8 x;
+    std::memcpy(&x, v, sizeof(x));
+    const Floats8 h = m;
+    const Floats8 a = x < 0.0f ? -x : x;
+    const Ints8 nan = x != x;
+    const Floats8 next = ((a > h) | nan) ? a : h;
+    m = next;
+  }
+  float fold() const {
+    float r = AbsMaxCombine::identity();
+    for (int j = 0; j < kLanes; ++j) r = AbsMaxCombine::combine(r, m[j]);
+    return r;
+  }
+};
+
+// max |v| of v[0..n) (AbsMax: NaN sticking), through AbsMaxLanes; the tail padded with zeros, AbsMax's identity.
+template <typename T>
+float block_absmax(const T* __restrict__ v, int64_t n) {
+  alignas(32) float x[kLanes];
+  AbsMaxLanes lanes;
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes) {
+    for (int j = 0; j < kLanes; ++j) x[j] = to_float(v[k + j]);
+    lanes.fold8(x);
+  }
+  if (k < n) {
+    for (int j = 0; j < kLanes; ++j) x[j] = k + j < n ? to_float(v[k + j]) : 0.0f;
+    lanes.fold8(x);
+  }
+  return lanes.fold();
+}
 
 }  // namespace
 }  // namespace QK_CPU_ISA

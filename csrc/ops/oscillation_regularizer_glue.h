@@ -88,8 +88,8 @@ inline void set_gradients(at::TensorList w, at::TensorList dw, std::vector<Regul
   }
 }
 
-// One launcher call's slots and params, and the partials its pass writes (`partials` float32 [2, blocks]: amax
-// uses row 0; `tie_partials` int64 [blocks]). The same checks and layout on both devices; the device's code runs
+// One launcher call's slots and params, and the partials its pass writes (`partials` float32: [blocks] for the
+// maxima, [2, blocks] for the sums' e and t; `tie_partials` int64 [blocks]). The same checks and layout on both devices; the device's code runs
 // the pass and the finish. Moving it keeps params.slots valid (a moved vector keeps its buffer).
 struct RegularizerCall {
   std::vector<RegularizerSlot> slots;

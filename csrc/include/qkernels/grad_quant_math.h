@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "qkernels/fake_quant_math.h"  // round_half_even
 #include "qkernels/host_device.h"
 #include "qkernels/philox.h"
 
@@ -32,13 +33,9 @@ QK_HOST_DEVICE float grad_quant_scaled(float g, const GradQuantGroup& q) {
   return v < -q.levels ? -q.levels : (v > q.levels ? q.levels : v);
 }
 
-// Round half to even with the sign of a zero kept (torch.round(-0.3) is -0.0): |v| + 2^23 rounds to an integer
-// for |v| < 2^23, larger values are integers already (NaN passes through).
-QK_HOST_DEVICE float grad_quant_rne(float v) {
-  const float two23 = 8388608.0f;
-  const float a = fabsf(v);
-  return a < two23 ? copysignf((a + two23) - two23, v) : v;
-}
+// Round half to even with the sign of a zero kept, as torch.round (-0.3 gives -0.0; the host path of
+// round_half_even gives +0.0 there). NaN passes through.
+QK_HOST_DEVICE float grad_quant_rne(float v) { return copysignf(round_half_even(v), v); }
 
 // r: the element's uniform 24-bit integer, the top 24 bits of Philox word 0 of its flat index (philox.h).
 QK_HOST_DEVICE uint32_t grad_quant_uniform24(int64_t seed, int64_t offset, int64_t index) {
