@@ -3,6 +3,7 @@
 import math
 import os
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -122,3 +123,11 @@ def make_input(seed, shape, scale, zp, qmin, qmax, dtype, device, specials=True)
 def run(backend, fn, *args, **kwargs):
     with qkernels.use_backend(backend):
         return fn(*args, **kwargs)
+
+
+@pytest.fixture
+def restore_threads():
+    """Puts torch's intra-op thread count back after a test that changes it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -6,7 +6,8 @@ API otherwise). When the package's internal layout changes, this file is the one
 * ``EmulatedCudaLaunchers``: a family's launchers (its launcher contract, qkernels/_launchers.py) on the CUDA
   kernels under the CPU emulator (tests/cuda_emulator.py), forced to the CUDA flavour.
 * ``emulated_cuda()``: patches ``qkernels.backends.select`` (the one dispatch point: family name -> launchers) to
-  return those launchers.
+  return those launchers; ``on(target)``: inside, the public ops run on a backend by name or, for
+  ``EMULATED_CUDA``, on the emulated CUDA kernels (the targets of ``targets(device)``).
 """
 
 from __future__ import annotations
@@ -65,3 +66,18 @@ def emulated_cuda():
     with pytest.MonkeyPatch.context() as patch, qkernels.use_backend("reference"):
         patch.setattr(qkernels.backends, "select", _emulated_launchers)
         yield
+
+
+EMULATED_CUDA = "cuda-emulated"
+
+
+def targets(device: str = "cpu") -> list[str]:
+    """The backends that run on ``device`` here (conftest.backends_for), and the emulated CUDA kernels."""
+    from conftest import backends_for
+
+    return backends_for(device) + [EMULATED_CUDA]
+
+
+def on(target: str):
+    """A context in which the public ops run on ``target`` (a backend name, or EMULATED_CUDA)."""
+    return emulated_cuda() if target == EMULATED_CUDA else qkernels.use_backend(target)

@@ -53,13 +53,6 @@ def _assert_same(got, expected, what):
         assert_bitwise_equal(got[name], expected[name], what=f"{what}: {name}")
 
 
-@pytest.fixture
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 # (numel, n): one group of several blocks (odd numel), groups of two blocks with an odd length, small odd groups
 # (bytes across groups) over several chunks.
 THREAD_LAYOUTS = [(3 * CHUNK + 7, 3 * CHUNK + 7), (3 * 20001, 20001), (5 * 9001, 5)]

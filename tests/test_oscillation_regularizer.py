@@ -10,13 +10,10 @@ import qkernels
 from qkernels.oscillation import OscillationRegularizer, regularizer
 from qkernels.reference import oscillation_regularizer as ref
 
-from conftest import assert_bitwise_equal, backends_for
+from conftest import assert_bitwise_equal
 
-TARGETS = backends_for("cpu") + ["cuda-emulated"]
-
-
-def _on(target):
-    return contract_hooks.emulated_cuda() if target == "cuda-emulated" else qkernels.use_backend(target)
+TARGETS = contract_hooks.targets()
+_on = contract_hooks.on
 
 
 def _run(target, weights, bits, scale_grad=True, upstream=1.0):
