@@ -37,7 +37,7 @@ from .reference.grad_quant import GRANULARITIES, INITS, ROUNDINGS, group_len, le
 from .reference.philox import draw_key
 
 __all__ = ["quantize_gradient", "quantize_gradient_packed", "unpack_int4", "grad_quant", "update_clip_ratio",
-           "initial_clip_ratio", "GRANULARITIES", "ROUNDINGS", "INITS"]
+           "initial_clip_ratio", "quantization_errors", "GRANULARITIES", "ROUNDINGS", "INITS"]
 
 _FAMILY = "grad_quant"
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -215,3 +215,24 @@ def initial_clip_ratio(g: Tensor, bits: int = 4, init: str = "lbt", alpha: float
     if init not in INITS:
         _fail(f"initial_clip_ratio: `init` must be one of {INITS}, got {init!r}")
     return _ref.initial_clip_ratio(g, bits, init, alpha)
+
+
+def quantization_errors(g: Tensor, g_hat: Tensor, large_fraction: float = 1e-3) -> Tensor:
+    """Kim et al.'s two error measures of a quantized gradient (note §2.1), float64 ``[2]`` on ``g``'s device (no
+    host sync): ``E(G) = mean |ĝ − g| / max|g|`` over every element, and ``E(G_L)``, the same mean over the large
+    gradients ``L = {|g| ≥ t}``, ``t`` the ``k``-th largest ``|g|`` with ``k = max(1, ceil(large_fraction ·
+    numel))`` (ties at ``t`` all included; the released code tracks a threshold that keeps that fraction, 0.1 %).
+    An all-zero ``g`` has errors 0. ``g`` and ``g_hat``: the same shape, finite."""
+    if not isinstance(g, Tensor) or not isinstance(g_hat, Tensor) or g.shape != g_hat.shape or g.numel() == 0:
+        _fail("quantization_errors: `g` and `g_hat` must be non-empty tensors of the same shape, got "
+              f"{tuple(getattr(g, 'shape', ()))} and {tuple(getattr(g_hat, 'shape', ()))}")
+    if not 0.0 < large_fraction <= 1.0:
+        _fail(f"quantization_errors: `large_fraction` must be in (0, 1], got {large_fraction!r}")
+    magnitude = g.detach().reshape(-1).double().abs()
+    error = (g_hat.detach().reshape(-1).double() - g.detach().reshape(-1).double()).abs()
+    k = max(1, math.ceil(large_fraction * magnitude.numel()))
+    threshold = torch.kthvalue(magnitude, magnitude.numel() - k + 1).values
+    large = magnitude >= threshold
+    top = magnitude.max()
+    norm = torch.where(top > 0, top, torch.ones_like(top))  # all zero: the errors are 0 / 1
+    return torch.stack([error.mean(), (error * large).sum() / large.sum()]) / norm

@@ -363,8 +363,9 @@ class GradientQuantizer(torch.nn.Module):
     (``alpha``, ``eta``, ``gamma_min``, ``gamma_max``: the released code's defaults); the update runs on the
     device. The first gradient of an adaptive quantizer sets γ with ``initial_clip_ratio(grad, bits, init)``
     (``"lbt"``, the released loop, default; ``"quantile"``; ``"none"``: keep ``clip_ratio``) before it is
-    quantized; ``initialized`` (a buffer) records that. ``interval="fixed"``: γ stays ``clip_ratio`` (1 is per
-    tensor min-max). ``bits`` 32 passes gradients through unchanged.
+    quantized (under ``torch.distributed``, the mean of the ranks' γ); ``initialized`` (a buffer) records that.
+    ``interval="fixed"``: γ stays ``clip_ratio`` (1 is per tensor min-max). ``bits`` 32 passes gradients through
+    unchanged.
 
     The released code quantizes the gradient of the whole tensor at once with its current γ, and counts the
     clipped values of that same quantization, as this module does."""
@@ -410,6 +411,10 @@ class GradientQuantizer(torch.nn.Module):
         if self._pending_init:  # the first gradient only
             with torch.no_grad():
                 self.clip_ratio.fill_(initial_clip_ratio(grad, self.bits, self.init, self.alpha))
+                if torch.distributed.is_available() and torch.distributed.is_initialized():
+                    # each rank saw its own share of the batch; the mean keeps γ the same on every rank
+                    torch.distributed.all_reduce(self.clip_ratio)
+                    self.clip_ratio.div_(torch.distributed.get_world_size())
                 self.initialized.fill_(True)
             self._pending_init = False
         out, _, n_clipped, amax = _quantize_gradient_call("GradientQuantizer", grad, self.bits, self.clip_ratio,

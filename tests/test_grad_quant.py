@@ -140,3 +140,25 @@ def test_clip_ratio_as_a_device_tensor(target):
 def test_bad_input_names_the_argument(call, name):
     with pytest.raises(RuntimeError, match=name):
         call(_grad((8, 20)))
+
+
+def test_quantization_errors_of_all_and_of_large_gradients():
+    """E(G) and E(G_L) against a literal computation: 2000 elements, so the large set is the top 2 (k = ceil(2)),
+    here three values tied at the threshold 4, all counted."""
+    g = torch.linspace(-1, 1, 2000)
+    g[[5, 700, 1500]] = torch.tensor([4.0, -4.0, 4.0])
+    g[10] = -8.0
+    g_hat = g + torch.linspace(0, 0.5, 2000)
+    got = qkernels.grad_quant.quantization_errors(g, g_hat)
+    errors = [abs(float(a) - float(b)) for a, b in zip(g_hat, g)]
+    large = [e for e, v in zip(errors, g.tolist()) if abs(v) >= 4.0]
+    assert len(large) == 4
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, torch.tensor([sum(errors) / 2000 / 8, sum(large) / 4 / 8], dtype=torch.float64),
+                               rtol=1e-12, atol=0)  # float64 sums in another order
+    zero = torch.zeros(10)
+    assert torch.equal(qkernels.grad_quant.quantization_errors(zero, zero), torch.zeros(2, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="same shape"):
+        qkernels.grad_quant.quantization_errors(g, g_hat[:10])
+    with pytest.raises(RuntimeError, match="large_fraction"):
+        qkernels.grad_quant.quantization_errors(g, g_hat, 0.0)

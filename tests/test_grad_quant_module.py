@@ -91,20 +91,34 @@ def test_bad_arguments(kwargs, name):
         update_clip_ratio(torch.tensor(0.5, dtype=torch.float64), torch.tensor(0), 10, torch.ones(1), 4)
 
 
+def _rank_gradient(rank):
+    return torch.randn(4096, generator=torch.Generator().manual_seed(rank)) * (1 + 3 * rank)
+
+
 def _ranked_update(rank, world, path, out):
-    """One rank: a different clipped count per rank; the update sums them (gloo)."""
+    """One rank: a different clipped count per rank, which the update sums; and a GradientQuantizer's first
+    gradient, different per rank (gloo)."""
     torch.distributed.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
     try:
         gamma = torch.tensor(0.5)
         update_clip_ratio(gamma, torch.tensor([0, 3][rank]), 10000, torch.tensor([0.0, 2.0][rank]).reshape(1), 4)
-        torch.save(gamma, f"{out}.{rank}")
+        # eta 1e-9: the update after the init moves γ by less than float32 resolves, to see the init alone
+        quantizer = qkernels.nn.GradientQuantizer(4, rounding="nearest", init="quantile", eta=1e-9)
+        x = torch.zeros(4096, requires_grad=True)
+        quantizer(x).backward(_rank_gradient(rank))
+        torch.save((gamma, quantizer.clip_ratio), f"{out}.{rank}")
     finally:
         torch.distributed.destroy_process_group()
 
 
 def test_ranks_sum_their_counts_so_the_interval_stays_the_same(tmp_path):
     """Rank 0 clipped nothing of an all-zero gradient (alone: no step), rank 1 three of 10000 (alone: up). Summed,
-    R = 3 / 20000 > 1e-3 / 15 and the largest max is non-zero: both ranks step up, to the same γ."""
+    R = 3 / 20000 > 1e-3 / 15 and the largest max is non-zero: both ranks step up, to the same γ. A quantizer's
+    first-batch γ is the mean of the ranks' own (which differ: their gradients do)."""
     torch.multiprocessing.spawn(_ranked_update, args=(2, tmp_path / "store", tmp_path / "gamma"), nprocs=2)
-    gammas = [torch.load(tmp_path / f"gamma.{rank}") for rank in range(2)]
-    assert torch.equal(gammas[0], gammas[1]) and float(gammas[0]) == pytest.approx(0.501)
+    saved = [torch.load(tmp_path / f"gamma.{rank}") for rank in range(2)]
+    assert torch.equal(saved[0][0], saved[1][0]) and float(saved[0][0]) == pytest.approx(0.501)
+    own = [initial_clip_ratio(_rank_gradient(rank), 4, "quantile") for rank in range(2)]
+    assert own[0] != own[1]
+    assert torch.equal(saved[0][1], saved[1][1])
+    assert float(saved[0][1]) == pytest.approx((own[0] + own[1]) / 2, rel=1e-6)
