@@ -9,7 +9,9 @@ without a CUDA device it runs nothing on CUDA tensors.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import subprocess
 import sys
 
 import torch
@@ -28,6 +30,19 @@ capability and the CUDA device; how the native extensions (the cpu and cuda back
 they load; the backend requested (QKERNELS_BACKEND); a table of the backends (cuda, triton, cpu, reference) with,
 for CPU tensors and for CUDA tensors, "live" or why not; and the backend that "auto" picks for a float32 tensor
 on each device. Without a CUDA device nothing is run on CUDA tensors."""
+
+
+def package_commit() -> str | None:
+    """The git commit of the qkernels checkout in use, ``-dirty`` appended when tracked files differ from it;
+    None when qkernels is not a git checkout."""
+    git = ["git", "-C", os.path.dirname(os.path.abspath(qkernels.__file__))]
+    try:
+        sha = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
+        dirty = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")) or None
 
 
 def _triton_version() -> str:

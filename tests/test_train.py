@@ -114,7 +114,7 @@ def test_same_seed_same_metrics(tmp_path):
     assert [r["train_loss"] for r in other["history"]] != [r["train_loss"] for r in first["history"]]
 
 
-@pytest.mark.parametrize("method", ["fp", "qat"])
+@pytest.mark.parametrize("method", ["fp", "qat", "lbt"])
 def test_resume_after_an_interruption_gives_the_same_weights(tmp_path, method):
     config = RunConfig(**dict(FAST, epochs=3), method=method, wbits=3, abits=3, quant_lr=1e-3)
     whole = run(replace(config, out=str(tmp_path / "whole")))
@@ -284,6 +284,12 @@ BAD = [
     (["run", "--lam", "inf"], "--lam"),
     (["run", "--method", "oscreg", "--per-channel"], "--per-channel"),
     (["run", "--abits", "16"], "--abits"),
+    (["run", "--gbits", "1"], "--gbits"),
+    (["run", "--gbits", "32"], "--gbits"),
+    (["run", "--interval", "learned"], "--interval"),
+    (["run", "--config", "{tmp}/init.json"], "--grad-init"),
+    (["run", "--clip-ratio", "0"], "--clip-ratio"),
+    (["run", "--clip-ratio", "1.5"], "--clip-ratio"),
     (["compare", "--methods", "fp,int4"], "--methods"),
     (["compare", "--bits", "2,1"], "--bits"),
 ]
@@ -294,6 +300,7 @@ def test_bad_configuration_exits_2_naming_the_flag(tmp_path, capsys, argv, flag)
     (tmp_path / "unknown.json").write_text(json.dumps({"wbits": 4, "colour": "red"}))
     (tmp_path / "bits.toml").write_text("wbits = 1\nepochs = 1\n")
     (tmp_path / "bn.json").write_text(json.dumps({"bn_reestimate": "yes"}))
+    (tmp_path / "init.json").write_text(json.dumps({"grad_init": "zeros"}))
     out = tmp_path / "out"
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     if "--resume" not in argv:
@@ -374,6 +381,16 @@ def test_ddp_oscillation_state_same_on_ranks(tmp_path):
     frozen = [v for k, v in rank0.items() if k.endswith("weight.0.frozen")]
     counts = [v for k, v in rank0.items() if k.endswith("weight.0.num_oscillations")]
     assert len(frozen) == 3 and sum(int(c[0]) for c in counts) > 0 and any(bool(f.any()) for f in frozen)
+
+
+def test_ddp_gradient_clip_ratios_same_on_ranks(tmp_path):
+    """lbt on 2 gloo ranks: each rank quantizes its own share of the output gradients, and the clip ratios γ (from
+    the ranks' mean first-batch initialisation, then updates from the summed clipped counts) are identical on the
+    ranks, as is everything else; they moved from their start."""
+    rank0, rank1 = _torchrun_worker(tmp_path, 64, dict(method="lbt"))
+    assert _state_equal(rank0, rank1)
+    gammas = [float(v) for k, v in rank0.items() if k.endswith("grad_quantizer.clip_ratio")]
+    assert len(gammas) == 3 and all(0 < g <= 1 for g in gammas) and any(g != 1.0 for g in gammas)
 
 
 @pytest.mark.parametrize("name", ["resnet20", "mobilenetv2"])

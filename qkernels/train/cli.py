@@ -7,7 +7,18 @@ import argparse
 import shlex
 import sys
 
-from .config import AGGREGATIONS, METHODS, OPTIMIZERS, SCALE_INITS, ConfigError, RunConfig, keys, load_file
+from .config import (
+    AGGREGATIONS,
+    GRAD_INITS,
+    INTERVALS,
+    METHODS,
+    OPTIMIZERS,
+    SCALE_INITS,
+    ConfigError,
+    RunConfig,
+    keys,
+    load_file,
+)
 from .data import DATASETS
 from .models import MODELS
 
@@ -37,8 +48,9 @@ def _common(parser: argparse.ArgumentParser, *, with_method: bool):
     add("--model", choices=MODELS, default=S, help=f"model (default {d.model})")
     if with_method:
         add("--method", choices=METHODS, default=S, help=f"fp, ptq, qat (LSQ), qat+freeze or qat+dampen "
-            f"(Nagel et al.'s oscillation freezing / dampening), or oscreg (full precision with Wenshøj et al.'s "
-            f"oscillation-inducing regularizer, weights quantized after training) (default {d.method})")
+            f"(Nagel et al.'s oscillation freezing / dampening), oscreg (full precision with Wenshøj et al.'s "
+            f"oscillation-inducing regularizer, weights quantized after training), or lbt (qat with the layers' "
+            f"output gradients quantized too, Kim et al.) (default {d.method})")
         add("--wbits", type=int, default=S, metavar="N", help=f"weight bits, 2-8; oscreg's target (default "
             f"{d.wbits})")
         add("--abits", type=int, default=S, metavar="N", help=f"activation bits, 2-8, or 32: no input quantized "
@@ -96,6 +108,18 @@ def _common(parser: argparse.ArgumentParser, *, with_method: bool):
                      "sum_l mean(q(W_l)^2 - W_l^2) in the loss, over the Conv2d/Linear weights at --wbits (the "
                      "first and last at --first-last-bits, as QAT; norm layers not), a finite float >= 0 "
                      f"(default {d.lam:g})")
+    grad = parser.add_argument_group("gradient quantization (lbt; Kim et al. 2024)")
+    grad.add_argument("--gbits", type=int, default=S, metavar="N", help="bits of the layers' output gradients, "
+                      f"2-8 (first and last layer at --first-last-bits) (default {d.gbits})")
+    grad.add_argument("--interval", choices=INTERVALS, default=S, help="clip ratio γ (c = γ · max|G|): adapted "
+                      "each step to the clipped-fraction target, from the released code's first-batch "
+                      f"initialisation, or fixed at --clip-ratio (default {d.interval})")
+    grad.add_argument("--clip-ratio", type=float, default=S, metavar="GAMMA", help="γ of --interval fixed (and "
+                      f"the start of adaptive with --grad-init none), in (0, 1]; 1 = min-max (default "
+                      f"{d.clip_ratio:g})")
+    grad.add_argument("--grad-init", choices=GRAD_INITS, default=S, help="--interval adaptive's first-batch γ: "
+                      "lbt (the released code's loop, which overshoots below the quantile), quantile (the exact "
+                      f"quantile for the target fraction) or none (--clip-ratio) (default {d.grad_init})")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -103,7 +127,7 @@ def parser() -> argparse.ArgumentParser:
                                   "fake-quant kernels.", epilog=EPILOG)
     commands = top.add_subparsers(dest="command", required=True, metavar="{run,compare}")
     run = commands.add_parser("run", help="one training run", epilog=EPILOG,
-                              description="One training run: fp, ptq, qat, qat+freeze, qat+dampen or oscreg.")
+                              description="One training run: fp, ptq, qat, qat+freeze, qat+dampen, oscreg or lbt.")
     _common(run, with_method=True)
     run.add_argument("--out", default=argparse.SUPPRESS, metavar="DIR",
                      help="output directory (default runs/<data>_<model>_<method>[_wNaM])")

@@ -4,7 +4,8 @@ The float model is trained once (``<out>/fp``); ``ptq`` quantizes it at each bit
 ``qat`` (and ``qat+freeze``, ``qat+dampen``) fine-tunes it with LSQ at each bit width (``<out>/qat_w{N}a{N}``,
 weights and inputs at N bits, for ``base.epochs`` epochs), as Nagel et al. start QAT from a trained float
 model, and ``oscreg`` fine-tunes it in full precision with the regularizer at each target width
-(``<out>/oscreg_w{N}``). ``weights_only``: ptq and qat* keep their inputs in full precision too (``abits`` 32,
+(``<out>/oscreg_w{N}``); ``lbt`` is ``qat`` with the gradients at ``base.gbits`` (``<out>/lbt_w{N}a{N}g{G}``).
+``weights_only``: ptq and qat* keep their inputs in full precision too (``abits`` 32,
 ``<out>/qat_w{N}``), the protocol of Wenshøj et al.'s comparison.
 
 Writes ``results.csv`` (one row per run: its test accuracy at its own precision, then its cross-bit accuracies
@@ -23,11 +24,11 @@ import time
 
 from . import outputs
 from .config import BITS, FULL_PRECISION, METHODS, ConfigError, RunConfig, validate
-from .training import preflight, run
+from .training import gradient_bits, preflight, run
 
 __all__ = ["compare"]
 
-RESULT_FIELDS = ("method", "wbits", "abits", "test_accuracy", "seconds", "out")
+RESULT_FIELDS = ("method", "wbits", "abits", "gbits", "test_accuracy", "seconds", "out")
 
 
 def _plan(base: RunConfig, methods: list, bits: list, out: str, weights_only: bool) -> list:
@@ -41,8 +42,9 @@ def _plan(base: RunConfig, methods: list, bits: list, out: str, weights_only: bo
     for method in (m for m in METHODS if m in methods and m != "fp"):
         for b in bits:
             abits = FULL_PRECISION if weights_only or method == "oscreg" else b
+            label = outputs.precision(b, abits, base.gbits if method == "lbt" else FULL_PRECISION).lower()
             plan.append(dataclasses.replace(base, method=method, wbits=b, abits=abits, init_from=None,
-                                            out=os.path.join(out, f"{method}_{outputs.precision(b, abits).lower()}")))
+                                            out=os.path.join(out, f"{method}_{label}")))
     for config in plan:
         validate(config)
     preflight(plan[0])
@@ -61,10 +63,11 @@ def compare(base: RunConfig, methods: list, bits: list, out: str, command: str |
     for config in plan:
         fp = config.method == "fp"
         wbits, abits = (FULL_PRECISION, FULL_PRECISION) if fp else (config.wbits, config.abits)
-        print(f"\n== {config.method} {outputs.precision(wbits, abits)} ==", flush=True)
+        gbits = gradient_bits(config)
+        print(f"\n== {config.method} {outputs.precision(wbits, abits, gbits)} ==", flush=True)
         began = time.perf_counter()
         metrics = run(config)
-        rows.append({"method": config.method, "wbits": wbits, "abits": abits,
+        rows.append({"method": config.method, "wbits": wbits, "abits": abits, "gbits": gbits,
                      "test_accuracy": metrics["test_accuracy"], "seconds": round(time.perf_counter() - began, 2),
                      "out": config.out,
                      **{f"eval_w{b}": metrics["cross_bit"][str(b)] for b in base.eval_bits},
@@ -75,7 +78,7 @@ def compare(base: RunConfig, methods: list, bits: list, out: str, command: str |
 
 def _wide(rows: list) -> tuple:
     """(header, rows) of the table: one row per method, a column per precision trained at (float first)."""
-    label = {id(r): outputs.precision(r["wbits"], r["abits"]) for r in rows}
+    label = {id(r): outputs.precision(r["wbits"], r["abits"], r["gbits"]) for r in rows}
     header = ["method"] + list(dict.fromkeys(["float"] + [label[id(r)] for r in rows]))
     table = []
     for method in dict.fromkeys(row["method"] for row in rows):
@@ -100,7 +103,8 @@ def _cross_bit(rows: list, eval_bits: list) -> tuple:
     table = []
     for r in rows:
         fp = r["method"] == "fp"
-        table.append(["fp→ptq" if fp else r["method"], "" if fp else outputs.precision(r["wbits"], r["abits"]),
+        table.append(["fp→ptq" if fp else r["method"], "" if fp else outputs.precision(r["wbits"], r["abits"],
+                                                                                          r["gbits"]),
                       outputs.percent(r["test_accuracy"])] + [
                       outputs.percent(r[f"eval_w{b}"]) for b in eval_bits] + [outputs.percent(r["eval_float"])])
     return header, table
@@ -129,7 +133,8 @@ def _write(out: str, base: RunConfig, rows: list, command: str | None):
     outputs.plot_accuracy_vs_bits(os.path.join(out, "accuracy_vs_bits.png"), series, title, reference=fp)
     lines = {}
     for r in rows:
-        label = "fp→ptq" if r["method"] == "fp" else f"{r['method']} {outputs.precision(r['wbits'], r['abits'])}"
+        label = "fp→ptq" if r["method"] == "fp" else (
+            f"{r['method']} {outputs.precision(r['wbits'], r['abits'], r['gbits'])}")
         lines[label] = [r[f"eval_w{b}"] for b in base.eval_bits] + [r["eval_float"]]
     outputs.plot_cross_bit(os.path.join(out, "cross_bit.png"), lines, [f"W{b}" for b in base.eval_bits] + ["float"],
                            f"{title}: cross-bit")

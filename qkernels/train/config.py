@@ -12,13 +12,15 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from qkernels.grad_quant import INITS as GRAD_INITS
 from qkernels.oscillation import AGGREGATIONS
 
 from .data import DATASETS, data_dir_problem
 from .models import MODELS
 
-METHODS = ("fp", "ptq", "qat", "qat+freeze", "qat+dampen", "oscreg")
-QAT_METHODS = ("qat", "qat+freeze", "qat+dampen")
+METHODS = ("fp", "ptq", "qat", "qat+freeze", "qat+dampen", "oscreg", "lbt")
+QAT_METHODS = ("qat", "qat+freeze", "qat+dampen", "lbt")
+INTERVALS = ("adaptive", "fixed")
 OPTIMIZERS = ("sgd", "adam")
 SCALE_INITS = ("mse", "minmax")
 BITS = range(2, 9)
@@ -47,7 +49,13 @@ class RunConfig:
 
     ``oscreg`` (Wenshøj et al. 2025) trains in full precision with ``lam`` · the oscillation-inducing
     regularizer at ``wbits`` added to the loss, then quantizes the weights after training (no input is
-    quantized; ``abits`` is not used)."""
+    quantized; ``abits`` is not used).
+
+    ``lbt`` (Kim et al. 2024) is ``qat`` with every layer's output gradient quantized too
+    (``qkernels.nn.GradientQuantizer``: stochastic rounding, per tensor) at ``gbits`` (the first and last layer's
+    at ``first_last_bits``, 32 = full precision), its clip ratio γ adapted each step (``interval`` ``"adaptive"``,
+    from the first-batch initialisation ``grad_init``: ``"lbt"``, the released code's loop; ``"quantile"``;
+    ``"none"``: from ``clip_ratio``) or fixed at ``clip_ratio`` (``"fixed"``; 1 = min-max)."""
 
     data: str = "digits"
     data_dir: str | None = None
@@ -86,6 +94,11 @@ class RunConfig:
     bn_reestimate: bool = True
     # Wenshøj et al.'s oscillation-inducing regularizer (oscreg)
     lam: float = 1.0
+    # Kim et al.'s gradient quantization (lbt)
+    gbits: int = 4
+    interval: str = "adaptive"
+    clip_ratio: float = 1.0
+    grad_init: str = "lbt"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -161,6 +174,10 @@ def validate(config: RunConfig) -> RunConfig:
     _check_choice("dampen_aggregation", config.dampen_aggregation, AGGREGATIONS)
     if not (_is_number(config.lam) and 0 <= config.lam < float("inf")):
         raise ConfigError(flag("lam"), f"must be a finite float >= 0, got {config.lam!r}")
+    _check_bits("gbits", config.gbits)
+    _check_choice("interval", config.interval, INTERVALS)
+    _check_choice("grad_init", config.grad_init, GRAD_INITS)
+    _check_fraction("clip_ratio", config.clip_ratio, low_open=True, high_closed=True)
     if config.method == "oscreg" and config.per_channel:
         raise ConfigError(flag("per_channel"), "oscreg's regularizer and its evaluation quantize per tensor, as "
                                                "the official code; drop --per-channel")

@@ -3,8 +3,8 @@ the tables printed at the end.
 
 ``checkpoint.pt`` is a dict: ``"model"`` (the state dict, quantizer parameters and buffers included),
 ``"optimizer"`` (and ``"quant_optimizer"``, ``"scheduler"``), ``"epoch"`` (epochs done), ``"rng"`` (torch's
-CPU and CUDA generator states and Python's), ``"config"`` and ``"history"``. It is rewritten after every
-epoch (atomically), so ``--resume`` continues from the last finished epoch.
+CPU and CUDA generator states and Python's), ``"config"``, ``"history"`` and ``"gradients"`` (``lbt``'s logs).
+It is rewritten after every epoch (atomically), so ``--resume`` continues from the last finished epoch.
 """
 
 from __future__ import annotations
@@ -12,11 +12,8 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
 
 import torch
-
-import qkernels
 
 from ._deps import require
 from .config import FULL_PRECISION
@@ -25,15 +22,6 @@ HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "test_accuracy", "lr"
 # and, for the qat* methods (qkernels.train.training), as they occur:
 OSCILLATION_FIELDS = ("test_accuracy_pre_bn", "osc_fraction", "frozen_fraction", "flips_last_step", "dampen_loss",
                       "test_accuracy_fp", "regularizer")  # the last two: oscreg
-
-
-def package_commit() -> str | None:
-    """The git commit of the qkernels checkout in use, or None when it is not a git checkout."""
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(qkernels.__file__),
-                              capture_output=True, text=True, timeout=10, check=True).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def save_checkpoint(path: str, state: dict):
@@ -108,6 +96,54 @@ def plot_oscillations(out: str, history: list, title: str):
     plt.close(fig)
 
 
+GRADIENT_FIELDS = ("epoch", "layer", "bits", "clip_ratio", "error_all", "error_large", "error_all_minmax",
+                   "error_large_minmax")
+
+
+def write_gradients(out: str, layers: list, gradients: dict):
+    """``lbt``: ``clip_ratio.csv`` (a row per step: ``step``, then each layer's γ after it) and ``gradients.csv``
+    (a row per epoch and layer: ``GRADIENT_FIELDS``, the errors of the epoch's last step)."""
+    with open(os.path.join(out, "clip_ratio.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step"] + layers)
+        writer.writerows(gradients["clip_ratio"])
+    with open(os.path.join(out, "gradients.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=GRADIENT_FIELDS)
+        writer.writeheader()
+        writer.writerows(gradients["errors"])
+
+
+def plot_gradients(out: str, layers: list, gradients: dict, title: str):
+    """``clip_ratio.png``: each layer's γ over the steps; ``gradient_error.png``: each layer's E(G_L) and E(G) at
+    the last epoch, for the run's γ and for γ = 1 on the same gradient."""
+    if not gradients["clip_ratio"]:
+        return
+    plt = _pyplot()
+    steps = [row[0] for row in gradients["clip_ratio"]]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for column, layer in enumerate(layers, start=1):
+        ax.plot(steps, [row[column] for row in gradients["clip_ratio"]], label=layer)
+    ax.set(xlabel="step", ylabel="clip ratio γ (c = γ · max|G|)", title=f"{title}: gradient clip ratio")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "clip_ratio.png"), dpi=120)
+    plt.close(fig)
+    last = max(row["epoch"] for row in gradients["errors"])
+    rows = [row for row in gradients["errors"] if row["epoch"] == last]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    positions = range(len(rows))
+    for ax, (key, label) in zip(axes, (("error_large", "E(G_L), large gradients"), ("error_all", "E(G), all"))):
+        ax.bar([p - 0.2 for p in positions], [row[key] for row in rows], width=0.4, label="this run's γ")
+        ax.bar([p + 0.2 for p in positions], [row[key + "_minmax"] for row in rows], width=0.4, label="γ = 1")
+        ax.set_xticks(list(positions), [row["layer"] for row in rows], rotation=45, ha="right", fontsize="small")
+        ax.set(ylabel="mean |Ĝ − G| / max|G|", title=label)
+        ax.legend(fontsize="small")
+    fig.suptitle(f"{title}: gradient quantization error, epoch {last}")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "gradient_error.png"), dpi=120)
+    plt.close(fig)
+
+
 def plot_accuracy_vs_bits(path: str, series: dict, title: str, reference: float | None = None):
     """Accuracy against bit width, one line per entry of ``series`` (``{label: {bits: accuracy}}``), with an
     optional horizontal line for the float model."""
@@ -144,11 +180,13 @@ def plot_cross_bit(path: str, lines: dict, columns: list, title: str):
     plt.close(fig)
 
 
-def precision(wbits: int, abits: int) -> str:
-    """``"float"``, ``"W3"`` (weights only: inputs in full precision) or ``"W3A3"``; 32 bits = full precision."""
+def precision(wbits: int, abits: int, gbits: int = FULL_PRECISION) -> str:
+    """``"float"``, ``"W3"`` (weights only: inputs in full precision), ``"W3A3"`` or ``"W4A4G4"`` (gradients
+    quantized too); 32 bits = full precision."""
     if wbits == FULL_PRECISION:
         return "float"
-    return f"W{wbits}" if abits == FULL_PRECISION else f"W{wbits}A{abits}"
+    return (f"W{wbits}" + ("" if abits == FULL_PRECISION else f"A{abits}")
+            + ("" if gbits == FULL_PRECISION else f"G{gbits}"))
 
 
 def percent(value: float | None) -> str:

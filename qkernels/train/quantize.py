@@ -6,7 +6,8 @@ quantizes its weight and its input. The first layer's input (the image) is not q
 layers use ``first_last_bits`` for their weights (and the last for its input), 32 meaning full precision;
 ``abits`` 32 quantizes no input at all (weights only). An input grid is unsigned (``[0, 2^b − 1]``) when the
 calibration data feeding it is non-negative (after a ReLU), signed (``[−2^(b−1), 2^(b−1) − 1]``) otherwise;
-weight grids are signed. Zero points are 0.
+weight grids are signed. Zero points are 0. With ``gbits`` below 32 every layer's output gradient is quantized
+too (Kim et al. 2024), the first and last layer's at ``first_last_bits``.
 
 Layers are visited in registration order, so the first and last registered ``Conv2d``/``Linear`` are taken as
 the first and last layers: ``qkernels.train.models`` registers submodules in the order forward uses them.
@@ -22,33 +23,37 @@ from torch import Tensor, nn
 from torch.ao.quantization.observer import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
 
 import qkernels
-from qkernels.nn import FakeQuantize, LearnableFakeQuantize, OscillationFakeQuantize
+from qkernels.nn import FakeQuantize, GradientQuantizer, LearnableFakeQuantize, OscillationFakeQuantize
 from qkernels.oscillation import float_copy, initial_scale
 
 from .config import FULL_PRECISION
 
 __all__ = ["QuantizedLayer", "quantize_model", "quantizer_parameters", "ptq_model", "quantize_weights_max_abs",
-           "weights_max_abs", "quantized_layers", "initial_scale", "float_weights_copy", "max_abs_layer_bits"]
+           "weights_max_abs", "quantized_layers", "gradient_quantizers", "initial_scale", "float_weights_copy",
+           "max_abs_layer_bits"]
 
 class QuantizedLayer(nn.Module):
-    """A ``Conv2d`` or ``Linear`` computing ``layer(input_quantizer(x))`` with ``weight_quantizer(W)`` for its
-    weight. A missing quantizer (full precision) is ``nn.Identity``. The float weight stays ``layer.weight``."""
+    """A ``Conv2d`` or ``Linear`` computing ``grad_quantizer(layer(input_quantizer(x)))`` with
+    ``weight_quantizer(W)`` for its weight; ``grad_quantizer`` (a ``qkernels.nn.GradientQuantizer``) is the
+    identity forward and quantizes the output's gradient, from which the backward computes both dX and dW. A
+    missing quantizer (full precision) is ``nn.Identity``. The float weight stays ``layer.weight``."""
 
     def __init__(self, layer: nn.Module, weight_quantizer: nn.Module | None = None,
-                 input_quantizer: nn.Module | None = None):
+                 input_quantizer: nn.Module | None = None, grad_quantizer: nn.Module | None = None):
         super().__init__()
         if not isinstance(layer, (nn.Conv2d, nn.Linear)):
             raise TypeError(f"layer: QuantizedLayer wraps nn.Conv2d or nn.Linear, got {type(layer).__name__}")
         self.layer = layer
         self.weight_quantizer = weight_quantizer or nn.Identity()
         self.input_quantizer = input_quantizer or nn.Identity()
+        self.grad_quantizer = grad_quantizer or nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.input_quantizer(x)
         w = self.weight_quantizer(self.layer.weight)
         if isinstance(self.layer, nn.Conv2d):
-            return self.layer._conv_forward(x, w, self.layer.bias)
-        return F.linear(x, w, self.layer.bias)
+            return self.grad_quantizer(self.layer._conv_forward(x, w, self.layer.bias))
+        return self.grad_quantizer(F.linear(x, w, self.layer.bias))
 
 
 def quantized_layers(model: nn.Module) -> list:
@@ -135,7 +140,8 @@ def _lsq_quantizer(x: Tensor, bits: int, signed: bool, per_channel: bool, scale_
 
 def quantize_model(model: nn.Module, calibration: Tensor, wbits: int, abits: int, *, first_last_bits: int = 8,
                    per_channel: bool = False, scale_init: str = "mse", grad_scaling: bool = False,
-                   weights: bool = True) -> nn.Module:
+                   weights: bool = True, gbits: int = FULL_PRECISION,
+                   grad_quantizer: dict | None = None) -> nn.Module:
     """Attaches LSQ quantizers (``qkernels.nn.LearnableFakeQuantize``) to ``model`` in place, and returns it.
 
     Every ``Conv2d``/``Linear`` becomes a ``QuantizedLayer`` (see the module docstring for which tensors, at
@@ -147,21 +153,34 @@ def quantize_model(model: nn.Module, calibration: Tensor, wbits: int, abits: int
     LSQ's gradient scale ``1 / sqrt(numel · qmax)`` (off by default, as in Nagel et al.'s released runs; an
     input's numel counts the batch of each process, so it changes with the number of processes).
     ``weights=False``: no weight quantizers (inputs only; ``qkernels.oscillation.attach`` puts Nagel et al.'s
-    on the weights)."""
+    on the weights). ``gbits`` 2-8: a ``qkernels.nn.GradientQuantizer`` on each layer's output gradient at
+    ``gbits`` (first and last layer at ``first_last_bits``, 32 = none), built with the keyword arguments
+    ``grad_quantizer`` (``interval``, ``clip_ratio``, ...)."""
     layers = quantized_layers(model)
     if any(isinstance(module, QuantizedLayer) for _, module in layers):
         raise ValueError("model: is already quantized")
     inputs = _capture_inputs(model, [calibration])
     for index, (name, layer) in enumerate(layers):
         weight_bits, input_bits = _layer_bits(index, len(layers), wbits, abits, first_last_bits)
+        grad_bits = FULL_PRECISION if gbits == FULL_PRECISION else _layer_bits(
+            index, len(layers), gbits, gbits, first_last_bits)[0]
+        grad_q = None if grad_bits == FULL_PRECISION else GradientQuantizer(
+            grad_bits, **(grad_quantizer or {})).to(calibration.device)
         weight_q = None if weight_bits == FULL_PRECISION or not weights else _lsq_quantizer(
             layer.weight.detach(), weight_bits, True, per_channel, scale_init, grad_scaling)
         input_q = None
         if input_bits is not None and input_bits != FULL_PRECISION:
             x = inputs[name]
             input_q = _lsq_quantizer(x, input_bits, bool((x < 0).any()), False, scale_init, grad_scaling)
-        _replace(model, name, QuantizedLayer(layer, weight_q, input_q))
+        _replace(model, name, QuantizedLayer(layer, weight_q, input_q, grad_q))
     return model
+
+
+def gradient_quantizers(model: nn.Module) -> dict:
+    """``{layer name: its GradientQuantizer}`` of a ``quantize_model``-ed model (``gbits`` below 32), in
+    registration order."""
+    return {name: module.grad_quantizer for name, module in quantized_layers(model)
+            if isinstance(module, QuantizedLayer) and isinstance(module.grad_quantizer, GradientQuantizer)}
 
 
 def quantizer_parameters(model: nn.Module) -> list:

@@ -12,6 +12,13 @@ The methods:
 - ``qat+freeze``: ``qat`` with oscillating weights frozen (the threshold on a ``CosineSchedule``, 0 before
   ``freeze_start_frac`` of the steps).
 - ``qat+dampen``: ``qat`` with λ · ``model_dampening_loss`` added to the loss (λ on a ``CosineSchedule``).
+- ``lbt`` (Kim et al. 2024): ``qat`` with each layer's output gradient quantized (``quantize_model``'s
+  ``gbits``: ``qkernels.nn.GradientQuantizer``, INT``gbits`` stochastic rounding per tensor, the clip ratio γ
+  ``interval`` adaptive or fixed at ``clip_ratio``). It logs every layer's γ after every step
+  (``gradients["clip_ratio"]``: ``clip_ratio.csv``, ``clip_ratio.png``) and, on the last step of each epoch,
+  the quantization errors of that step's gradient (``qkernels.grad_quant.quantization_errors``: E(G) and
+  E(G_L), the top 0.1 % of |G|) for the run's γ and, on the same gradient, for γ = 1 (min-max)
+  (``gradients["errors"]``: ``gradients.csv``, ``gradient_error.png``; under DDP, rank 0's share).
 - ``oscreg`` (Wenshøj et al. 2025): full-precision training (no fake quantization, inputs never quantized) with
   ``lam`` · ``qkernels.oscillation.regularizer`` added to the loss, on the weights QAT would quantize: every
   ``Conv2d``/``Linear`` at ``wbits``, the first and last at ``first_last_bits`` (none at 32; norm layers' weights
@@ -48,6 +55,7 @@ import torch
 import torch.nn.functional as F
 
 import qkernels
+from qkernels.info import package_commit
 
 from . import outputs
 from ._deps import require
@@ -55,7 +63,14 @@ from .config import FULL_PRECISION, QAT_METHODS, ConfigError, RunConfig, flag, v
 from .data import augment_batch, load
 from .distributed import Group, join
 from .models import build
-from .quantize import float_weights_copy, max_abs_layer_bits, ptq_model, quantize_model, quantizer_parameters
+from .quantize import (
+    float_weights_copy,
+    gradient_quantizers,
+    max_abs_layer_bits,
+    ptq_model,
+    quantize_model,
+    quantizer_parameters,
+)
 
 __all__ = ["run", "resume", "accuracy"]
 
@@ -82,12 +97,17 @@ def precision(config: RunConfig) -> str:
     """What a run trained quantized (``outputs.precision``): oscreg's weights only (quantized after training)."""
     if config.method == "fp":
         return outputs.precision(FULL_PRECISION, FULL_PRECISION)
-    return outputs.precision(config.wbits, FULL_PRECISION if config.method == "oscreg" else config.abits)
+    return outputs.precision(config.wbits, FULL_PRECISION if config.method == "oscreg" else config.abits,
+                             gradient_bits(config))
+
+
+def gradient_bits(config: RunConfig) -> int:
+    """The bits of the gradients a run quantizes (``lbt``: ``gbits``), 32 for every other method."""
+    return config.gbits if config.method == "lbt" else FULL_PRECISION
 
 
 def default_out(config: RunConfig) -> str:
-    bits = "" if config.method == "fp" else f"_w{config.wbits}" + ("" if config.method == "oscreg"
-                                                                  else f"a{config.abits}")
+    bits = "" if config.method == "fp" else "_" + precision(config).lower()
     return os.path.join("runs", f"{config.data}_{config.model}_{config.method}{bits}")
 
 
@@ -193,7 +213,10 @@ class _Run:
         if config.method in QAT_METHODS:
             quantize_model(self.model, self.calibration[0], config.wbits, config.abits,
                            first_last_bits=config.first_last_bits, per_channel=config.per_channel,
-                           scale_init=config.scale_init, grad_scaling=config.grad_scaling, weights=False)
+                           scale_init=config.scale_init, grad_scaling=config.grad_scaling, weights=False,
+                           gbits=gradient_bits(config),
+                           grad_quantizer=dict(interval=config.interval, clip_ratio=config.clip_ratio,
+                                               init=config.grad_init))
             self.quantizers = qkernels.oscillation.attach(
                 self.model, config.wbits, first_last_bits=config.first_last_bits, per_channel=config.per_channel,
                 scale_init=config.scale_init, momentum=config.osc_momentum, grad_scaling=config.grad_scaling)
@@ -213,6 +236,9 @@ class _Run:
             for name, weight in qkernels.oscillation.weight_parameters(self.model, include_norms=False).items():
                 if layer_bits[name] != FULL_PRECISION:
                     self.regularized.setdefault(layer_bits[name], []).append(weight)
+        self.grad_quantizers = gradient_quantizers(self.model) if self.quantizers else {}
+        # lbt: rows [step, γ of each layer after it] and per epoch the errors of its last step's gradients
+        self.gradients = {"clip_ratio": [], "errors": []}
         self._optimizers()
         self.history, self.done = [], 0
         if state is not None:
@@ -250,6 +276,7 @@ class _Run:
         if self.quant_optimizer is not None:
             self.quant_optimizer.load_state_dict(state["quant_optimizer"])
         self.history, self.done = list(state["history"]), state["epoch"]
+        self.gradients = state.get("gradients", self.gradients)  # none in a checkpoint without lbt
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
@@ -267,7 +294,40 @@ class _Run:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "config": self.config.to_dict(),
             "history": self.history,
+            "gradients": self.gradients,
         }
+
+    def _error_hooks(self, epoch: int) -> tuple:
+        """Full backward hooks on the gradient quantizers for one step: each records, in the returned dict, its
+        layer's ``[E(G), E(G_L)]`` of the gradient it quantized and of the same gradient at γ = 1 (drawn from a
+        generator of its own, so that measuring leaves training's random stream alone). Returns (dict,
+        handles)."""
+        found = {}
+        generator = torch.Generator(self.device).manual_seed(self.config.seed * 1_000_037 + epoch)
+        errors = qkernels.grad_quant.quantization_errors
+
+        def hook(name, bits):
+            def record(module, grad_input, grad_output):
+                g, g_hat = grad_output[0], grad_input[0]
+                minmax, _ = qkernels.quantize_gradient(g, bits, 1.0, generator=generator)
+                found[name] = torch.cat([errors(g, g_hat), errors(g, minmax)])
+            return record
+
+        handles = [q.register_full_backward_hook(hook(name, q.bits)) for name, q in self.grad_quantizers.items()]
+        return found, handles
+
+    def _log_gradients(self, epoch: int, trace: list, found: dict):
+        """Appends the epoch's γ trace (device tensors, read back once here) and its error rows."""
+        first = epoch * self.steps + 1
+        for offset, values in enumerate(torch.stack(trace).cpu().tolist()):
+            self.gradients["clip_ratio"].append([first + offset] + values)
+        gammas = self.gradients["clip_ratio"][-1][1:]
+        for (name, quantizer), gamma in zip(self.grad_quantizers.items(), gammas):
+            measured = found[name].cpu().tolist()
+            self.gradients["errors"].append({
+                "epoch": epoch + 1, "layer": name, "bits": quantizer.bits, "clip_ratio": gamma,
+                "error_all": measured[0], "error_large": measured[1],
+                "error_all_minmax": measured[2], "error_large_minmax": measured[3]})
 
     def _train_epoch(self, net: torch.nn.Module, epoch: int) -> dict:
         config, data, group = self.config, self.data, self.group
@@ -282,6 +342,7 @@ class _Run:
             bar = require("tqdm").tqdm(total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False,
                                        dynamic_ncols=True, disable=None)  # None: off when not a terminal
         share = group.share(config.batch_size)
+        trace, found, handles = [], {}, []
         for step in range(self.steps):
             index = order[step * config.batch_size:(step + 1) * config.batch_size]
             x = data.train_x[index]
@@ -292,6 +353,8 @@ class _Run:
             if self.freeze is not None:
                 for quantizer in self.quantizers.values():
                     quantizer.freeze_threshold = self.freeze(t)
+            if self.grad_quantizers and step == self.steps - 1:
+                found, handles = self._error_hooks(epoch)
             logits = net(x)
             # After the forward, as the official loss: the target sees this step's frozen state (the fused op
             # reads it; nothing is tracked), and the scales are those the forward clamped.
@@ -313,6 +376,10 @@ class _Run:
                 if optimizer is not None:
                     optimizer.step()
             self.scheduler.step()
+            for handle in handles:
+                handle.remove()
+            if self.grad_quantizers:
+                trace.append(torch.stack([q.clip_ratio for q in self.grad_quantizers.values()]))
             with torch.no_grad():
                 totals += torch.stack([task.detach().double().cpu() * len(y),
                                        (logits.argmax(1) == y).sum().double().cpu(),
@@ -323,6 +390,8 @@ class _Run:
                                 refresh=False)
         if bar is not None:
             bar.close()
+        if self.grad_quantizers:
+            self._log_gradients(epoch, trace, found)
         loss_sum, correct, count = group.sum(totals).tolist()
         row = {"train_loss": loss_sum / count, "train_accuracy": correct / count}
         if self.dampen is not None:
@@ -407,6 +476,9 @@ class _Run:
                               for b in config.eval_bits}
         if self.quantizers:
             metrics["oscillations"] = qkernels.oscillation.stats(self.model, config.osc_threshold)
+        if self.gradients["errors"]:  # the last epoch's row of each layer
+            metrics["gradients"] = {row["layer"]: {k: v for k, v in row.items() if k != "layer"}
+                                    for row in self.gradients["errors"] if row["epoch"] == self.done}
         if self.history and "test_accuracy_pre_bn" in self.history[-1]:
             metrics["test_accuracy_pre_bn"] = self.history[-1]["test_accuracy_pre_bn"]
         if config.method == "oscreg":
@@ -424,7 +496,7 @@ class _Run:
             **metrics,
             "config": config.to_dict(),
             "qkernels_version": qkernels.__version__,
-            "qkernels_commit": outputs.package_commit(),
+            "qkernels_commit": package_commit(),
             "torch_version": torch.__version__,
             "world_size": self.group.world,
             "epochs_trained": self.done,
@@ -439,6 +511,9 @@ class _Run:
         title = f"{self.config.data} {self.config.model} {self.config.method} {precision(self.config)}"
         outputs.plot_history(out, self.history, title)
         outputs.plot_oscillations(out, self.history, title)
+        if self.grad_quantizers:
+            outputs.write_gradients(out, list(self.grad_quantizers), self.gradients)
+            outputs.plot_gradients(out, list(self.grad_quantizers), self.gradients, title)
         series = {"weights max-abs RTN": {int(b): a for b, a in metrics["cross_bit"].items()}}
         if "ptq" in metrics:
             series["ptq (weights and inputs)"] = {int(b): a for b, a in metrics["ptq"].items()}
@@ -461,6 +536,12 @@ class _Run:
                 ["pre-BN accuracy", f"oscillating (EMA > {config.osc_threshold})", "frozen"],
                 [[outputs.percent(metrics.get("test_accuracy_pre_bn")), f"{100 * overall['oscillating']:.3f}%",
                   f"{100 * overall['frozen']:.3f}%"]]))
+        if "gradients" in metrics:
+            lines.append(outputs.table(
+                ["layer", "gradient bits", "γ", "E(G)", "E(G_L)", "E(G) at γ=1", "E(G_L) at γ=1"],
+                [[name, row["bits"], f"{row['clip_ratio']:.3f}"] + [f"{row[k]:.4g}" for k in (
+                    "error_all", "error_large", "error_all_minmax", "error_large_minmax")]
+                 for name, row in metrics["gradients"].items()]))
         if "ptq" in metrics:
             lines.append(outputs.table([f"PTQ W{b}A{b}" for b in metrics["ptq"]],
                                        [[outputs.percent(a) for a in metrics["ptq"].values()]]))
