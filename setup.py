@@ -138,7 +138,8 @@ class BuildPyWithEnums(build_py):
 
 
 setup(
-    packages=["qkernels", "qkernels.reference", "qkernels.triton_kernels"],
+    packages=["qkernels", "qkernels.reference", "qkernels.train", "qkernels.bench", "qkernels.bench.ops",
+              "qkernels.triton_kernels"],
     package_dir={"qkernels.triton_kernels": "triton_kernels"},
     ext_modules=EXTENSIONS,
     cmdclass={"build_ext": build_ext_class(), "build_py": BuildPyWithEnums},

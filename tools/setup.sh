@@ -34,6 +34,7 @@ missing=$("$PY" - <<'PYEOF'
 import importlib.util
 need = {"triton": "triton", "pytest": "pytest", "xdist": "pytest-xdist", "hypothesis": "hypothesis",
         "numpy": "numpy", "sklearn": "scikit-learn", "tqdm": "tqdm", "matplotlib": "matplotlib",
+        "pytest_benchmark": "pytest-benchmark",
         "ninja": "ninja", "setuptools": "setuptools"}
 print(" ".join(pkg for mod, pkg in need.items() if importlib.util.find_spec(mod) is None))
 PYEOF

@@ -104,8 +104,10 @@ class _Case:
         return self.dys[key]
 
     def results(self, fn, mode: str) -> tuple:
-        """(outputs, input gradients) of one call of ``fn`` in ``mode`` on fresh inputs, detached."""
+        """(outputs, input gradients) of one call of ``fn`` in ``mode`` on fresh inputs, detached; torch's
+        generator seeded first, so that an eager formulation drawing from it is checked reproducibly."""
         inputs = self.inputs(mode)
+        torch.manual_seed(0)
         if mode == "fwd":
             with torch.no_grad():
                 return tuple(o.detach() for o in as_tuple(fn(inputs))), ()
@@ -166,6 +168,30 @@ def _provider_fn(op: Op, provider: str, dtype_name: str, compiled: dict):
             compiled["fn"] = torch.compile(op.eager, dynamic=False)
         return compiled["fn"]
     return kinds[kind]
+
+
+def checked_call(op: Op, provider: str, mode: str, dims: tuple, dtype: torch.dtype, device: torch.device):
+    """The call a row times, for timing by other tools (pytest-benchmark): ``provider`` on fresh inputs of
+    ``dims`` in ``mode``, after its results were checked against the reference. Raises ``ValueError`` when the
+    op has no such provider for ``dtype`` and ``AssertionError`` on a mismatch."""
+    dtype_name = str(dtype).replace("torch.", "")
+    fn = _provider_fn(op, provider, dtype_name, {})
+    if fn is None or mode not in op.modes:
+        raise ValueError(f"{op.name}: no {provider} provider in {mode} for {dtype_name}")
+    case = _Case(op, dims, dtype, device)
+    with qkernels.use_backend("reference"):
+        reference = case.results(op.qkernels, mode)
+    with _backend(provider):
+        problem = compare_results(op, provider, reference, case.results(fn, mode), case.inputs("fwd"))
+        if problem:
+            raise AssertionError(f"{op.name} {mode} {provider}: {problem}")
+        call = case.timed(fn, mode)
+
+    def run():
+        with _backend(provider):
+            call()
+
+    return run
 
 
 def _measure(case: _Case, op: Op, provider: str, mode: str, fn, reference: tuple, quick: bool) -> dict:
@@ -242,7 +268,8 @@ def _case_rows(plan, op, shape, dims, dtype, dtype_name, modes, meta, copies, pr
         for provider in plan.providers:
             fn = _provider_fn(op, provider, dtype_name, compiled)
             if fn is not None:
-                row = dict(meta, op=op.name, family=op.family, mode=mode, provider=provider, shape=shape.label,
+                row = dict(dict.fromkeys(results.FIELDS), **meta)
+                row.update(op=op.name, family=op.family, mode=mode, provider=provider, shape=shape.label,
                            dims="x".join(map(str, dims)), numel=numel, dtype=dtype_name)
                 row.update(_measure(case, op, provider, mode, fn, reference, plan.quick))
                 mode_rows.append(row)
