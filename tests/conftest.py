@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, settings
 
 import qkernels
 from qkernels import backends
+from qkernels.reference.reduce import sum_bound
 
 settings.register_profile(
     "ci", max_examples=int(os.environ.get("QKERNELS_HYPOTHESIS_EXAMPLES", "25")), deadline=None,
@@ -77,25 +78,14 @@ def assert_bitwise_equal(actual: torch.Tensor, expected: torch.Tensor, *, ulp: i
 
 def assert_sums_close(actual: torch.Tensor, elements: torch.Tensor, reduce, what: str):
     """actual: sums of `elements` per quantizer (reduce(v) forms them from per-element values v, in actual's
-    shape), within twice the error of a float32 torch sum of the same values.
-
-    The error of a floating-point sum scales with the magnitude of its terms (the sum of their absolute values),
-    not with its result: a sum with cancellation can be off by many ulps of its result in any order, and which
-    order happens to be luckier varies from sum to sum. So torch's error is measured relative to each sum's
-    magnitude, taken as the worst over this call's sums and at least the float32 unit roundoff 2^-24; each sum
-    may be off by twice that relative error of its own magnitude, or by one float32 ulp of the exact result
-    (any float32 result may be half an ulp off). A sum with a non-finite exact value must be the same value."""
-    exact = reduce(elements.double()).cpu()
-    magnitude = reduce(elements.double().abs()).cpu()
-    err_torch = (reduce(elements.float()).double().cpu() - exact).abs()
+    shape), within the reduction layer's contract (``qkernels.reference.reduce.sum_bound``: twice the error of a
+    float32 torch sum of the same values relative to their magnitude, or one float32 ulp). A sum with a
+    non-finite exact value must be the same value."""
+    exact, bound = sum_bound(elements, reduce)
     got = actual.detach().double().cpu()
     finite = torch.isfinite(exact)
     nan, inf = exact.isnan(), exact.isinf()
     assert torch.equal(got.isnan(), nan) and torch.equal(got[inf], exact[inf]), f"{what}: non-finite sums differ"
-    counted = finite & (magnitude > 0)
-    rel = max(float((err_torch[counted] / magnitude[counted]).max()) if counted.any() else 0.0, 2.0 ** -24)
-    one_ulp = (torch.nextafter(exact.float().abs(), torch.tensor(math.inf)) - exact.float().abs()).double()
-    bound = 2 * torch.maximum(rel * magnitude, one_ulp)
     bad = finite & ~((got - exact).abs() <= bound)
     assert not bool(bad.any()), (f"{what}: {int(bad.sum())} of {exact.numel()} sums outside twice torch's error; "
                                  f"worst {float(((got - exact).abs() - bound)[bad].max())} over the bound")

@@ -21,7 +21,8 @@ Combine kinds (``KINDS``), each block combined by the backends in an order they 
 * ``"count"``: int64 number of true elements; finish: exact.
 
 Min, max and counts do not depend on the order of combining; a sum's partial does, within the block, which is
-why the layout and the finish order are fixed.
+why the layout and the finish order are fixed. How close a backend's sums must be to the exact ones (every
+family's tests and benchmarks check them so): ``sum_bound``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["KINDS", "Blocks", "make_blocks", "block_of", "reference_partials", "finish_sum", "finish"]
+__all__ = ["KINDS", "Blocks", "make_blocks", "block_of", "reference_partials", "finish_sum", "finish",
+           "sum_bound"]
 
 KINDS = ("sum", "minmax", "absmax", "count")
 
@@ -124,3 +126,23 @@ def finish(partials, dim: int, kind: str):
 
 def _nan_extreme(t: torch.Tensor, dim: int, how) -> torch.Tensor:
     return torch.where(t.isnan().any(dim), float("nan"), how(torch.where(t.isnan(), 0.0, t), dim))
+
+
+def sum_bound(elements: torch.Tensor, reduce) -> tuple:
+    """(the exact sums, their bound): the contract for a backend's float32 sums of ``elements``, formed per
+    quantizer by ``reduce(v)`` from per-element values ``v``: within twice the error of torch's own float32 sum of
+    the same values, or one float32 ulp of the exact result.
+
+    The error of a floating-point sum scales with the magnitude of its terms (the sum of their absolute values),
+    not with its result: a sum with cancellation can be off by many ulps of its result in any order, and which
+    order happens to be luckier varies from sum to sum. So torch's error is measured relative to each sum's
+    magnitude, taken as the worst over these sums and at least the float32 unit roundoff 2^-24; each sum may be
+    off by twice that relative error of its own magnitude, or by one float32 ulp of the exact result (any float32
+    result may be half an ulp off). Both float64, on the CPU; non-finite exact sums are for the caller."""
+    exact = reduce(elements.double()).cpu()
+    magnitude = reduce(elements.double().abs()).cpu()
+    err_torch = (reduce(elements.float()).double().cpu() - exact).abs()
+    counted = torch.isfinite(exact) & (magnitude > 0)
+    rel = max(float((err_torch[counted] / magnitude[counted]).max()) if counted.any() else 0.0, 2.0 ** -24)
+    one_ulp = (torch.nextafter(exact.float().abs(), torch.tensor(float("inf"))) - exact.float().abs()).double()
+    return exact, 2 * torch.maximum(rel * magnitude, one_ulp)

@@ -26,11 +26,10 @@ from __future__ import annotations
 import torch
 
 from qkernels import oscillation_dampening
-from qkernels.oscillation_fake_quant import _dims
 from qkernels.reference import oscillation_dampening as reference
+from qkernels.reference.reduce import sum_bound
 
 from ..spec import Op, Tolerance, exact
-from .regularizer import sum_bound
 
 QMIN, QMAX, CHANNELS = -8, 7, 256
 
@@ -96,22 +95,22 @@ EAGER = Tolerance("dw exact; loss rtol 1e-5 + 2^-22·√numel, dscale rtol 1e-5 
 def _qkernels_check(want, got, inputs):
     """The family's contract for every backend (tests/test_oscillation_dampening.py, ``_check_launcher``): dw
     bit for bit; the per-quantizer sums of e and ds within tests/conftest.py's ``assert_sums_close`` of their exact
-    sums (``regularizer.sum_bound``). Here: the loss Σ e / K against the exact sum of the reference's e / K; the
+    sums (``qkernels.reference.reduce.sum_bound``). Here: the loss Σ e / K against the exact sum of the reference's e / K; the
     scale's gradient ds_c · (go / K) against the reference's within |go / K| (recovered from the reference's
     largest channel) times the bound of both sums, plus one float32 rounding of each product."""
     problem = exact(want, got)
     w = inputs["w"]
     if problem is None or got.dtype != want.dtype or got.shape != want.shape or want.shape == w.shape:
         return problem
-    dims = _dims(w, 0)
+    dims = (1, 1, w.size(0), w.numel() // w.size(0))  # [B, O, C, I] of channels on axis 0
     e, _, ds = reference.elements(w, inputs["scale"], inputs["zero_point"].float(), dims, QMIN, QMAX,
                                   inputs["frozen"], inputs["frozen_x_int"])
     if want.dim() == 0:
-        exact_sum, bound = sum_bound(e.double().reshape(-1) / (w.numel() // w.size(0)))
+        exact_sum, bound = sum_bound(e.double().reshape(-1) / (w.numel() // w.size(0)), lambda v: v.sum())
         diff = abs(float(got) - float(exact_sum))
         return None if diff <= float(bound) else f"loss {float(got)!r}: {diff:.3g} from the exact sum, bound " \
                                                  f"{float(bound):.3g}"
-    exact_sums, bounds = sum_bound(ds.movedim(2, 0).reshape(dims[2], -1))
+    exact_sums, bounds = sum_bound(ds.movedim(2, 0).reshape(dims[2], -1), lambda v: v.sum(-1))
     top = int(exact_sums.abs().argmax())
     factor = abs(float(want[top]) / float(exact_sums[top])) if float(exact_sums[top]) != 0 else 0.0
     limit = factor * 2 * bounds + 2.0 ** -23 * want.double().abs()

@@ -21,6 +21,7 @@ import torch
 
 import qkernels
 from qkernels.reference import oscillation_regularizer as reference
+from qkernels.reference.reduce import sum_bound
 
 from ..spec import Op, Tolerance, exact
 
@@ -90,25 +91,10 @@ EAGER = Tolerance("value rtol 1e-5 atol 1e-7 (a float32 mean in torch's order); 
 
 
 
-def sum_bound(values):
-    """(the exact float64 sum of ``values`` [.., n] over the last dim, its bound): tests/conftest.py's
-    ``assert_sums_close``, the family's stated contract for a backend's sums: twice the larger of torch's own
-    float32 error on the same values relative to each sum's magnitude Σ|v| (the worst over the sums, at least
-    2^-24) and one float32 ulp of the exact sum."""
-    v = values.double()
-    exact_sum, magnitude = v.sum(-1), v.abs().sum(-1)
-    err = (values.float().sum(-1).double() - exact_sum).abs()
-    counted = magnitude > 0
-    rel = max(float((err[counted] / magnitude[counted]).max()) if counted.any() else 0.0, 2.0 ** -24)
-    f = exact_sum.float().abs()
-    one_ulp = (torch.nextafter(f, torch.tensor(float("inf"))) - f).double()
-    return exact_sum, 2 * torch.maximum(rel * magnitude, one_ulp)
-
-
 def _qkernels_check(want, got, inputs):
     """The family's contract for every backend (tests/test_oscillation_regularizer_cpu.py and
     tests/test_oscillation_regularizer.py): the value's sum S1 / N within conftest's ``assert_sums_close`` of the
-    exact sum of the reference's e / N (``sum_bound``); the gradient bit for bit off the max's elements, and at
+    exact sum of the reference's e / N (``qkernels.reference.reduce.sum_bound``); the gradient bit for bit off the max's elements, and at
     them (the scale path, a quotient of the sum S2) rtol max(1e-5, eps(dtype)), atol 0."""
     problem = exact(want, got)
     if problem is None or got.dtype != want.dtype or got.shape != want.shape:
@@ -117,7 +103,7 @@ def _qkernels_check(want, got, inputs):
     m = reference.amax(w)
     if want.dim() == 0:
         _, e, _, _ = reference.elements(w, m, BITS)
-        exact_sum, bound = sum_bound(e.double() / w.numel())
+        exact_sum, bound = sum_bound(e.double() / w.numel(), lambda v: v.sum())
         diff = abs(float(got) - float(exact_sum))
         return None if diff <= float(bound) else f"value {float(got)!r}: {diff:.3g} from the exact sum, bound " \
                                                  f"{float(bound):.3g}"
