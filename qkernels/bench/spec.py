@@ -12,8 +12,10 @@ A provider returns a tensor or a tuple of tensors. Modes: ``fwd`` (no grad), ``f
 fixed random ``dy``) and ``bwd`` (that backward alone, on a graph built once and kept). Before any timing, each
 provider's outputs (and, in the backward modes, its input gradients) are compared with the reference: the
 ``qkernels`` call on the ``reference`` backend, on fresh inputs from ``make`` (which is deterministic: stateful
-inputs such as running statistics or a generator start equal for every provider). ``check`` decides: exact
-(``torch.equal``, NaN where NaN) unless the op names a tolerance for a provider, stated with its reason.
+inputs such as running statistics or a generator start equal for every provider). Each result is compared
+exactly (``torch.equal``, NaN where NaN) unless the op states a ``Tolerance`` for that provider and result, with
+its reason; a tolerance's check sees the inputs and, in the backward modes, ``inputs["dy"]`` (the tuple of
+output gradients the backward was given).
 """
 
 from __future__ import annotations
@@ -31,10 +33,15 @@ FLOAT_DTYPES = ("float32", "bfloat16", "float16")
 @dataclass(frozen=True)
 class Tolerance:
     """How a provider's results may differ from the reference's, and why. ``check(want, got, inputs)`` returns
-    None when ``got`` passes, else a short description of the difference."""
+    None when ``got`` passes, else a short description of the difference. ``covers``: the results it applies to
+    (``"output 0"``, ``"gradient 1"``, ...; None: all); the others are compared exactly."""
 
     reason: str
     check: Callable[[Tensor, Tensor, dict], Optional[str]]
+    covers: Optional[tuple] = None
+
+    def applies(self, where: str) -> bool:
+        return self.covers is None or where in self.covers
 
 
 def exact(want: Tensor, got: Tensor, inputs: dict | None = None) -> Optional[str]:
@@ -46,8 +53,8 @@ def exact(want: Tensor, got: Tensor, inputs: dict | None = None) -> Optional[str
     return None if bad == 0 else f"{bad} of {want.numel()} elements differ"
 
 
-def close(rtol: float, atol: float, reason: str) -> Tolerance:
-    """``torch.isclose`` with these tolerances (NaN where NaN), for ``reason``."""
+def close(rtol: float, atol: float, reason: str, covers: Optional[tuple] = None) -> Tolerance:
+    """``torch.isclose`` with these tolerances (NaN where NaN), for ``reason``, on the results ``covers``."""
 
     def check(want, got, inputs):
         if got.dtype != want.dtype or got.shape != want.shape:
@@ -58,7 +65,7 @@ def close(rtol: float, atol: float, reason: str) -> Tolerance:
         return None if bad == 0 else f"{bad} of {want.numel()} elements beyond rtol {rtol:g}, atol {atol:g} " \
                                      f"(max difference {worst:.3g})"
 
-    return Tolerance(f"rtol {rtol:g}, atol {atol:g}: {reason}", check)
+    return Tolerance(f"rtol {rtol:g}, atol {atol:g}: {reason}", check, covers)
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,8 @@ class Op:
     output channels first; ``"activation"``: a layer's input or output at a batch); deterministic.
     ``sweep_shape(numel)``: the shape a size sweep gives it (None: this size does not fit its layout).
     ``traffic(mode, numel, itemsize)``: the least bytes any implementation moves (GB/s are these over the time).
-    ``tolerances``: provider -> ``Tolerance`` (others exact); ``outputs_with_grad``: how many leading outputs the
+    ``tolerances``: provider kind -> a ``Tolerance`` or a tuple of them (each for the results it ``covers``;
+    the rest exact); ``outputs_with_grad``: how many leading outputs the
     backward modes differentiate; ``compiles``: False where ``eager`` cannot be compiled (then no ``compile``)."""
 
     name: str
@@ -100,8 +108,19 @@ class Op:
             found["aten"] = self.aten
         return found
 
-    def tolerance(self, provider: str) -> Optional[Tolerance]:
-        return self.tolerances.get(provider)
+    def tolerance(self, provider: str, where: Optional[str] = None) -> Optional[Tolerance]:
+        """The tolerance of ``provider`` (a kind: qkernels, aten, eager, compile) for the result ``where``
+        (``"output 0"``, ``"gradient 1"``, ...; None: the first stated)."""
+        stated = self.tolerances.get(provider, ())
+        for tolerance in stated if isinstance(stated, tuple) else (stated,):
+            if where is None or tolerance.applies(where):
+                return tolerance
+        return None
+
+    def tolerance_reasons(self, provider: str) -> str:
+        """``"exact"``, or the reasons of the tolerances stated for ``provider``."""
+        stated = self.tolerances.get(provider, ())
+        return "; ".join(t.reason for t in (stated if isinstance(stated, tuple) else (stated,))) or "exact"
 
 
 def as_tuple(outputs) -> tuple:

@@ -23,6 +23,11 @@ next to a half-integer (about 2^-29 of such elements; none in these inputs).
 aten: ``torch._fake_quantize_learnable_per_{tensor,channel}_affine``, float32 and bfloat16 (float16: its
 forward runs, its backward raises "Expected dY_.scalar_type() == ScalarType::Float").
 
+Checks: y and dx exact for every provider. The scale and zero-point gradients are sums: exact for eager (its
+float64 sums are the reference's); for aten (float32 sums in its order) and the qkernels kernels (fixed blocks
+of float32 partials) the family's contract, ``qkernels.reference.reduce.sum_bound`` of the per-element values
+(``learnable_backward_elements``), as tests/test_fake_quant_learnable.py states it.
+
 Minimal traffic (b = element size; qparams and their partial sums negligible): fwd reads x, writes y (2b);
 bwd reads dy and x (the scale gradient needs x itself, not a mask), writes dx (3b); fwdbwd is both (5b).
 """
@@ -37,7 +42,10 @@ from qkernels import (
     lsq_grad_factor,
 )
 
-from ..spec import Op
+from qkernels.reference import fake_quant_learnable as lref
+from qkernels.reference.reduce import sum_bound
+
+from ..spec import Op, Tolerance, exact
 
 QMIN, QMAX, SCALE, ZERO_POINT, CHANNELS = -128, 127, 0.02, 2.4, 256
 AXIS = 0
@@ -118,6 +126,31 @@ def _lsq(x, scale, zero_point, grad_factor, per_tensor: bool):
     return y.detach() + (x - x.detach()) * inside + ds_term.to(x.dtype) + dz_term.to(x.dtype)
 
 
+def _qparam_sums(per_tensor: bool) -> tuple:
+    """The family's contract on the scale's (gradient 1) and the zero point's (gradient 2) sums."""
+
+    def tolerance(index: int) -> Tolerance:
+        def check(want, got, inputs):
+            problem = exact(want, got)
+            if problem is None or got.dtype != want.dtype or got.shape != want.shape:
+                return problem
+            axis = None if per_tensor else AXIS
+            elements = lref.learnable_backward_elements(inputs["dy"][0], inputs["x"], inputs["scale"],
+                                                        inputs["zero_point"], QMIN, QMAX, inputs["grad_factor"],
+                                                        axis=axis)[index]
+            exact_sums, bound = sum_bound(elements, lambda v: lref.reduce_to_qparam(v, axis, None, want.shape))
+            bad = int(((got.double().cpu() - exact_sums).abs() > bound).sum())
+            return None if bad == 0 else f"{bad} of {want.numel()} sums beyond twice torch's float32 error"
+
+        return Tolerance(f"{('scale', 'zero-point')[index - 1]} gradient: sums within twice torch's float32 error "
+                         "of the exact sums, or one ulp (the family's contract, tests/test_fake_quant_learnable.py)",
+                         check, covers=(f"gradient {index}",))
+
+    return tolerance(1), tolerance(2)
+
+
+_PER_TENSOR_SUMS, _PER_CHANNEL_SUMS = _qparam_sums(True), _qparam_sums(False)
+
 OPS = [
     Op("learnable_per_tensor", "fake_quant_learnable",
        "fake_quantize_learnable_per_tensor_affine (LSQ), int8, grad_factor 1/sqrt(n·qmax), x any shape",
@@ -126,7 +159,7 @@ OPS = [
                                                                     i["grad_factor"]),
        aten=lambda i: torch._fake_quantize_learnable_per_tensor_affine(i["x"], i["scale"], i["zero_point"], QMIN,
                                                                        QMAX, i["grad_factor"]),
-       aten_dtypes=("float32", "bfloat16"),
+       aten_dtypes=("float32", "bfloat16"), tolerances={"aten": _PER_TENSOR_SUMS, "qkernels": _PER_TENSOR_SUMS},
        eager=lambda i: _lsq(i["x"], i["scale"], i["zero_point"], i["grad_factor"], per_tensor=True)),
     Op("learnable_per_channel", "fake_quant_learnable",
        "fake_quantize_learnable_per_channel_affine (LSQ), int8, grad_factor 1/sqrt(n/C·qmax), axis 0",
@@ -136,6 +169,6 @@ OPS = [
                                                                      QMAX, i["grad_factor"]),
        aten=lambda i: torch._fake_quantize_learnable_per_channel_affine(i["x"], i["scale"], i["zero_point"], AXIS,
                                                                         QMIN, QMAX, i["grad_factor"]),
-       aten_dtypes=("float32", "bfloat16"),
+       aten_dtypes=("float32", "bfloat16"), tolerances={"aten": _PER_CHANNEL_SUMS, "qkernels": _PER_CHANNEL_SUMS},
        eager=lambda i: _lsq(i["x"], i["scale"], i["zero_point"], i["grad_factor"], per_tensor=False)),
 ]
