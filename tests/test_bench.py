@@ -197,3 +197,14 @@ def test_providers_follow_the_live_backends():
     assert ("qkernels-cpu" in runner.default_providers(CPU)) == (
         qkernels.backends.availability("cpu", "cpu") is None)
     assert "qkernels-triton" not in runner.default_providers(CPU)  # the interpreter is not timed
+
+
+def test_a_provider_that_leaves_the_state_wrong_is_a_mismatch(tmp_path):
+    """The fused observer's eager on copies of the running statistics: its output is right, the state it should
+    have updated in place is not."""
+    good = OPS["fused_observer_per_tensor"]
+    state = ("running_min", "running_max", "scale", "zero_point")
+    untouched = dataclasses.replace(good, eager=lambda i: good.eager(dict(i, **{k: i[k].clone() for k in state})))
+    rows = runner.run(_plan(untouched, modes=["fwd"], providers=["eager", "qkernels-cpu"]), str(tmp_path / "s"))
+    assert [(r["provider"], r["status"]) for r in rows] == [("eager", "mismatch"), ("qkernels-cpu", "ok")]
+    assert rows[0]["check"].startswith("state 0")

@@ -104,17 +104,20 @@ class _Case:
         return self.dys[key]
 
     def results(self, fn, mode: str) -> tuple:
-        """(outputs, input gradients) of one call of ``fn`` in ``mode`` on fresh inputs, detached; torch's
-        generator seeded first, so that an eager formulation drawing from it is checked reproducibly."""
+        """(outputs, input gradients, the ``state`` inputs after the call) of one call of ``fn`` in ``mode`` on
+        fresh inputs, detached; torch's generator seeded first, so that an eager formulation drawing from it is
+        checked reproducibly."""
         inputs = self.inputs(mode)
         torch.manual_seed(0)
         if mode == "fwd":
             with torch.no_grad():
-                return tuple(o.detach() for o in as_tuple(fn(inputs))), ()
-        outputs = as_tuple(fn(inputs))
-        diff = outputs[:self.op.outputs_with_grad]
-        grads = torch.autograd.grad(diff, [inputs[n] for n in self.op.grads], self._dy(diff), allow_unused=True)
-        return tuple(o.detach() for o in outputs), tuple(g for g in grads)
+                outputs, grads = as_tuple(fn(inputs)), ()
+        else:
+            outputs = as_tuple(fn(inputs))
+            diff = outputs[:self.op.outputs_with_grad]
+            grads = torch.autograd.grad(diff, [inputs[n] for n in self.op.grads], self._dy(diff), allow_unused=True)
+        return (tuple(o.detach() for o in outputs), tuple(grads),
+                tuple(inputs[name].detach().clone() for name in self.op.state))
 
     def check_inputs(self, mode: str, reference: tuple) -> dict:
         """What a tolerance's check sees: fresh inputs and, in the backward modes, ``"dy"``: the output gradients
@@ -144,8 +147,9 @@ class _Case:
 
 
 def compare_results(op: Op, provider: str, want: tuple, got: tuple, inputs_for_check: dict):
-    """None when ``got`` (outputs, grads) passes against ``want``, else what differs."""
-    for part, wants, gots in (("output", want[0], got[0]), ("gradient", want[1], got[1])):
+    """None when ``got`` (outputs, gradients, state) passes against ``want``, else what differs."""
+    for part, wants, gots in (("output", want[0], got[0]), ("gradient", want[1], got[1]),
+                              ("state", want[2], got[2])):
         if len(wants) != len(gots):
             return f"{len(gots)} {part}s where the reference has {len(wants)}"
         for index, (w, g) in enumerate(zip(wants, gots)):

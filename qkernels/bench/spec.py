@@ -15,7 +15,9 @@ provider's outputs (and, in the backward modes, its input gradients) are compare
 inputs such as running statistics or a generator start equal for every provider). Each result is compared
 exactly (``torch.equal``, NaN where NaN) unless the op states a ``Tolerance`` for that provider and result, with
 its reason; a tolerance's check sees the inputs and, in the backward modes, ``inputs["dy"]`` (the tuple of
-output gradients the backward was given).
+output gradients the backward was given). An op that updates inputs in place names them in ``state``: after the
+call they are compared too (``"state 0"``, ...), so a provider that returns the right output but leaves the
+running statistics wrong is a mismatch.
 """
 
 from __future__ import annotations
@@ -72,13 +74,14 @@ def close(rtol: float, atol: float, reason: str, covers: Optional[tuple] = None)
 class Op:
     """One benchmarked op (see the module docstring).
 
-    ``make(shape, dtype, device)``: the inputs dict for a shape of ``kinds`` (``"weight"``: a layer's weight,
-    output channels first; ``"activation"``: a layer's input or output at a batch); deterministic.
-    ``sweep_shape(numel)``: the shape a size sweep gives it (None: this size does not fit its layout).
-    ``traffic(mode, numel, itemsize)``: the least bytes any implementation moves (GB/s are these over the time).
-    ``tolerances``: provider kind -> a ``Tolerance`` or a tuple of them (each for the results it ``covers``;
-    the rest exact); ``outputs_with_grad``: how many leading outputs the
-    backward modes differentiate; ``compiles``: False where ``eager`` cannot be compiled (then no ``compile``)."""
+    ``make(shape, dtype, device)``: the inputs dict for a shape of ``kinds`` (``"weight"``: a layer's weight, output
+    channels first; ``"activation"``: a layer's input or output at a batch); deterministic. ``sweep_shape(numel)``: the
+    shape a size sweep gives it (None: this size does not fit its layout). ``traffic(mode, numel, itemsize)``: the least
+    bytes any implementation moves (GB/s are these over the time). ``state``: names of inputs the op updates in place
+    (compared after the call; every provider must update the same tensors of its inputs dict). ``tolerances``: provider
+    kind -> a ``Tolerance`` or a tuple of them (each for the results it ``covers``; the rest exact);
+    ``outputs_with_grad``: how many leading outputs the backward modes differentiate; ``compiles``: False where
+    ``eager`` cannot be compiled (then no ``compile``)."""
 
     name: str
     family: str
@@ -94,6 +97,7 @@ class Op:
     modes: tuple = MODES
     dtypes: tuple = FLOAT_DTYPES
     grads: tuple = ("x",)
+    state: tuple = ()
     outputs_with_grad: int = 1
     tolerances: dict = field(default_factory=dict)
     compiles: bool = True

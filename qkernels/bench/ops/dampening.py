@@ -94,9 +94,9 @@ EAGER = Tolerance("dw exact; loss rtol 1e-5 + 2^-22·√numel, dscale rtol 1e-5 
 
 def _qkernels_check(want, got, inputs):
     """The family's contract for every backend (tests/test_oscillation_dampening.py, ``_check_launcher``): dw
-    bit for bit; the per-quantizer sums of e and ds within tests/conftest.py's ``assert_sums_close`` of their exact
-    sums (``qkernels.reference.reduce.sum_bound``). Here: the loss Σ e / K against the exact sum of the reference's e / K; the
-    scale's gradient ds_c · (go / K) against the reference's within |go / K| (recovered from the reference's
+    bit for bit; the per-quantizer sums of e and ds within tests/conftest.py's ``assert_sums_close`` of their exact sums
+    (``qkernels.reference.reduce.sum_bound``). Here: the loss Σ e / K against the exact sum of the reference's e / K;
+    the scale's gradient ds_c · (go / K) against the reference's within |go / K| (recovered from the reference's
     largest channel) times the bound of both sums, plus one float32 rounding of each product."""
     problem = exact(want, got)
     w = inputs["w"]

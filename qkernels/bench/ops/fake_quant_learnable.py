@@ -1,8 +1,10 @@
-"""Learnable (LSQ) fake quantization (``qkernels.fake_quantize_learnable_per_{tensor,channel}_affine``): int8 grid
-[-128, 127], gradients to x, scale and zero point, scaled by LSQ's ``grad_factor = 1 / sqrt(n · qmax)`` (n: the
-elements per quantizer, ``qkernels.lsq_grad_factor``). Per tensor: x any shape (sweep: 1-D), scale 0.02, zero
-point 2.4; per channel: x [C, ...] (sweep: [256, n / 256]), axis 0, scales in [0.01, 0.03], zero points in
-[-16, 16) with fractions, float32 [C].
+"""Learnable (LSQ) fake quantization (``qkernels.fake_quantize_learnable_per_{tensor,channel,group}_affine``): int8
+grid [-128, 127], gradients to x, scale and zero point, scaled by LSQ's ``grad_factor = 1 / sqrt(n · qmax)`` (n:
+the elements per quantizer, ``qkernels.lsq_grad_factor``). Per tensor: x any shape (sweep: 1-D), scale 0.02,
+zero point 2.4; per channel: x [C, ...] (sweep: [256, n / 256]), axis 0, scales in [0.01, 0.03], zero points in
+[-16, 16) with fractions, float32 [C]; per group: x [R, K] (K a multiple of 128; sweep: [n / 1024, 1024]),
+groups of 128 consecutive elements of a row (axis 1), qparams [R, K / 128] drawn as per channel. Per group is
+per channel on the [R · K / 128, 128] view (aten's provider and the eager formulation run it so).
 
 Math (aten's, ``qkernels.reference.fake_quant_learnable``), float32 throughout (16-bit x widened), ``inv =
 float32(1 / s)``: forward ``z = clamp(rne(zp), qmin, qmax)``, ``y = (clamp(rne(x · inv) + z) − z) · s``.
@@ -38,6 +40,7 @@ import torch
 
 from qkernels import (
     fake_quantize_learnable_per_channel_affine,
+    fake_quantize_learnable_per_group_affine,
     fake_quantize_learnable_per_tensor_affine,
     lsq_grad_factor,
 )
@@ -48,7 +51,7 @@ from qkernels.reference.reduce import sum_bound
 from ..spec import Op, Tolerance, exact
 
 QMIN, QMAX, SCALE, ZERO_POINT, CHANNELS = -128, 127, 0.02, 2.4, 256
-AXIS = 0
+AXIS, GROUP, ROW = 0, 128, 1024
 
 
 def traffic(mode: str, numel: int, itemsize: int) -> int:
@@ -74,6 +77,20 @@ def _channel_inputs(dims, dtype, device) -> dict:
     zero_point = torch.rand(dims[0], generator=generator, device=device) * 32 - 16
     return {"x": x, "scale": scale, "zero_point": zero_point,
             "grad_factor": lsq_grad_factor(x.numel() // dims[0], QMAX)}
+
+
+def _group_inputs(dims, dtype, device) -> dict:
+    x = _x(dims, dtype, device)
+    generator = torch.Generator(device).manual_seed(1)
+    groups = (dims[0], dims[1] // GROUP)
+    scale = torch.rand(groups, generator=generator, device=device) * 0.02 + 0.01
+    zero_point = torch.rand(groups, generator=generator, device=device) * 32 - 16
+    return {"x": x, "scale": scale, "zero_point": zero_point, "grad_factor": lsq_grad_factor(GROUP, QMAX)}
+
+
+def _as_channels(i) -> tuple:
+    """Per group as per channel: (x [R · K / G, G], scale, zero point [R · K / G])."""
+    return i["x"].reshape(-1, GROUP), i["scale"].reshape(-1), i["zero_point"].reshape(-1)
 
 
 def _fma_hardware(device: torch.device) -> bool:
@@ -126,19 +143,20 @@ def _lsq(x, scale, zero_point, grad_factor, per_tensor: bool):
     return y.detach() + (x - x.detach()) * inside + ds_term.to(x.dtype) + dz_term.to(x.dtype)
 
 
-def _qparam_sums(per_tensor: bool) -> tuple:
-    """The family's contract on the scale's (gradient 1) and the zero point's (gradient 2) sums."""
+def _qparam_sums(axis, group_size=None) -> tuple:
+    """The family's contract on the scale's (gradient 1) and the zero point's (gradient 2) sums, for quantizers
+    along ``axis`` (None: per tensor) in groups of ``group_size``."""
 
     def tolerance(index: int) -> Tolerance:
         def check(want, got, inputs):
             problem = exact(want, got)
             if problem is None or got.dtype != want.dtype or got.shape != want.shape:
                 return problem
-            axis = None if per_tensor else AXIS
             elements = lref.learnable_backward_elements(inputs["dy"][0], inputs["x"], inputs["scale"],
                                                         inputs["zero_point"], QMIN, QMAX, inputs["grad_factor"],
-                                                        axis=axis)[index]
-            exact_sums, bound = sum_bound(elements, lambda v: lref.reduce_to_qparam(v, axis, None, want.shape))
+                                                        axis=axis, group_size=group_size)[index]
+            exact_sums, bound = sum_bound(elements,
+                                          lambda v: lref.reduce_to_qparam(v, axis, group_size, want.shape))
             bad = int(((got.double().cpu() - exact_sums).abs() > bound).sum())
             return None if bad == 0 else f"{bad} of {want.numel()} sums beyond twice torch's float32 error"
 
@@ -149,7 +167,18 @@ def _qparam_sums(per_tensor: bool) -> tuple:
     return tolerance(1), tolerance(2)
 
 
-_PER_TENSOR_SUMS, _PER_CHANNEL_SUMS = _qparam_sums(True), _qparam_sums(False)
+_PER_TENSOR_SUMS, _PER_CHANNEL_SUMS, _PER_GROUP_SUMS = _qparam_sums(None), _qparam_sums(AXIS), _qparam_sums(1, GROUP)
+
+
+def _eager_group(i):
+    x, scale, zero_point = _as_channels(i)
+    return _lsq(x, scale, zero_point, i["grad_factor"], per_tensor=False).reshape(i["x"].shape)
+
+
+def _aten_group(i):
+    x, scale, zero_point = _as_channels(i)
+    return torch._fake_quantize_learnable_per_channel_affine(x, scale, zero_point, 0, QMIN, QMAX,
+                                                             i["grad_factor"]).reshape(i["x"].shape)
 
 OPS = [
     Op("learnable_per_tensor", "fake_quant_learnable",
@@ -171,4 +200,12 @@ OPS = [
                                                                         QMIN, QMAX, i["grad_factor"]),
        aten_dtypes=("float32", "bfloat16"), tolerances={"aten": _PER_CHANNEL_SUMS, "qkernels": _PER_CHANNEL_SUMS},
        eager=lambda i: _lsq(i["x"], i["scale"], i["zero_point"], i["grad_factor"], per_tensor=False)),
+    Op("learnable_per_group", "fake_quant_learnable",
+       "fake_quantize_learnable_per_group_affine (LSQ), int8, groups of 128 along a row, grad_factor 1/sqrt(128·qmax)",
+       make=_group_inputs, sweep_shape=lambda n: (n // ROW, ROW) if n % ROW == 0 else None, traffic=traffic,
+       kinds=("weight",), grads=("x", "scale", "zero_point"),
+       qkernels=lambda i: fake_quantize_learnable_per_group_affine(i["x"], i["scale"], i["zero_point"], 1, GROUP,
+                                                                   QMIN, QMAX, i["grad_factor"]),
+       aten=_aten_group, aten_dtypes=("float32", "bfloat16"),
+       tolerances={"aten": _PER_GROUP_SUMS, "qkernels": _PER_GROUP_SUMS}, eager=_eager_group),
 ]

@@ -1,9 +1,10 @@
 """The fused moving-average observer + fake quantization (``qkernels.fused_moving_avg_obs_fake_quant``): one
 training step with the observer and fake quant on, uint8 grid [0, 255], asymmetric, averaging constant 0.01,
 the qparams of torch's fused op (FBGEMM's ``ChooseQuantizationParams``). Per tensor: x any shape (sweep: 1-D),
-running min/max 0-dim; per channel: x [C, ...] (sweep: [256, n / 256]), ch_axis 0, running min/max [C]. The
-state (running min/max as after earlier steps, around ∓2.75, so the moving average is taken; scale 1, zero
-point 0, both overwritten) is made fresh for every provider.
+running min/max 0-dim; per channel: x [C, ...] (sweep: [256, n / 256]), ch_axis 0, running min/max [C]; per
+channel inner: the same with the channel innermost in storage (a channels-last activation's layout: the
+kernels' row mode). The state (running min/max as after earlier steps, around ∓2.75, so the moving average is
+taken; scale 1, zero point 0, both overwritten) is made fresh for every provider and compared after the step.
 
 Math (``qkernels.reference.fused_observer``), per quantizer, float32 unless stated:
 1. ``r = isinf(r) ? cur : r + c · (cur − r)`` for the running min and max, ``cur`` the min/max of x (on CUDA
@@ -42,8 +43,10 @@ def traffic(mode: str, numel: int, itemsize: int) -> int:
     return {"fwd": 3 * itemsize, "bwd": 2 * itemsize + 1, "fwdbwd": 5 * itemsize + 2}[mode] * numel
 
 
-def _inputs(dims, dtype, device, per_channel: bool) -> dict:
+def _inputs(dims, dtype, device, per_channel: bool, inner: bool = False) -> dict:
     x = torch.randn(dims, generator=torch.Generator(device).manual_seed(0), device=device).to(dtype)
+    if inner:  # the same values with the channel innermost in storage, as a channels-last activation's
+        x = x.movedim(AXIS, -1).contiguous().movedim(-1, AXIS)
     n = dims[AXIS] if per_channel else 1
     generator = torch.Generator(device).manual_seed(2)
     running_min = -2.5 - 0.5 * torch.rand(n, generator=generator, device=device)
@@ -118,9 +121,10 @@ def _eager(i, per_channel: bool):
     return y + (x - x.detach()) * inside  # the straight-through gradient: dy where inside the grid
 
 
-def _op(name: str, per_channel: bool, summary: str, kinds: tuple) -> Op:
+def _op(name: str, per_channel: bool, summary: str, kinds: tuple, inner: bool = False) -> Op:
     return Op(name, "fused_observer", summary,
-              make=lambda dims, dtype, device: _inputs(dims, dtype, device, per_channel),
+              make=lambda dims, dtype, device: _inputs(dims, dtype, device, per_channel, inner),
+              state=("running_min", "running_max", "scale", "zero_point"),
               sweep_shape=(lambda n: (CHANNELS, n // CHANNELS) if n % CHANNELS == 0 else None) if per_channel
               else (lambda n: (n,)),
               traffic=traffic, kinds=kinds,
@@ -135,4 +139,7 @@ OPS = [
     _op("fused_observer_per_channel", True,
         "fused_moving_avg_obs_fake_quant, one step (observer and fake quant on), uint8, per channel, axis 0",
         ("weight",)),
+    _op("fused_observer_per_channel_inner", True,
+        "fused_moving_avg_obs_fake_quant, one step, uint8, per channel, the channel innermost in storage",
+        ("weight",), inner=True),
 ]

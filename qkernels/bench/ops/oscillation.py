@@ -100,12 +100,11 @@ def _eager(i):
 
 def _eager_check(want, got, inputs):
     """The gradients (y is compared exactly). dw within 2 float32 ulps (rtol 2^-22): the official autograd passes
-    dw as (dy · s) · (1/s), the product's and the quotient's path (two roundings; exact again in fp16/bf16, which
-    round it back to dy). The scale's gradient ([C], n elements a channel): within 1e-5 of itself plus 2^-22 √n of its terms'
-    magnitude M_c = Σ_i (|x_i − z| + |w_i / s|) (per unit dy; the runner's dy is standard normal), i.e. 4 u √n
-    (u = 2^-24; u √n: the random-walk error of a float32 sum accumulated sequentially, as Inductor's CPU
-    reductions do per vector lane):
-    autograd sums dy · (x − z) and the rounding path's −dy · w / s (through 1/s, i.e. −dy·s·w · (1/s)²)
+    dw as (dy · s) · (1/s), the product's and the quotient's path (two roundings; exact again in fp16/bf16, which round
+    it back to dy). The scale's gradient ([C], n elements a channel): within 1e-5 of itself plus 2^-22 √n of its terms'
+    magnitude M_c = Σ_i (|x_i − z| + |w_i / s|) (per unit dy; the runner's dy is standard normal), i.e. 4 u √n (u =
+    2^-24; u √n: the random-walk error of a float32 sum accumulated sequentially, as Inductor's CPU reductions do per
+    vector lane): autograd sums dy · (x − z) and the rounding path's −dy · w / s (through 1/s, i.e. −dy·s·w · (1/s)²)
     per element in float32, in its own order, terms that cancel to (x − z) − w / s, where the reference sums
     ((dy · (level · s − w)) · inv) in fixed blocks finished in float64."""
     problem = exact(want, got)

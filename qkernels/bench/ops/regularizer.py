@@ -94,8 +94,8 @@ EAGER = Tolerance("value rtol 1e-5 atol 1e-7 (a float32 mean in torch's order); 
 def _qkernels_check(want, got, inputs):
     """The family's contract for every backend (tests/test_oscillation_regularizer_cpu.py and
     tests/test_oscillation_regularizer.py): the value's sum S1 / N within conftest's ``assert_sums_close`` of the
-    exact sum of the reference's e / N (``qkernels.reference.reduce.sum_bound``); the gradient bit for bit off the max's elements, and at
-    them (the scale path, a quotient of the sum S2) rtol max(1e-5, eps(dtype)), atol 0."""
+    exact sum of the reference's e / N (``qkernels.reference.reduce.sum_bound``); the gradient bit for bit off the
+    max's elements, and at them (the scale path, a quotient of the sum S2) rtol max(1e-5, eps(dtype)), atol 0."""
     problem = exact(want, got)
     if problem is None or got.dtype != want.dtype or got.shape != want.shape:
         return problem
