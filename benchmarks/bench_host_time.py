@@ -30,7 +30,7 @@ import qkernels
 
 from common import kernel_backends, setup_run, write_csv
 
-FIELDS = ("device_name", "torch_version", "triton_version", "git_sha", "call", "mode", "provider", "min_us",
+FIELDS = ("date", "device_name", "threads", "commit", "torch", "triton", "cuda", "call", "mode", "provider", "min_us",
           "median_us", "vs_aten_min")
 
 

@@ -11,7 +11,7 @@ Packed: ``k & 0xF`` two per byte, low nibble first (uint8 ``[numel / 2]``), and 
 Shapes: a layer's output gradient (kind ``activation``, e.g. [256, 64, 56, 56]); the sweep lays n out as [n]
 (per row: [256, n / 256]).
 
-eager: the released code's quantizer (benchmarks/bench_grad_quant.py ``released``, note §1.2) on a float32 copy:
+eager: the released code's quantizer (its ``grad_quant`` backward) on a float32 copy:
 ``s = 2c / (2^b − 2)``, ``ĝ = round(clamp((g + c) / s + U[−½, ½), 0, 2^b − 2)) · s − c`` with ``U`` from
 ``torch.rand_like`` (the global generator, as released), and the clipped count the interval update needs,
 ``(|g| > c).sum()``; packed: the codes ``k = round(...) − L`` packed as a user would, two nibbles per byte, low

@@ -1,7 +1,6 @@
 """One training step of a weight's oscillation-tracked LSQ fake quantization (``qkernels.oscillation_fake_quantize``,
 Nagel et al. 2022): per channel along axis 0 (w [C, ...], C = 256 in the sweep: [256, n / 256]), int4 grid
-[-8, 7], zero point 0, tracking on, freezing on (threshold 0.02, momentum 0.01, EMA integer), as
-``benchmarks/bench_oscillation.py``. With ``inv = float32(1 / s)``, per element, in float32:
+[-8, 7], zero point 0, tracking on, freezing on (threshold 0.02, momentum 0.01, EMA integer). With ``inv = float32(1 / s)``, per element, in float32:
 
     x   = frozen ? frozen_x_int : clamp(rne(w · inv) + z, -8, 7)        (the frozen state of before the step)
     y   = (x − z) · s                                                     (in w's dtype)
@@ -15,11 +14,11 @@ cross the threshold in this step and freeze), 5 % of the weights frozen on rando
 near the current integers. Every provider gets its own copy (``make`` is called per provider), so the state a
 step mutates never leaks into another provider's check.
 
-eager: the official code's step in plain torch (bench_oscillation.py's ``tracker``): ``v = w · (1/s)``, the
-integer ``clamp(v + stopgrad(round(v) − v) + z)`` (straight-through round), the official arithmetic blend
-``~frozen · x_int + frozen · frozen_x_int`` (no task gradient to a frozen weight), the tracker's state update
-under no_grad (``qkernels.reference.oscillation_fake_quant.OfficialTracker``, seven float32 state tensors, the
-boolean-index writes of the official code), ``((x − z) · s)`` cast to w's dtype; autograd's backward.
+eager: the official code's step in plain torch: ``v = w · (1/s)``, the integer ``clamp(v + stopgrad(round(v) −
+v) + z)`` (straight-through round), the official arithmetic blend ``~frozen · x_int + frozen · frozen_x_int`` (no
+task gradient to a frozen weight), the tracker's state update under no_grad
+(``qkernels.reference.oscillation_fake_quant.OfficialTracker``, seven float32 state tensors, the boolean-index
+writes of the official code), ``((x − z) · s)`` cast to w's dtype; autograd's backward.
 
 Minimal traffic (b = the weight's element size; the state is 12 bytes per element, read and written in full):
 fwd reads w, writes y, reads and writes the state: 2b + 24; bwd reads dy, w and the forward's int8 integer and
