@@ -1,24 +1,24 @@
 """End-to-end QAT training-step benchmark: what one training step of a model costs with each way of quantizing it.
 
-What is timed: one training step on a fixed synthetic batch (images ``[B, 3, 32, 32]`` from ``torch.randn``
-and labels in ``[0, classes)``, both from a ``torch.Generator`` seeded with ``seed``): ``zero_grad``, forward,
-cross-entropy (plus the variant's extra loss), backward and ``torch.optim.SGD`` (momentum 0.9) over every
-parameter of the model, in train mode: lr 0.01, and 0 for the quantizers' learnable scales
+What is timed: one training step on a fixed synthetic batch (images ``[B, 3, 32, 32]`` from ``torch.randn`` and
+labels in ``[0, classes)``, both from a ``torch.Generator`` seeded with ``seed``): ``zero_grad``, forward,
+cross-entropy (plus the variant's extra loss), backward and ``torch.optim.SGD`` (momentum 0.9) over every parameter
+of the model, in train mode: lr 0.01, and 0 for the quantizers' learnable scales
 (``qkernels.train.quantizer_parameters``), which SGD still updates at the same cost (at 0.01 they turn negative
-within two steps on a fixed random batch). The same batch is reused every step, so no data loading or
-host-to-device copy is timed. ``qkernels.bench.timing.time_call`` times it (CUDA: ``triton.testing.do_bench`` or
-CUDA events; CPU: ``torch.utils.benchmark`` with the current thread count, which the rows record), after one
-untimed step that also checks the loss is finite; ``quick`` times a few steps (a smoke run's timings). A model's
-variants are all set up first, then timed in interleaved rounds (3 by default, 1 when quick; each round times
-every variant once), and a row's median, p20 and p80 are the medians of the rounds' (on a shared CPU a change of
-load then falls on every variant alike). On the CPU a round of a step slower than ``time_call``'s 0.3 s minimum
-run time is a single timed step. Setup (building, preparing, calibrating the model) is never timed. Peak memory
-(CUDA only; None on the CPU) is ``timing.peak_memory_mb`` of one more step: the peak allocated during the step
-above what was allocated before it, so activations, saved tensors and temporaries, and not the weights, momenta
-and last step's gradients held between steps (of this variant, and of the same model's other variants set up
-alongside it; the step frees the old gradients before it makes new ones). ``ratio_to_fp`` is a
-variant's median over the ``fp`` median of the same model in the same call (empty when ``fp`` was not among the
-variants).
+within two steps on a fixed random batch). The same batch is reused every step, so no data loading or host-to-device
+copy is timed. ``qkernels.bench.timing.time_call`` times it (CUDA: ``triton.testing.do_bench`` or CUDA events; CPU:
+``torch.utils.benchmark`` with the current thread count, which the rows record), after one untimed step that also
+checks the loss is finite; ``quick`` times a few steps (a smoke run's timings). A model's variants are all set up
+first, then timed in interleaved rounds (3 by default, 1 when quick; each round times every variant once; on a
+shared CPU a change of load then falls on every variant alike), and a row's median is the median of the rounds'
+medians, its p20 and p80 the 20th and 80th percentiles of the rounds' p20s and p80s. On the CPU a round of a step
+slower than ``time_call``'s 0.3 s minimum run time is a single timed step. Setup (building, preparing, calibrating
+the model) is never timed. Peak memory (CUDA only; None on the CPU) is ``timing.peak_memory_mb`` of one more step:
+the peak allocated during the step above what was allocated before it, so activations, saved tensors and
+temporaries, and not the weights, momenta and last step's gradients held between steps (of this variant, and of the
+same model's other variants set up alongside it; the step frees the old gradients before it makes new ones).
+``ratio_to_fp`` is a variant's median over the ``fp`` median of the same model in the same call (empty when ``fp``
+was not among the variants).
 
 Variants (each a fresh model from ``torch.manual_seed(seed)``, so every variant starts from the same weights):
 
@@ -210,11 +210,22 @@ def _free(device: torch.device):
         torch.cuda.empty_cache()
 
 
+def _pool(rounds: list) -> tuple:
+    """(median, p20, p80) over rounds of ``time_call``'s (median, p20, p80): the median of the medians, the 20th
+    percentile of the p20s and the 80th of the p80s, so a spread between rounds shows even where each round is a
+    single step (whose p20 = median = p80), and p20 <= median <= p80 still holds."""
+    medians, p20s, p80s = zip(*rounds)
+    if len(rounds) == 1:
+        return medians[0], p20s[0], p80s[0]
+    return (statistics.median(medians), statistics.quantiles(p20s, n=5, method="inclusive")[0],
+            statistics.quantiles(p80s, n=5, method="inclusive")[3])
+
+
 def _model_rows(name: str, variants: list, x, y, classes: int, seed: int, quick: bool, rounds: int) -> dict:
     """``{variant: {median_ms, p20_ms, p80_ms, peak_mb}}`` or ``{variant: {error}}`` for model ``name``. Every
     variant is set up first, then timed in ``rounds`` rounds that each time every variant once, so that a change
-    of the machine's load during the run (a shared CPU) falls on all variants alike rather than on one; a
-    variant's median, p20 and p80 are the medians over the rounds of each round's."""
+    of the machine's load during the run (a shared CPU) falls on all variants alike rather than on one; the
+    rounds' timings are pooled by ``_pool``."""
     device = x.device
     steps, results = {}, {}
     for variant in variants:
@@ -236,7 +247,7 @@ def _model_rows(name: str, variants: list, x, y, classes: int, seed: int, quick:
         except Exception as e:
             results[variant] = {"error": _error(e)}
             continue
-        median, p20, p80 = (statistics.median(t[i] for t in times[variant]) for i in range(3))
+        median, p20, p80 = _pool(times[variant])
         results[variant] = {"median_ms": median, "p20_ms": p20, "p80_ms": p80, "peak_mb": peak}
     del steps
     _free(device)
