@@ -107,6 +107,27 @@ def test_resnet20_structure():
     assert feature == [(2, 64, 8, 8)]
 
 
+def test_resnet18_structure():
+    model = models.build("resnet18", 3, 32, 10)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 11.1e6 < n_params < 11.3e6  # the CIFAR ResNet-18's 11.17M with 10 classes
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 20  # stem + 8 blocks x 2 + 3 shortcuts
+    assert [m.kernel_size for m in convs].count((3, 3)) == 17
+    assert convs[0].stride == (1, 1) and convs[0].out_channels == 64  # the CIFAR stem: no stride, no max-pool
+    assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
+    shortcuts = [(i, m) for i, m in enumerate(convs) if m.kernel_size == (1, 1)]
+    assert [(m.in_channels, m.out_channels, m.stride) for _, m in shortcuts] == [
+        (64, 128, (2, 2)), (128, 256, (2, 2)), (256, 512, (2, 2))]
+    for i, m in shortcuts:  # after both main convs of its own block, whose first conv has the same stride
+        assert convs[i - 2].stride == m.stride and convs[i - 1].out_channels == m.out_channels
+    assert sorted({m.out_channels for m in convs}) == [64, 128, 256, 512]
+    feature = []
+    convs[-1].register_forward_hook(lambda mod, args, out: feature.append(out.shape))
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert feature == [(2, 512, 4, 4)]
+
+
 def test_mobilenetv2_structure():
     model = models.build("mobilenetv2", 3, 32, 10)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]

@@ -1,4 +1,5 @@
-"""Models of the training harness: an MLP and a small CNN for digits, CIFAR-style ResNet-20 and MobileNetV2.
+"""Models of the training harness: an MLP and a small CNN for digits, CIFAR-style ResNet-20, ResNet-18 and
+MobileNetV2.
 
 What the quantization helper relies on, in every model: only plain ``nn.Conv2d``, ``nn.Linear``,
 ``nn.BatchNorm1d/2d``, ``nn.ReLU``/``nn.ReLU6`` (never in place, one instance per use), pooling and flatten;
@@ -13,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-MODELS = ("mlp", "cnn", "resnet20", "mobilenetv2")
+MODELS = ("mlp", "cnn", "resnet20", "mobilenetv2", "resnet18")
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
@@ -82,6 +83,29 @@ class ResNet20(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.pool(self.blocks(self.stem(x))))
+
+
+class ResNet18(nn.Module):
+    """CIFAR ResNet-18 (He et al. 2016's ImageNet ResNet-18 with the CIFAR stem of the common CIFAR code): a
+    conv3x3(C, 64)-BN-ReLU stem with stride 1 and no max-pool, four stages of two basic blocks with 64, 128,
+    256, 512 channels (the first block of stages 2-4 has stride 2: 32x32 -> 16x16 -> 8x8 -> 4x4), global average
+    pool, Linear(512, num_classes). 17 3x3 convs + 3 shortcut 1x1 convs ("option B") + the Linear; ~11.2M
+    parameters."""
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        self.stem = nn.Sequential(*_conv_bn(in_channels, 64, 3), nn.ReLU())
+        blocks, cin = [], 64
+        for stage, cout in enumerate((64, 128, 256, 512)):
+            for i in range(2):
+                blocks.append(BasicBlock(cin, cout, 2 if stage > 0 and i == 0 else 1))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(512, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.pool(self.blocks(self.stem(x))))
@@ -162,4 +186,6 @@ def build(name: str, in_channels: int, image_size: int, num_classes: int) -> tor
         return _he_init(_cnn(in_channels, num_classes))
     if name == "resnet20":
         return _he_init(ResNet20(in_channels, num_classes))
+    if name == "resnet18":
+        return _he_init(ResNet18(in_channels, num_classes))
     return _he_init(MobileNetV2(in_channels, num_classes))
