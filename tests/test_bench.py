@@ -175,6 +175,11 @@ BAD = [
     (["run", "--threads", "0"], "--threads"),
     (["run", "--memory-gb", "0"], "--memory-gb"),
     (["run", "--out", "{tmp}/other"], "--out"),
+    (["e2e", "--models", "vgg"], "--models"),
+    (["e2e", "--variants", "fp,int2"], "--variants"),
+    (["e2e", "--batch", "0"], "--batch"),
+    (["e2e", "--device", "tpu"], "--device"),
+    (["e2e", "--out", "{tmp}/other"], "--out"),
     (["report", "{tmp}/missing"], "DIR_OR_CSV"),
     (["compare", "{tmp}/missing.csv", "{tmp}/missing.csv"], "A.csv"),
 ]
@@ -184,8 +189,9 @@ BAD = [
 def test_bad_arguments_exit_2_naming_the_flag(tmp_path, capsys, argv, flag):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / results.CSV_NAME).write_text("a,b\n")
+    (tmp_path / "other" / "e2e.csv").write_text("a,b\n")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    if argv[0] == "run" and "--out" not in argv:
+    if argv[0] in ("run", "e2e") and "--out" not in argv:
         argv += ["--out", str(tmp_path / "out"), "--quick"]
     assert cli.main(argv) == 2
     assert flag in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """``python -m qkernels.bench`` / ``qkernels-bench``: ``run`` (kernels against aten, eager and torch.compile),
-``report`` (Markdown and plots from a run's CSV), ``compare`` (speedups between two CSVs) and ``list``. Bad
-arguments exit with status 2 and a message naming the flag, before any work."""
+``report`` (Markdown and plots from a run's CSV), ``compare`` (speedups between two CSVs), ``e2e`` (QAT training
+steps) and ``list``. Bad arguments exit with status 2 and a message naming the flag, before any work."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 
 import torch
 
+from . import e2e
 from . import report as reports
 from . import results, runner, shapes
 from .environment import device_name
@@ -32,7 +33,7 @@ def _comma_list(text: str) -> list:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="qkernels-bench", description="Microbenchmarks of qkernels' ops against "
                                   "aten, eager PyTorch and torch.compile.", epilog=EPILOG)
-    commands = top.add_subparsers(dest="command", required=True, metavar="{run,report,compare,list}")
+    commands = top.add_subparsers(dest="command", required=True, metavar="{run,report,compare,e2e,list}")
     run = commands.add_parser("run", help="check, then time, every provider of the chosen ops", epilog=EPILOG,
                               description="For each op, shape, dtype and mode: every provider's results are "
                               "checked against the reference (a mismatch is recorded, not timed), then timed; rows "
@@ -65,6 +66,20 @@ def parser() -> argparse.ArgumentParser:
     cmp.add_argument("a", metavar="A.csv")
     cmp.add_argument("b", metavar="B.csv")
     cmp.add_argument("--out", metavar="FILE", help="also write the Markdown here")
+    steps = commands.add_parser("e2e", help="QAT training steps: fp, torch.ao, qkernels and its variants",
+                                epilog=EPILOG, description="One training step (forward, loss, backward, SGD) of "
+                                "each model as each variant on synthetic data: the median step time, the ratio to "
+                                "the fp step and (CUDA) the peak memory; rows appended to DIR/e2e.csv.")
+    steps.add_argument("--models", default=",".join(e2e.MODELS), metavar="LIST",
+                       help=f"comma-separated subset of {','.join(e2e.MODELS)} (default: all)")
+    steps.add_argument("--variants", default=",".join(e2e.VARIANTS), metavar="LIST",
+                       help=f"comma-separated subset of {','.join(e2e.VARIANTS)} (default: all)")
+    steps.add_argument("--batch", type=int, help="images per step (default 256 on CUDA, 32 on the CPU)")
+    steps.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda[:N]")
+    steps.add_argument("--threads", type=int, help="CPU threads (recorded in every row)")
+    steps.add_argument("--quick", action="store_true", help="one round of a few steps (a smoke run)")
+    steps.add_argument("--out", metavar="DIR", help="output directory (default bench-results/<device name>)")
+    steps.add_argument("--no-progress", dest="progress", action="store_false", help="no line per row")
     commands.add_parser("list", help="the ops, their families and modes, and the providers live here")
     return top
 
@@ -209,6 +224,22 @@ def _compare(args) -> int:
     return 0
 
 
+def _e2e(args) -> int:
+    device = _device(args.device)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads: must be positive, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    csv_file = e2e.csv_path(args.out or default_out(device))
+    try:  # every argument is checked before the first step
+        rows = e2e.run(args.models, args.variants, device, args.batch, args.quick, csv_file,
+                       progress=print if args.progress else None)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    print(e2e.table(rows), *e2e.targets(rows), f"rows appended to {csv_file}", sep="\n")
+    return 0
+
+
 def _list_ops(args) -> int:
     for op in OPS.values():
         print(f"{op.name:28} {op.family:22} {','.join(op.modes):16} {op.summary}")
@@ -219,7 +250,7 @@ def _list_ops(args) -> int:
 
 def main(argv: list | None = None) -> int:
     args = parser().parse_args(argv)
-    command = {"run": _run, "report": _report, "compare": _compare, "list": _list_ops}[args.command]
+    command = {"run": _run, "report": _report, "compare": _compare, "e2e": _e2e, "list": _list_ops}[args.command]
     try:
         return command(args)
     except UsageError as exc:

@@ -51,7 +51,6 @@ Rows are appended to a CSV (``FIELDS``; ``csv_path(out)`` is ``out/e2e.csv``, ap
 
 from __future__ import annotations
 
-import csv
 import gc
 import math
 import os
@@ -64,6 +63,7 @@ import torch.nn.functional as F
 
 import qkernels
 from qkernels.bench import environment, timing
+from qkernels.bench import results as csv_results
 from qkernels.train import models as train_models
 from qkernels.train import quantize_model, quantizer_parameters
 
@@ -126,26 +126,6 @@ def _batch(batch, device: torch.device) -> int:
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"--batch: expected a positive int, got {batch!r}")
     return batch
-
-
-def check_appendable(path: str):
-    """Raises ``ValueError`` when ``path`` exists with other columns than ``FIELDS``."""
-    if os.path.isfile(path) and os.path.getsize(path):
-        with open(path, newline="") as f:
-            header = next(csv.reader(f), [])
-        if tuple(header) != FIELDS:
-            raise ValueError(f"--out: {path} holds other columns than a qkernels.bench e2e CSV; give another --out")
-
-
-def append(path: str, rows: list):
-    """Appends ``rows`` (dicts keyed by ``FIELDS``) to ``path``, writing the header first when it is new."""
-    check_appendable(path)
-    new = not os.path.isfile(path) or not os.path.getsize(path)
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerows({k: ("" if row.get(k) is None else row.get(k)) for k in FIELDS} for row in rows)
 
 
 def _prepare(model: torch.nn.Module, variant: str, x: torch.Tensor) -> torch.nn.Module:
@@ -276,7 +256,7 @@ def run(models=None, variants=None, device="cpu", batch: int | None = None, quic
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"--rounds: expected a positive int, got {rounds!r}")
     if csv_file is not None:
-        check_appendable(csv_file)  # before minutes of timing, not after
+        csv_results.check_appendable(csv_file, FIELDS)  # before minutes of timing, not after
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, 32, 32, generator=generator).to(device)
     y = torch.randint(0, classes, (batch,), generator=generator).to(device)
@@ -297,7 +277,8 @@ def run(models=None, variants=None, device="cpu", batch: int | None = None, quic
             if progress is not None:
                 progress(_summary(row))
     if csv_file is not None:
-        append(csv_file, rows)
+        os.makedirs(os.path.dirname(os.path.abspath(csv_file)), exist_ok=True)
+        csv_results.append(csv_file, rows, FIELDS)
     return rows
 
 

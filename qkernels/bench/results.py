@@ -25,24 +25,26 @@ def csv_path(out: str) -> str:
     return os.path.join(out, CSV_NAME)
 
 
-def check_appendable(path: str):
-    """Raises ``ValueError`` when ``path`` exists with other columns (a file of another tool or version)."""
+def check_appendable(path: str, fields: tuple = FIELDS):
+    """Raises ``ValueError`` when ``path`` exists with other columns than ``fields`` (a file of another tool,
+    version or benchmark)."""
     if os.path.isfile(path) and os.path.getsize(path):
         with open(path, newline="") as f:
             header = next(csv.reader(f), [])
-        if tuple(header) != FIELDS:
-            raise ValueError(f"--out: {path} holds other columns than a qkernels.bench CSV; give another --out")
+        if tuple(header) != fields:
+            raise ValueError(f"--out: {path} holds other columns than this benchmark's CSV; give another --out")
 
 
-def append(path: str, rows: list):
-    """Appends ``rows`` (dicts keyed by ``FIELDS``) to ``path``, writing the header first when it is new."""
-    check_appendable(path)
+def append(path: str, rows: list, fields: tuple = FIELDS):
+    """Appends ``rows`` (dicts keyed by ``fields``; None written empty) to ``path``, writing the header first
+    when it is new."""
+    check_appendable(path, fields)
     new = not os.path.isfile(path) or not os.path.getsize(path)
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields)
         if new:
             writer.writeheader()
-        writer.writerows({k: ("" if row.get(k) is None else row.get(k)) for k in FIELDS} for row in rows)
+        writer.writerows({k: ("" if row.get(k) is None else row.get(k)) for k in fields} for row in rows)
 
 
 def read(path: str) -> list:
