@@ -1,9 +1,9 @@
 """Fake quantization with fixed qparams (``qkernels.fake_quantize_per_{tensor,channel}_affine``): int8 grid
 [-128, 127], zero point 3 per tensor (per channel: scales in [0.01, 0.03], zero points in [-16, 16], axis 0).
 
-eager: what a user writes, in float32 as aten computes: per tensor ``q = round(x · (1/s)) + z``, per channel
-``q = round(x · (1/s) + z)`` (aten's orders: they differ where x · (1/s) is a tie and z is odd, round half to
-even); ``y = (clamp(q, qmin, qmax) − z) · s``, the gradient passed where ``q`` is inside the grid (a
+eager: what a user writes, in float32 as aten computes: ``q = round(x · (1/s)) + z`` (aten's order, the integer
+zero point added after rounding: ``round(x · (1/s) + z)`` differs where x · (1/s) is a tie and z is odd, round
+half to even), ``y = (clamp(q, qmin, qmax) − z) · s``, the gradient passed where ``q`` is inside the grid (a
 straight-through mask). Minimal traffic (b = element size): fwd reads x, writes y (2b); bwd reads dy and a
 1-byte mask, writes dx (2b + 1); fwdbwd is both, the forward also writing the mask (4b + 2).
 """
@@ -55,7 +55,7 @@ def _eager_tensor(i):
 def _eager_channel(i):
     x, shape = i["x"], (-1,) + (1,) * (i["x"].dim() - 1)
     scale, zero_point = i["scale"].reshape(shape), i["zero_point"].reshape(shape).float()
-    return _straight_through(x, torch.round(x.float() * (1.0 / scale) + zero_point), scale, zero_point)
+    return _straight_through(x, torch.round(x.float() * (1.0 / scale)) + zero_point, scale, zero_point)
 
 
 OPS = [
