@@ -25,6 +25,7 @@ from .spec import Op, as_tuple, exact
 BASELINES = ("aten", "eager", "compile")
 KERNEL_BACKENDS = ("cuda", "triton", "cpu")
 PROVIDERS = BASELINES + tuple(f"qkernels-{b}" for b in KERNEL_BACKENDS + ("reference",))
+EAGER_SEED = 1_000_003  # torch's global generator before every check
 
 
 def default_providers(device: torch.device) -> list:
@@ -108,7 +109,9 @@ class _Case:
         fresh inputs, detached; torch's generator seeded first, so that an eager formulation drawing from it is
         checked reproducibly."""
         inputs = self.inputs(mode)
-        torch.manual_seed(0)
+        # not a seed the ops' make use: the same mt19937 stream would correlate an eager's uniform draws with
+        # its inputs (a stochastic rounding seeded as its normal inputs rounds them measurably less randomly)
+        torch.manual_seed(EAGER_SEED)
         if mode == "fwd":
             with torch.no_grad():
                 outputs, grads = as_tuple(fn(inputs)), ()
