@@ -1,6 +1,7 @@
 """One training step of a weight's oscillation-tracked LSQ fake quantization (``qkernels.oscillation_fake_quantize``,
 Nagel et al. 2022): per channel along axis 0 (w [C, ...], C = 256 in the sweep: [256, n / 256]), int4 grid
-[-8, 7], zero point 0, tracking on, freezing on (threshold 0.02, momentum 0.01, EMA integer). With ``inv = float32(1 / s)``, per element, in float32:
+[-8, 7], zero point 0, tracking on, freezing on (threshold 0.02, momentum 0.01, EMA integer). With ``inv =
+float32(1 / s)``, per element, in float32:
 
     x   = frozen ? frozen_x_int : clamp(rne(w · inv) + z, -8, 7)        (the frozen state of before the step)
     y   = (x − z) · s                                                     (in w's dtype)
