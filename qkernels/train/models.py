@@ -66,46 +66,27 @@ class BasicBlock(nn.Module):
         return self.relu2(y + (x if self.shortcut is None else self.shortcut(x)))
 
 
-class ResNet20(nn.Module):
-    """CIFAR ResNet-20 (He et al. 2016, section 4.2): conv3x3(C, 16)-BN-ReLU, three stages of three basic blocks
-    with 16, 32, 64 channels (the first block of stages 2 and 3 has stride 2: 32x32 -> 16x16 -> 8x8), global
-    average pool, Linear(64, num_classes). 19 3x3 convs + 2 shortcut 1x1 convs + the Linear; ~0.27M
-    parameters."""
+class CifarResNet(nn.Module):
+    """A ResNet for 32x32 images: a conv3x3(C, widths[0])-BN-ReLU stem (stride 1, no max-pool), one stage of
+    ``depth`` basic blocks per width (the first block of every stage but the first has stride 2), global average
+    pool, Linear(widths[-1], num_classes). Shortcuts are 1x1 conv-BN where the shape changes ("option B").
 
-    def __init__(self, in_channels: int, num_classes: int):
+    - ResNet-20 (He et al. 2016, section 4.2): widths 16, 32, 64, depth 3 (32x32 -> 16x16 -> 8x8): 19 3x3
+      convs + 2 shortcut convs + the Linear, ~0.27M parameters;
+    - ResNet-18 (the ImageNet ResNet-18 with the CIFAR stem of the common CIFAR code): widths 64, 128, 256, 512,
+      depth 2 (down to 4x4): 17 3x3 convs + 3 shortcut convs + the Linear, ~11.2M parameters."""
+
+    def __init__(self, in_channels: int, num_classes: int, widths: tuple, depth: int):
         super().__init__()
-        self.stem = nn.Sequential(*_conv_bn(in_channels, 16, 3), nn.ReLU())
-        blocks, cin = [], 16
-        for stage, cout in enumerate((16, 32, 64)):
-            for i in range(3):
+        self.stem = nn.Sequential(*_conv_bn(in_channels, widths[0], 3), nn.ReLU())
+        blocks, cin = [], widths[0]
+        for stage, cout in enumerate(widths):
+            for i in range(depth):
                 blocks.append(BasicBlock(cin, cout, 2 if stage > 0 and i == 0 else 1))
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(64, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.pool(self.blocks(self.stem(x))))
-
-
-class ResNet18(nn.Module):
-    """CIFAR ResNet-18 (He et al. 2016's ImageNet ResNet-18 with the CIFAR stem of the common CIFAR code): a
-    conv3x3(C, 64)-BN-ReLU stem with stride 1 and no max-pool, four stages of two basic blocks with 64, 128,
-    256, 512 channels (the first block of stages 2-4 has stride 2: 32x32 -> 16x16 -> 8x8 -> 4x4), global average
-    pool, Linear(512, num_classes). 17 3x3 convs + 3 shortcut 1x1 convs ("option B") + the Linear; ~11.2M
-    parameters."""
-
-    def __init__(self, in_channels: int, num_classes: int):
-        super().__init__()
-        self.stem = nn.Sequential(*_conv_bn(in_channels, 64, 3), nn.ReLU())
-        blocks, cin = [], 64
-        for stage, cout in enumerate((64, 128, 256, 512)):
-            for i in range(2):
-                blocks.append(BasicBlock(cin, cout, 2 if stage > 0 and i == 0 else 1))
-                cin = cout
-        self.blocks = nn.Sequential(*blocks)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(512, num_classes)
+        self.fc = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.pool(self.blocks(self.stem(x))))
@@ -185,7 +166,7 @@ def build(name: str, in_channels: int, image_size: int, num_classes: int) -> tor
             raise ValueError(f"image_size: the cnn max-pools by 2, needs >= 2, got {image_size}")
         return _he_init(_cnn(in_channels, num_classes))
     if name == "resnet20":
-        return _he_init(ResNet20(in_channels, num_classes))
+        return _he_init(CifarResNet(in_channels, num_classes, (16, 32, 64), 3))
     if name == "resnet18":
-        return _he_init(ResNet18(in_channels, num_classes))
+        return _he_init(CifarResNet(in_channels, num_classes, (64, 128, 256, 512), 2))
     return _he_init(MobileNetV2(in_channels, num_classes))
