@@ -355,7 +355,18 @@ class _QuantizeGradient(torch.autograd.Function):
         return ctx.quantizer._quantize(grad), None
 
 
-class GradientQuantizer(torch.nn.Module):
+class _InitOnFirstCall(torch.nn.Module):
+    """A module initialized from its first input: the ``initialized`` buffer (saved in state dicts) and
+    ``_pending_init``, its host mirror (reading the buffer each call would sync), kept in step on loading."""
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        self._pending_init = not bool(self.initialized)
+
+
+class GradientQuantizer(_InitOnFirstCall):
     """Identity in the forward pass; quantizes the gradient flowing back through it (Kim et al. 2024, the released
     code's ``grad_quant`` on a conv output): ``qkernels.quantize_gradient(grad, bits, clip_ratio, rounding,
     granularity, group_size)``, then, with ``interval="adaptive"``, ``qkernels.grad_quant.update_clip_ratio`` on
@@ -394,12 +405,6 @@ class GradientQuantizer(torch.nn.Module):
         self.alpha, self.eta, self.gamma_min, self.gamma_max = alpha, eta, gamma_min, gamma_max
         self.register_buffer("clip_ratio", torch.tensor(float(clip_ratio)))
         self.register_buffer("initialized", torch.tensor(interval == "fixed" or init == "none"))
-        self._pending_init = not bool(self.initialized)  # a host mirror: reading the buffer would sync each step
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
         self._pending_init = not bool(self.initialized)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -430,7 +435,7 @@ class GradientQuantizer(torch.nn.Module):
                 f"granularity={self.granularity!r}, init={self.init!r}")
 
 
-class LSQQuantizer(torch.nn.Module):
+class LSQQuantizer(_InitOnFirstCall):
     """LSQ on the package's learnable op, per tensor, for ``QuantLinear``/``QuantConv2d``: ``y = s · (clamp(rne(x
     / s), qmin, qmax))`` with a learned ``scale`` (zero point 0), ``signed`` (weights: ``[−(2^(b−1) − 1),
     2^(b−1) − 1]``, 2^b − 1 levels as the released code's) or unsigned (activations after a ReLU: ``[0, 2^b −
@@ -448,12 +453,6 @@ class LSQQuantizer(torch.nn.Module):
         self.register_buffer("zero_point", torch.zeros(1))
         self.register_buffer("initialized", torch.tensor(False))
         self._pending_init = True
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-        self._pending_init = not bool(self.initialized)
 
     def forward(self, x: Tensor) -> Tensor:
         if self._pending_init:

@@ -10,19 +10,8 @@
 namespace qkernels {
 namespace cpu {
 
-#ifdef QK_CPU_HAS_AVX2_BUILD
-namespace avx2 {
-void fake_quant_learnable_forward(const LearnableForwardParams& p, int64_t begin, int64_t end);
-void fake_quant_learnable_backward(const LearnableBackwardParams& p, int64_t begin, int64_t end);
-}  // namespace avx2
-#endif
-
-void fake_quant_learnable_forward(const LearnableForwardParams& p, int64_t begin, int64_t end) {
-  QK_CPU_DISPATCH(fake_quant_learnable_forward, p, begin, end);
-}
-void fake_quant_learnable_backward(const LearnableBackwardParams& p, int64_t begin, int64_t end) {
-  QK_CPU_DISPATCH(fake_quant_learnable_backward, p, begin, end);
-}
+QK_CPU_ENTRY(void, fake_quant_learnable_forward, LearnableForwardParams)
+QK_CPU_ENTRY(void, fake_quant_learnable_backward, LearnableBackwardParams)
 
 }  // namespace cpu
 }  // namespace qkernels

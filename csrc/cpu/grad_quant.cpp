@@ -10,20 +10,8 @@
 namespace qkernels {
 namespace cpu {
 
-#ifdef QK_CPU_HAS_AVX2_BUILD
-namespace avx2 {
-void grad_quant_absmax(const GradQuantAbsmaxParams& p, int64_t begin, int64_t end);
-void grad_quant_quantize(const GradQuantParams& p, int64_t begin, int64_t end);
-}  // namespace avx2
-#endif
-
-void grad_quant_absmax(const GradQuantAbsmaxParams& p, int64_t begin, int64_t end) {
-  QK_CPU_DISPATCH(grad_quant_absmax, p, begin, end);
-}
-
-void grad_quant_quantize(const GradQuantParams& p, int64_t begin, int64_t end) {
-  QK_CPU_DISPATCH(grad_quant_quantize, p, begin, end);
-}
+QK_CPU_ENTRY(void, grad_quant_absmax, GradQuantAbsmaxParams)
+QK_CPU_ENTRY(void, grad_quant_quantize, GradQuantParams)
 
 }  // namespace cpu
 }  // namespace qkernels

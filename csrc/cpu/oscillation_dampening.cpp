@@ -10,15 +10,7 @@
 namespace qkernels {
 namespace cpu {
 
-#ifdef QK_CPU_HAS_AVX2_BUILD
-namespace avx2 {
-void oscillation_dampening_forward(const DampeningParams& p, int64_t begin, int64_t end);
-}  // namespace avx2
-#endif
-
-void oscillation_dampening_forward(const DampeningParams& p, int64_t begin, int64_t end) {
-  QK_CPU_DISPATCH(oscillation_dampening_forward, p, begin, end);
-}
+QK_CPU_ENTRY(void, oscillation_dampening_forward, DampeningParams)
 
 }  // namespace cpu
 }  // namespace qkernels

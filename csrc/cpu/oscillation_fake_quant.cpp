@@ -10,19 +10,8 @@
 namespace qkernels {
 namespace cpu {
 
-#ifdef QK_CPU_HAS_AVX2_BUILD
-namespace avx2 {
-int64_t oscillation_fake_quant_forward(const OscillationForwardParams& p, int64_t begin, int64_t end);
-void oscillation_fake_quant_backward(const OscillationBackwardParams& p, int64_t begin, int64_t end);
-}  // namespace avx2
-#endif
-
-int64_t oscillation_fake_quant_forward(const OscillationForwardParams& p, int64_t begin, int64_t end) {
-  return QK_CPU_DISPATCH(oscillation_fake_quant_forward, p, begin, end);
-}
-void oscillation_fake_quant_backward(const OscillationBackwardParams& p, int64_t begin, int64_t end) {
-  QK_CPU_DISPATCH(oscillation_fake_quant_backward, p, begin, end);
-}
+QK_CPU_ENTRY(int64_t, oscillation_fake_quant_forward, OscillationForwardParams)
+QK_CPU_ENTRY(void, oscillation_fake_quant_backward, OscillationBackwardParams)
 
 }  // namespace cpu
 }  // namespace qkernels

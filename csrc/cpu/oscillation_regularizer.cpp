@@ -10,25 +10,9 @@
 namespace qkernels {
 namespace cpu {
 
-#ifdef QK_CPU_HAS_AVX2_BUILD
-namespace avx2 {
-void oscillation_regularizer_amax(const RegularizerParams& p, int64_t begin, int64_t end);
-void oscillation_regularizer_sums(const RegularizerParams& p, int64_t begin, int64_t end);
-void oscillation_regularizer_backward(const RegularizerParams& p, int64_t begin, int64_t end);
-}  // namespace avx2
-#endif
-
-void oscillation_regularizer_amax(const RegularizerParams& p, int64_t begin, int64_t end) {
-  QK_CPU_DISPATCH(oscillation_regularizer_amax, p, begin, end);
-}
-
-void oscillation_regularizer_sums(const RegularizerParams& p, int64_t begin, int64_t end) {
-  QK_CPU_DISPATCH(oscillation_regularizer_sums, p, begin, end);
-}
-
-void oscillation_regularizer_backward(const RegularizerParams& p, int64_t begin, int64_t end) {
-  QK_CPU_DISPATCH(oscillation_regularizer_backward, p, begin, end);
-}
+QK_CPU_ENTRY(void, oscillation_regularizer_amax, RegularizerParams)
+QK_CPU_ENTRY(void, oscillation_regularizer_sums, RegularizerParams)
+QK_CPU_ENTRY(void, oscillation_regularizer_backward, RegularizerParams)
 
 }  // namespace cpu
 }  // namespace qkernels
